@@ -1,0 +1,40 @@
+# csdn — the two commands a newcomer needs are `make demo` and `make test`; both create .venv if missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# huggingface_hub reads this once at import: it must be in the environment before Python starts.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+# Notebooks run with the smoke profile under test; a fresh artifact cache per test run keeps it honest.
+NB_WORKERS ?= 2
+
+.PHONY: setup demo test test-unit test-notebooks lab bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/csdn demo
+
+test: setup
+	@cache=$${CSDN_TEST_CACHE:-$$(mktemp -d -t csdn-test-cache.XXXXXX)}; \
+	echo "artifact cache for this test run: $$cache"; \
+	CSDN_CACHE=$$cache $(PY) -m pytest -q tests && \
+	CSDN_CACHE=$$cache CSDN_PROFILE=smoke $(PY) -m pytest -q --nbmake --nbmake-timeout=600 -n $(NB_WORKERS) notebooks/
+
+test-unit: setup
+	$(PY) -m pytest -q tests
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache
