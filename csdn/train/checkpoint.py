@@ -1,0 +1,160 @@
+"""Atomic, resumable checkpoints: safetensors for weights, JSON for metadata, weights-only state files.
+
+A checkpoint is a directory ``<run_dir>/checkpoints/epoch_XXXX`` holding
+
+- ``model.safetensors``: the trainable module's ``state_dict``;
+- ``train_state.pt``: optimizer, scheduler and RNG states (tensors and plain Python only, so it loads
+  with ``torch.load(weights_only=True)``);
+- ``meta.json``: epoch, metrics so far, the config that produced the run, and the package version.
+
+Each directory is written to a temporary name and renamed into place, and ``latest.json`` (the pointer
+resume reads) is replaced atomically after it, so a run killed at any moment leaves the previous
+checkpoint intact and never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from csdn import __version__
+from csdn.artifacts import atomic_write_json
+
+LATEST = "latest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used for this run (other architecture, dataset or version)."""
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns."""
+
+    path: Path  # the checkpoint directory
+    epoch: int  # the number of completed epochs
+    meta: dict[str, Any]  # meta.json contents
+    train_state: dict[str, Any]  # optimizer / scheduler / RNG / extra states
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states of Python, NumPy and torch (CPU and CUDA), in weights-only-safe types."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_lists(random.getstate()),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(_to_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(obj: Any) -> Any:
+    return [_to_lists(x) for x in obj] if isinstance(obj, tuple) else obj
+
+
+def _to_tuples(obj: Any) -> Any:
+    return tuple(_to_tuples(x) for x in obj) if isinstance(obj, list) else obj
+
+
+def save_checkpoint(
+    run_dir: Path,
+    epoch: int,
+    model: torch.nn.Module,
+    train_state: dict[str, Any],
+    meta: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``epoch`` atomically, point ``latest.json`` at it, keep the newest ``keep``."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"epoch_{epoch:04d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
+    try:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(train_state, tmp / "train_state.pt")
+        full_meta = {**meta, "epoch": epoch, "version": __version__}
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_json(ckpt_root / LATEST, {"epoch": epoch, "dir": final.name})
+    _prune(ckpt_root, keep)
+    return final
+
+
+def _prune(ckpt_root: Path, keep: int) -> None:
+    dirs = sorted(p for p in ckpt_root.glob("epoch_*") if p.is_dir())
+    for old in dirs[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The directory ``latest.json`` points at, or None when the run has no checkpoint yet."""
+    pointer = Path(run_dir) / "checkpoints" / LATEST
+    if not pointer.is_file():
+        return None
+    target = pointer.parent / json.loads(pointer.read_text())["dir"]
+    return target if target.is_dir() else None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, expect: dict[str, Any] | None = None) -> Checkpoint:
+    """Load weights into ``model`` and return the checkpoint's states.
+
+    ``expect`` maps meta keys (e.g. ``"arch"``, ``"num_ids"``) to the values this run needs; a mismatch,
+    a different package version, or weights that do not fit ``model`` raise :class:`CheckpointError`
+    naming the difference.
+    """
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path} is not a csdn checkpoint (no meta.json)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("version") != __version__:
+        raise CheckpointError(
+            f"checkpoint {path} was written by csdn {meta.get('version')}, this is {__version__}; "
+            "retrain or use the matching version"
+        )
+    for key, value in (expect or {}).items():
+        if meta.get(key) != value:
+            raise CheckpointError(
+                f"checkpoint {path} has {key}={meta.get(key)!r} but this run needs {key}={value!r}"
+            )
+    weights = load_file(str(path / "model.safetensors"))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    mismatched = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model (another architecture?): "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {mismatched[:5]}"
+        )
+    model.load_state_dict(weights)
+    train_state = torch.load(path / "train_state.pt", weights_only=True, map_location="cpu")
+    return Checkpoint(path=path, epoch=int(meta["epoch"]), meta=meta, train_state=train_state)

@@ -1,0 +1,139 @@
+"""The epoch loop every stage shares: progress, per-epoch metrics log, validation, checkpoints, resume.
+
+A stage supplies a :class:`StageState` (what trains and how one epoch goes); :func:`run_epochs` drives it
+from the last checkpoint (or epoch 0) to the end of the schedule. Model selection never looks at the test
+set: with a validation callback the loop can keep the best validation epoch, otherwise the final epoch is
+the result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from csdn.artifacts import atomic_write_json
+from csdn.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss becomes NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How the shared loop runs a stage."""
+
+    epochs: int  # length of the fixed schedule
+    checkpoint_every: int = 1  # write a checkpoint every this many epochs (and always at the end)
+    keep_checkpoints: int = 2  # how many recent checkpoints stay on disk
+    validate_every: int = 0  # run the validation callback every this many epochs (0: never)
+    select: str = "final"  # "final" (the fixed schedule's last epoch) or "best_val" (best validation score)
+    progress: bool = True  # show tqdm progress bars
+
+
+@dataclass
+class StageState:
+    """What a stage hands to the loop."""
+
+    name: str  # stage name for logs ("stage1", ...)
+    module: torch.nn.Module  # the trainable module whose weights are checkpointed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per epoch
+    train_epoch: Callable[[int, Callable[[], None]], dict[str, float]]  # (epoch, tick) -> metrics
+    steps_per_epoch: int  # for the progress bar
+    validate: Callable[[int], dict[str, float]] | None = None  # epoch -> metrics incl. "score"
+    extra_state: Callable[[], dict[str, Any]] = field(default=lambda: {})  # e.g. sampler RNG
+    load_extra_state: Callable[[dict[str, Any]], None] = field(default=lambda state: None)
+    meta: dict[str, Any] = field(default_factory=dict)  # identity of the run (arch, num_ids, config)
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    """Raise :class:`NonFiniteLossError` if ``loss`` is NaN or infinite."""
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss.detach().float().item()}) in {where}; the run stopped and the last good "
+            "checkpoint is kept. Lower the learning rate or check the inputs."
+        )
+
+
+def run_epochs(stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool = True) -> list[dict[str, float]]:
+    """Train ``stage`` to the end of its schedule, resuming from ``run_dir``'s last checkpoint if any.
+
+    Returns the per-epoch history (also written to ``run_dir/history.json``). With ``select="best_val"``
+    the best validation epoch's weights are loaded into ``stage.module`` at the end.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    history, start = _resume(stage, run_dir) if resume else ([], 0)
+    bar = tqdm(total=cfg.epochs * stage.steps_per_epoch, initial=start * stage.steps_per_epoch,
+               desc=stage.name, disable=not cfg.progress, leave=False)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        stage.module.train()
+        metrics = stage.train_epoch(epoch, lambda: bar.update(1))
+        stage.scheduler.step()
+        metrics = {"epoch": epoch + 1, **metrics, "lr": stage.optimizer.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - t0}
+        if stage.validate is not None and cfg.validate_every and (epoch + 1) % cfg.validate_every == 0:
+            metrics.update({f"val_{k}": v for k, v in stage.validate(epoch).items()})
+            _keep_best(stage, run_dir, history, metrics)
+        history.append(metrics)
+        bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k.endswith("loss") or k == "val_score"})
+        atomic_write_json(run_dir / "history.json", history)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            _save(stage, run_dir, epoch + 1, history, cfg.keep_checkpoints)
+    bar.close()
+    if cfg.select == "best_val" and (run_dir / "best.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        stage.module.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+    elif cfg.select not in ("final", "best_val"):
+        raise ValueError(f"select must be 'final' or 'best_val', got {cfg.select!r}")
+    return history
+
+
+def _state(stage: StageState, history: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "optimizer": stage.optimizer.state_dict(),
+        "scheduler": stage.scheduler.state_dict(),
+        "rng": rng_state(),
+        "extra": stage.extra_state(),
+        "history": json.dumps(history),
+    }
+
+
+def _save(stage: StageState, run_dir: Path, epoch: int, history: list[dict[str, float]], keep: int) -> None:
+    save_checkpoint(run_dir, epoch, stage.module, _state(stage, history), stage.meta, keep=keep)
+
+
+def _resume(stage: StageState, run_dir: Path) -> tuple[list[dict[str, float]], int]:
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return [], 0
+    expect = {k: v for k, v in stage.meta.items() if not isinstance(v, (dict, list))}
+    ckpt = load_checkpoint(path, stage.module, expect=expect)
+    state = ckpt.train_state
+    stage.optimizer.load_state_dict(state["optimizer"])
+    stage.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    stage.load_extra_state(state["extra"])
+    return json.loads(state["history"]), ckpt.epoch
+
+
+def _keep_best(stage: StageState, run_dir: Path, history: list[dict[str, float]], metrics: dict[str, float]) -> None:
+    score = metrics.get("val_score", -math.inf)
+    best = max((h.get("val_score", -math.inf) for h in history), default=-math.inf)
+    if score > best:
+        weights = {k: v.detach().cpu().contiguous() for k, v in stage.module.state_dict().items()}
+        tmp = run_dir / ".best.safetensors.tmp"
+        save_file(weights, str(tmp))
+        tmp.replace(run_dir / "best.safetensors")
