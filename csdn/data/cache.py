@@ -1,0 +1,204 @@
+"""The uint8 image cache: every image decoded and resized once, then read memory-mapped every epoch.
+
+An :class:`ImageCache` is an artifact directory ``<cache_dir>/images/<key>`` (made with
+:func:`csdn.artifacts.build_once`, so concurrent builders compute it once and nobody sees it half
+written) holding
+
+* ``images.npy``: one ``N x H x W x 3`` uint8 array (RGB, squash-resized to exactly ``H x W`` with
+  PIL's bilinear filter), opened with ``np.load(mmap_mode="r")`` so memory does not grow with N;
+* ``records.json``: the records, in array order;
+* ``meta.json``: size, count, the common root of the image paths and the key.
+
+The key hashes each image file's *contents* (blake2b), its path relative to the images' common root,
+its record fields and the size. A changed file therefore gives a new key (never a stale array), while
+moving the whole dataset to another folder reuses the cache. Contents are hashed in a first, fast pass
+(the key must be known before building), and hashed again as each file is decoded, so a file that
+changes in between is reported instead of cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from csdn.artifacts import atomic_write_json, build_once, config_key, is_complete
+from csdn.data.protocol import DatasetError
+from csdn.data.records import Record
+
+CACHE_FORMAT = 1  # bump when decoding or layout changes, so old caches are not reused
+ARRAY_FILE = "images.npy"
+RECORDS_FILE = "records.json"
+META_FILE = "meta.json"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ImageCache:
+    """Decoded images of a record list: ``cache[i]`` is the ``H x W x 3`` uint8 image of ``records[i]``."""
+
+    def __init__(self, directory: str | Path, records: Sequence[Record] | None = None) -> None:
+        """Open a finished cache directory; ``records`` defaults to the stored ``records.json``."""
+        self.directory = Path(directory)
+        if not is_complete(self.directory):
+            raise FileNotFoundError(f"{self.directory}: not a finished image cache (build it with ImageCache.build)")
+        self.array: np.ndarray = np.load(self.directory / ARRAY_FILE, mmap_mode="r")
+        self.records: list[Record] = list(records) if records is not None else _load_records(self.directory)
+        if len(self.records) != len(self.array):
+            raise ValueError(f"{self.directory}: {len(self.array)} cached images but {len(self.records)} records")
+
+    @classmethod
+    def open(cls, directory: str | Path) -> ImageCache:
+        """The cache stored in ``directory``, with the records stored alongside."""
+        return cls(directory)
+
+    @classmethod
+    def build(
+        cls,
+        records: Sequence[Record],
+        size: tuple[int, int],
+        cache_dir: str | Path,
+        workers: int = 0,
+        progress: bool = True,
+    ) -> ImageCache:
+        """Decode and resize ``records`` to ``size = (H, W)`` once under ``cache_dir/images/<key>``.
+
+        Reuses the finished cache when the key matches. ``workers > 0`` hashes and decodes with that
+        many threads (PIL releases the GIL while decoding). An unreadable or missing image raises a
+        :class:`DatasetError` naming it, and nothing is left in the cache.
+        """
+        records = list(records)
+        height, width = _check_size(size)
+        if not records:
+            raise ValueError("cannot build an image cache from an empty record list")
+        paths = [os.path.abspath(r.path) for r in records]
+        digests = list(_parallel_map(_file_digest, paths, workers, "hash images" if progress else None))
+        root = _common_root(paths)
+        key = config_key(
+            {
+                "format": CACHE_FORMAT,
+                "size": [height, width],
+                "images": [
+                    [os.path.relpath(p, root), d, r.pid, r.cam, r.modality] for p, d, r in zip(paths, digests, records)
+                ],
+            }
+        )
+
+        def produce(tmp: Path) -> None:
+            _write_array(tmp / ARRAY_FILE, paths, digests, (height, width), workers, progress)
+            atomic_write_json(tmp / RECORDS_FILE, [asdict(r) for r in records])
+            meta = {"format": CACHE_FORMAT, "size": [height, width], "count": len(records), "root": root, "key": key}
+            atomic_write_json(tmp / META_FILE, meta)
+
+        directory = build_once(Path(cache_dir) / "images" / key, produce)
+        return cls(directory, records)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of every cached image."""
+        return int(self.array.shape[1]), int(self.array.shape[2])
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """The ``H x W x 3`` uint8 RGB image ``index`` (a read-only view; copy before modifying)."""
+        return self.array[index]
+
+    def __repr__(self) -> str:
+        height, width = self.size
+        return f"ImageCache({len(self)} images of {height}x{width} at {self.directory})"
+
+
+def decode_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """One image file decoded to RGB and squash-resized (bilinear) to ``size = (H, W)``, as cached."""
+    return _decode_bytes(_read_bytes(str(path)), str(path), _check_size(size))
+
+
+def _write_array(
+    target: Path, paths: list[str], digests: list[str], size: tuple[int, int], workers: int, progress: bool
+) -> None:
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
+
+    def decode(item: tuple[str, str]) -> np.ndarray:
+        path, digest = item
+        data = _read_bytes(path)
+        if _digest(data) != digest:
+            raise DatasetError(f"{path}: the file changed while the image cache was being built; build it again")
+        return _decode_bytes(data, path, size)
+
+    for index, image in enumerate(_parallel_map(decode, zip(paths, digests), workers, "decode images" if progress else None)):
+        out[index] = image
+    out.flush()
+    del out
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read the image file ({error.strerror or error})") from error
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    return _digest(_read_bytes(path))
+
+
+def _decode_bytes(data: bytes, path: str, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise DatasetError(f"{path}: not a readable image ({error}); replace or remove it, then rebuild") from error
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str | None) -> Iterator[R]:
+    """``map(fn, items)`` in order, on ``workers`` threads in bounded chunks, with an optional progress bar."""
+    items = list(items)
+    bar = tqdm(total=len(items), desc=desc, disable=desc is None, leave=False)
+    try:
+        if workers <= 0:
+            for item in items:
+                yield fn(item)
+                bar.update()
+            return
+        chunk = max(1, workers * 16)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(items), chunk):
+                for result in pool.map(fn, items[start : start + chunk]):
+                    yield result
+                    bar.update()
+    finally:
+        bar.close()
+
+
+def _common_root(paths: Sequence[str]) -> str:
+    return os.path.commonpath([os.path.dirname(p) for p in paths])
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
+        raise ValueError(f"size must be (height, width) of positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _load_records(directory: Path) -> list[Record]:
+    with open(directory / RECORDS_FILE) as handle:
+        return [Record(**entry) for entry in json.load(handle)]
