@@ -136,8 +136,9 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_ids", token_ids[None])  # (1, L), kept for inspection and checkpoints
         self.register_buffer("token_prefix", embedded[:, :start].clone())  # SOT and the words before X
         self.register_buffer("token_suffix", embedded[:, start + n_ctx :].clone())  # words after X, EOT, padding
-        context = torch.empty(num_ids, n_ctx, weight.shape[1], dtype=weight.dtype, device=weight.device)
-        self.context = nn.Parameter(nn.init.normal_(context, std=init_std, generator=generator))
+        context = torch.empty(num_ids, n_ctx, weight.shape[1], dtype=weight.dtype)  # drawn on CPU: seedable anywhere
+        nn.init.normal_(context, std=init_std, generator=generator)
+        self.context = nn.Parameter(context.to(weight.device))
 
     @staticmethod
     def _tokenise(template: PromptTemplate, tokenizer: Tokenizer, context_length: int) -> Tensor:
