@@ -1,0 +1,28 @@
+"""CLIP backbones for csdn: loading over open_clip, person-crop adaptation, and the embedded tiny CLIP."""
+
+from csdn.clip.adapt import ClipVisual, TextEncoder, VisualFeatures, adapt_visual
+from csdn.clip.loader import (
+    TINY_ARCHS,
+    CheckpointMismatchError,
+    ClipBundle,
+    ClipSource,
+    ClipWeightsUnavailable,
+    load_clip,
+    local_dir_source,
+    save_local_dir,
+)
+
+__all__ = [
+    "TINY_ARCHS",
+    "CheckpointMismatchError",
+    "ClipBundle",
+    "ClipSource",
+    "ClipVisual",
+    "ClipWeightsUnavailable",
+    "TextEncoder",
+    "VisualFeatures",
+    "adapt_visual",
+    "load_clip",
+    "local_dir_source",
+    "save_local_dir",
+]

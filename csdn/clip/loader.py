@@ -1,0 +1,513 @@
+"""One loader over open_clip for every CLIP source, returning a model adapted to person crops.
+
+Sources (:class:`ClipSource`):
+
+* ``arch`` + pretrained tag (``"RN50"``/``"ViT-B-16"`` + ``"openai"``): weights from the open_clip /
+  Hugging Face cache or downloaded when online. Offline (``HF_HUB_OFFLINE=1``, set before Python starts)
+  an uncached tag fails at once with :class:`ClipWeightsUnavailable` naming the alternatives.
+* ``arch`` + a local weights file (``.safetensors``, or ``.pt``/``.pth``/``.bin`` read with
+  ``weights_only=True``; OpenAI's TorchScript archives are read with ``torch.jit.load``). ``module.``
+  prefixes and ``{"state_dict": ...}``/``{"model": ...}`` wrappers are unwrapped.
+* ``"local-dir:<folder>"``: an open_clip folder (``open_clip_config.json`` + weights), e.g. the tiny CLIP.
+* ``pretrained=None``: random initialisation (tests, or training from scratch).
+
+OpenAI weights get QuickGELU whichever way they are loaded (tag metadata, TorchScript archive/OpenAI
+state-dict markers, or "openai" in the file path); ``ClipSource.quick_gelu`` overrides the guess.
+The tiny architectures ``csdn-tiny-vit`` and ``csdn-tiny-rn`` are registered with open_clip from the
+JSON configs shipped in ``csdn/clip/model_configs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import CLIP
+from open_clip.tokenizer import SimpleTokenizer
+from torchvision.transforms import v2
+
+from csdn.artifacts import atomic_write_bytes, atomic_write_json
+from csdn.clip.adapt import ClipVisual, TextEncoder, adapt_visual, visual_kind
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+TINY_ARCHS = ("csdn-tiny-vit", "csdn-tiny-rn")
+LOCAL_DIR = "local-dir:"
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+_OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
+_POS_KEYS = ("visual.positional_embedding", "visual.attnpool.positional_embedding")
+
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class ClipWeightsUnavailable(RuntimeError):
+    """Named pretrained weights are neither cached nor downloadable (offline)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the architecture it is loaded into."""
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """Where a CLIP comes from and the person-crop geometry it is adapted to."""
+
+    arch: str  # open_clip architecture name: "RN50", "ViT-B-16", "csdn-tiny-vit", "csdn-tiny-rn", ...
+    pretrained: str | None = None  # tag ("openai"), weights file path, "local-dir:<folder>", or None (random)
+    image_size: tuple[int, int] = (256, 128)  # (H, W) input the image tower is adapted to
+    last_stride: int = 1  # ResNets only: stride of layer4 (1 = re-ID adaptation, 2 = CLIP as released)
+    quick_gelu: bool | None = None  # force QuickGELU on/off; None = auto (True for OpenAI weights)
+    cache_dir: str | None = None  # open_clip / Hugging Face download cache; None = their defaults
+
+    def __post_init__(self) -> None:
+        if len(self.image_size) != 2:
+            raise ValueError(f"image_size must be (H, W), got {self.image_size!r}")
+        object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        if self.last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride}")
+
+
+@dataclass
+class ClipBundle:
+    """A loaded, adapted CLIP and everything needed to feed it."""
+
+    model: CLIP  # the open_clip model, image tower adapted to ``image_size``, in eval mode
+    tokenizer: SimpleTokenizer  # open_clip BPE tokenizer padded/truncated to ``context_length``
+    context_length: int  # text positions of the model
+    mean: tuple[float, ...]  # per-channel normalisation mean (0..1 scale)
+    std: tuple[float, ...]  # per-channel normalisation std
+    quick_gelu: bool  # whether the towers use QuickGELU
+    image_size: tuple[int, int]  # (H, W) the image tower expects
+    last_stride: int  # layer4 stride for ResNets
+    source: ClipSource  # what was asked for
+    model_cfg: dict[str, Any] = field(repr=False)  # open_clip model config that built ``model``
+    checkpoint: Path | None = None  # the weights file that was loaded, if any
+
+    @property
+    def kind(self) -> str:
+        """``"resnet"`` or ``"vit"``."""
+        return visual_kind(self.model.visual)
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint image-text space."""
+        return int(self.model.visual.output_dim)
+
+    def visual(self) -> ClipVisual:
+        """The image tower as stem + trunk (modules shared with ``model``)."""
+        return ClipVisual(self.model.visual)
+
+    def text_encoder(self) -> TextEncoder:
+        """The frozen text tower working on token embeddings (modules shared with ``model``)."""
+        return TextEncoder(self.model, self.tokenizer)
+
+    def preprocess(self) -> v2.Compose:
+        """Single-image transform (PIL or HxWx3 uint8): squash-resize to ``image_size``, normalise."""
+        return person_transform(self.image_size, self.mean, self.std)
+
+    def to_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A uint8 batch (N, H, W, 3) -> normalised float (N, 3, H', W') on the model's device."""
+        device = next(self.model.parameters()).device
+        return images_to_tensor(images, self.image_size, self.mean, self.std).to(device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def person_transform(image_size: tuple[int, int], mean, std) -> v2.Compose:
+    """Squash-resize (no centre crop: person crops keep head and feet) and normalise one image."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(tuple(image_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ])
+
+
+def images_to_tensor(images: np.ndarray | torch.Tensor, image_size: tuple[int, int], mean, std) -> torch.Tensor:
+    """uint8 images (N, H, W, 3) -> normalised float (N, 3, H', W'), squash-resized when sizes differ."""
+    x = torch.as_tensor(images)
+    if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if tuple(x.shape[2:]) != tuple(image_size):
+        x = F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False, antialias=True)
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading checkpoints
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Read a weights file into a plain state dict; also say whether it carries OpenAI's markers.
+
+    Unwraps ``{"state_dict": ...}``, ``{"model": ...}``, ``{"model_state_dict": ...}`` and strips
+    ``module.`` / ``_orig_mod.`` prefixes (DataParallel, torch.compile).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weights file not found: {path}")
+    if path.suffix not in _WEIGHT_SUFFIXES:
+        raise ValueError(f"{path}: expected a {'/'.join(_WEIGHT_SUFFIXES)} weights file")
+    torchscript = False
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw: Any = load_file(str(path), device="cpu")
+        elif _is_torchscript_archive(path):
+            torchscript = True
+            raw = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: could not read CLIP weights ({type(error).__name__}: {error})") from error
+    state = _unwrap(raw, path)
+    openai_marker = torchscript or any(key in state for key in _OPENAI_META_KEYS)
+    state = {k: v for k, v in state.items() if k not in _OPENAI_META_KEYS}
+    return state, openai_marker
+
+
+def _unwrap(raw: Any, path: Path) -> dict[str, torch.Tensor]:
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
+            raw = raw[wrapper]
+            break
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(raw).__name__}")
+    state = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        state[key] = value
+    return state
+
+
+def describe_state_dict(state: dict[str, torch.Tensor]) -> str:
+    """A one-line guess of the architecture a CLIP state dict belongs to (for error messages)."""
+    if "visual.conv1.weight" in state and "visual.proj" in state:
+        conv = state["visual.conv1.weight"]
+        layers = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})
+        return f"a ViT CLIP (width {conv.shape[0]}, patch {conv.shape[-1]}, {layers} layers)"
+    if "visual.attnpool.c_proj.weight" in state:
+        blocks = [len({k.split(".")[2] for k in state if k.startswith(f"visual.layer{b}.")}) for b in range(1, 5)]
+        return f"a ModifiedResNet CLIP (layers {blocks}, embed dim {state['visual.attnpool.c_proj.weight'].shape[0]})"
+    return f"not an open_clip CLIP state dict (first keys: {list(state)[:3]})"
+
+
+def _mismatches(model: CLIP, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items() if k in state and state[k].shape != v.shape
+    ]
+    return missing, unexpected, shapes
+
+
+def _mismatch_message(path: Path, arch: str, state: dict, found: tuple[list[str], list[str], list[str]]) -> str:
+    missing, unexpected, shapes = found
+    parts = [f"{len(missing)} missing keys", f"{len(unexpected)} unexpected keys", f"{len(shapes)} shape mismatches"]
+    examples = (missing[:2] + unexpected[:2] + shapes[:2])
+    return (
+        f"checkpoint {path} does not fit architecture {arch!r}: {', '.join(parts)} (e.g. {examples}). "
+        f"The checkpoint looks like {describe_state_dict(state)}. Pass the architecture it was trained with "
+        "as ClipSource(arch=...)."
+    )
+
+
+def _fit_scalars(model: CLIP, state: dict[str, torch.Tensor]) -> None:
+    for key in ("logit_scale", "logit_bias"):
+        param = getattr(model, key, None)
+        if key in state and param is not None and state[key].shape != param.shape and state[key].numel() == param.numel():
+            state[key] = state[key].reshape(param.shape)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resolving a source
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub is switched off (``HF_HUB_OFFLINE=1`` when Python started)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _alternatives(arch: str) -> str:
+    return (
+        f"Use instead: a local weights file, ClipSource(arch={arch!r}, pretrained='/path/to/weights.safetensors' "
+        f"or '.pt'); an open_clip folder, ClipSource(arch={arch!r}, pretrained='local-dir:/path/to/folder'); "
+        "or the embedded tiny CLIP, csdn.clip.tiny_clip(...) with arch 'csdn-tiny-rn' or 'csdn-tiny-vit'. "
+        "To fill the cache, run once online (without HF_HUB_OFFLINE=1)."
+    )
+
+
+def cached_pretrained(arch: str, tag: str, cache_dir: str | None = None) -> Path | None:
+    """The cached weights file of an open_clip (arch, tag), or None when it is not in the cache."""
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        known = open_clip.list_pretrained_tags_by_model(arch)
+        raise ValueError(
+            f"{tag!r} is neither a file, a 'local-dir:' folder nor a pretrained tag of {arch!r} "
+            f"(known tags: {known or 'none'})"
+        )
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(cfg["hf_hub"])
+        names = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME] if not filename else [filename]
+        if filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        for name in names:
+            hit = try_to_load_from_cache(repo_id=repo_id, filename=name, cache_dir=cache_dir)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return Path(hit)
+    if cfg.get("url"):
+        candidate = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(cfg["url"])
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _tag_weights(arch: str, tag: str, cache_dir: str | None) -> Path:
+    cached = cached_pretrained(arch, tag, cache_dir)
+    if cached is not None:
+        return cached
+    if hub_offline():
+        raise ClipWeightsUnavailable(
+            f"CLIP weights {arch}/{tag} are not in the local cache and the hub is offline (HF_HUB_OFFLINE=1). "
+            + _alternatives(arch)
+        )
+    try:
+        return Path(open_clip.download_pretrained(open_clip.get_pretrained_cfg(arch, tag), cache_dir=cache_dir))
+    except Exception as error:
+        raise ClipWeightsUnavailable(f"could not download CLIP weights {arch}/{tag}: {error}. " + _alternatives(arch)) from error
+
+
+def registered_config(arch: str) -> dict[str, Any]:
+    """The open_clip model config of a registered architecture name (a deep copy)."""
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise ValueError(f"unknown CLIP architecture {arch!r}; known: {', '.join(open_clip.list_models())}")
+    return cfg
+
+
+def _structure(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a model config that decide the weight shapes (image size and activation aside)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.pop("quick_gelu", None)
+    cfg.get("vision_cfg", {}).pop("image_size", None)
+    return cfg
+
+
+def read_local_dir(folder: str | Path) -> dict[str, Any]:
+    """Parse ``open_clip_config.json`` of a ``local-dir:`` folder (clear errors for missing/invalid files)."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise FileNotFoundError(f"local-dir folder not found: {folder}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: a local-dir: folder needs open_clip's {CONFIG_FILE} with 'model_cfg'")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if "model_cfg" not in config:
+        raise ValueError(f"{path} has no 'model_cfg' entry (expected open_clip's local-dir format)")
+    return config
+
+
+def _local_dir_weights(folder: Path) -> Path:
+    preferred = [folder / name for name in (WEIGHTS_FILE, "open_clip_pytorch_model.bin", "model.safetensors")]
+    found = [p for p in preferred if p.is_file()] or sorted(p for s in _WEIGHT_SUFFIXES for p in folder.glob(f"*{s}"))
+    if not found:
+        raise FileNotFoundError(f"{folder} has {CONFIG_FILE} but no weights file ({WEIGHTS_FILE} expected)")
+    return found[0]
+
+
+@dataclass
+class _Plan:
+    model_cfg: dict[str, Any]
+    checkpoint: Path | None
+    state: dict[str, torch.Tensor] | None
+    quick_gelu: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    stored_geometry: tuple[tuple[int, int], int] | None  # (image_size, last_stride) the weights were saved at
+
+
+def _plan(source: ClipSource) -> _Plan:
+    mean, std = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
+    pretrained = source.pretrained
+    if pretrained is None:
+        cfg = registered_config(source.arch)
+        return _Plan(cfg, None, None, _choose(source.quick_gelu, cfg.get("quick_gelu", False)), mean, std, None)
+    if pretrained.startswith(LOCAL_DIR):
+        return _plan_local_dir(source, Path(pretrained[len(LOCAL_DIR):]))
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        cfg = registered_config(source.arch)
+        state, openai_marker = read_state_dict(path)
+        openai = openai_marker or "openai" in str(path).lower() or bool(cfg.get("quick_gelu", False))
+        return _Plan(cfg, path, state, _choose(source.quick_gelu, openai), mean, std, None)
+    if path.suffix in _WEIGHT_SUFFIXES or os.sep in pretrained:
+        raise FileNotFoundError(f"CLIP weights file not found: {path}")
+    cfg = registered_config(source.arch)
+    weights = _tag_weights(source.arch, pretrained, source.cache_dir)
+    tag_cfg = open_clip.get_pretrained_cfg(source.arch, pretrained)
+    state, _ = read_state_dict(weights)
+    quick = _choose(source.quick_gelu, bool(tag_cfg.get("quick_gelu", False) or cfg.get("quick_gelu", False)))
+    return _Plan(cfg, weights, state, quick, tuple(tag_cfg.get("mean", mean)), tuple(tag_cfg.get("std", std)), None)
+
+
+def _plan_local_dir(source: ClipSource, folder: Path) -> _Plan:
+    config = read_local_dir(folder)
+    cfg = config["model_cfg"]
+    known = open_clip.get_model_config(source.arch)
+    if known is not None and _structure(known) != _structure(cfg):
+        raise CheckpointMismatchError(
+            f"{folder / CONFIG_FILE} describes a different architecture than {source.arch!r}; "
+            f"pass the folder's own architecture as ClipSource(arch=...) (recorded: {config.get('csdn', {}).get('arch', 'unknown')})"
+        )
+    weights = _local_dir_weights(folder)
+    state, _ = read_state_dict(weights)
+    preprocess = config.get("preprocess_cfg", {})
+    record = config.get("csdn")
+    stored = (tuple(record["image_size"]), int(record.get("last_stride", 1))) if record else None
+    return _Plan(
+        cfg, weights, state, _choose(source.quick_gelu, cfg.get("quick_gelu", False)),
+        tuple(preprocess.get("mean", OPENAI_DATASET_MEAN)), tuple(preprocess.get("std", OPENAI_DATASET_STD)), stored,
+    )
+
+
+def _choose(forced: bool | None, guess: bool) -> bool:
+    return bool(guess) if forced is None else bool(forced)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building and loading
+
+
+def build_model(model_cfg: dict[str, Any], quick_gelu: bool) -> CLIP:
+    """Instantiate an open_clip CLIP with the built-in towers from a model config (random weights)."""
+    cfg = copy.deepcopy(model_cfg)
+    if cfg.pop("custom_text", False) or cfg.get("text_cfg", {}).get("hf_model_name"):
+        raise ValueError("csdn needs CLIP's built-in text transformer (no custom/HF text towers)")
+    if cfg.get("vision_cfg", {}).get("timm_model_name"):
+        raise ValueError("csdn needs open_clip's ModifiedResNet or VisionTransformer image tower (no timm towers)")
+    cfg.pop("multimodal_cfg", None)
+    cfg["quick_gelu"] = quick_gelu
+    model = CLIP(**cfg)
+    visual_kind(model.visual)  # fail early on unsupported towers
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(context_length: int) -> SimpleTokenizer:
+    return SimpleTokenizer(context_length=context_length)
+
+
+def _load_weights(model: CLIP, plan: _Plan, source: ClipSource) -> None:
+    state = dict(plan.state)
+    if plan.stored_geometry is not None:
+        adapt_visual(model.visual, *plan.stored_geometry)
+    _fit_scalars(model, state)
+    found = _mismatches(model, state)
+    only_grid = not found[0] and not found[1] and all(s.split(":")[0] in _POS_KEYS for s in found[2])
+    if found[2] and only_grid:  # weights saved from a model already adapted to the requested geometry
+        adapt_visual(model.visual, source.image_size, source.last_stride)
+        found = _mismatches(model, state)
+    if any(found):
+        raise CheckpointMismatchError(_mismatch_message(plan.checkpoint, source.arch, state, found))
+    model.load_state_dict(state, strict=True)
+
+
+def load_clip(source: ClipSource, device: str | torch.device = "cpu") -> ClipBundle:
+    """Load (or randomly initialise) a CLIP from ``source`` and adapt it to ``source.image_size``."""
+    plan = _plan(source)
+    model = build_model(plan.model_cfg, plan.quick_gelu)
+    if plan.state is not None:
+        _load_weights(model, plan, source)
+    adapt_visual(model.visual, source.image_size, source.last_stride)
+    model = model.to(device).eval()
+    context_length = int(model.positional_embedding.shape[0])
+    return ClipBundle(
+        model=model,
+        tokenizer=_tokenizer(context_length),
+        context_length=context_length,
+        mean=plan.mean,
+        std=plan.std,
+        quick_gelu=plan.quick_gelu,
+        image_size=(int(source.image_size[0]), int(source.image_size[1])),
+        last_stride=source.last_stride,
+        source=source,
+        model_cfg={**plan.model_cfg, "quick_gelu": plan.quick_gelu},
+        checkpoint=plan.checkpoint,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saving in open_clip's local-dir format
+
+
+def save_local_dir(bundle: ClipBundle, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``bundle`` as an open_clip ``local-dir:`` folder (config + safetensors weights).
+
+    The geometry the weights are in (image size, ResNet last stride) is recorded under the ``"csdn"``
+    key, which open_clip ignores; :func:`load_clip` re-applies it before loading the weights.
+    """
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+    atomic_write_bytes(folder / WEIGHTS_FILE, save(tensors))
+    height, width = bundle.image_size
+    config = {
+        "model_cfg": bundle.model_cfg,
+        "preprocess_cfg": {
+            "size": [height, width], "mean": list(bundle.mean), "std": list(bundle.std),
+            "interpolation": "bilinear", "resize_mode": "squash",
+        },
+        "csdn": {"arch": bundle.source.arch, "image_size": [height, width], "last_stride": bundle.last_stride, **(extra or {})},
+    }
+    atomic_write_json(folder / CONFIG_FILE, config)
+    return folder
+
+
+def local_dir_source(folder: str | Path, image_size: tuple[int, int] | None = None) -> ClipSource:
+    """A :class:`ClipSource` for a folder written by :func:`save_local_dir` (arch and size from its record)."""
+    config = read_local_dir(folder)
+    record = config.get("csdn", {})
+    arch = record.get("arch", "")
+    size = tuple(image_size or record.get("image_size") or config.get("preprocess_cfg", {}).get("size", (256, 128)))
+    return ClipSource(arch=arch, pretrained=f"{LOCAL_DIR}{Path(folder)}", image_size=size,
+                      last_stride=int(record.get("last_stride", 1)))
