@@ -1,0 +1,91 @@
+"""Evaluation figures: CMC curves and rank lists. Each function returns a matplotlib ``Figure``
+(created without pyplot, so nothing is drawn twice in a notebook and no global state is touched)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from csdn.eval.metrics import Metrics
+from csdn.eval.protocols import ProtocolResult
+
+QUERY_COLOUR = "tab:blue"  # frame of the query image
+CORRECT_COLOUR = "green"  # frame of a gallery image of the query's identity
+WRONG_COLOUR = "red"  # frame of a gallery image of another identity
+FRAME_WIDTH = 4.0  # frame line width in points
+
+
+def plot_cmc(results: Mapping[str, ProtocolResult | Metrics], title: str = "CMC") -> Figure:
+    """One CMC curve (matching rate in percent against rank) per named result."""
+    if not results:
+        raise ValueError("plot_cmc needs at least one named result")
+    fig = Figure(figsize=(5.5, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    for name, result in results.items():
+        if not isinstance(result, (ProtocolResult, Metrics)):
+            raise TypeError(f"result {name!r} must be a ProtocolResult or Metrics, got {type(result).__name__}")
+        cmc = np.asarray(result.cmc) * 100
+        ranks = np.arange(1, len(cmc) + 1)
+        label = f"{name} (R1 {cmc[0]:.1f}%, mAP {result.mAP * 100:.1f}%)"
+        ax.plot(ranks, cmc, marker="o", markersize=3, label=label)
+    ax.set_xlabel("Rank")
+    ax.set_ylabel("Matching rate (%)")
+    ax.set_ylim(0, 101)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_rank_list(
+    query_image: np.ndarray,
+    gallery_images: Sequence[np.ndarray],
+    correct: Sequence[bool],
+    scores: Sequence[float],
+    k: int = 10,
+    *,
+    title: str | None = None,
+) -> Figure:
+    """The query followed by its top-``k`` gallery images (already in rank order), framed green when
+    the identity is correct and red otherwise, each titled with its rank and score.
+
+    Images are H x W x 3 uint8 arrays; ``correct`` and ``scores`` are aligned with ``gallery_images``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    k = min(k, len(gallery_images))
+    if k == 0:
+        raise ValueError("gallery_images is empty")
+    if len(correct) < k or len(scores) < k:
+        raise ValueError(f"correct ({len(correct)}) and scores ({len(scores)}) need at least {k} entries, "
+                         "one per shown gallery image")
+    fig = Figure(figsize=(1.3 * (k + 1), 3.2), layout="constrained")
+    axes = fig.subplots(1, k + 1, squeeze=False)[0]
+    _show(axes[0], _rgb(query_image, "query_image"), QUERY_COLOUR, "query")
+    for i in range(k):
+        colour = CORRECT_COLOUR if correct[i] else WRONG_COLOUR
+        _show(axes[i + 1], _rgb(gallery_images[i], f"gallery_images[{i}]"), colour,
+              f"{i + 1}\n{float(scores[i]):.3f}")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _show(ax: Axes, image: np.ndarray, colour: str, label: str) -> None:
+    ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(FRAME_WIDTH)
+    ax.set_title(label, fontsize="small")
+
+
+def _rgb(image: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"{name} must be an H x W x 3 uint8 array, got {array.dtype} of shape {array.shape}")
+    return array
