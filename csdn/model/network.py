@@ -1,0 +1,142 @@
+"""The CSDN image network: modality-specific stems, a shared CLIP trunk, and two BNNeck heads.
+
+Head (a): GeM-pooled trunk feature map (ViT: the class token) -> BatchNorm1d (BNNeck) -> bias-free Linear.
+Head (b): the trunk's projected CLIP feature (attention pool / ViT projection) -> BatchNorm1d -> Linear.
+The inference feature is ``concat(L2norm(BN(GeM feature)), L2norm(projected feature))``.
+
+``modality_stems=False`` gives one shared stem (the CLIP-ReID and vision-only baselines).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from csdn.clip.adapt import RESNET, ClipVisual
+from csdn.data.records import INFRARED, MODALITIES, VISIBLE
+
+VARIANTS = ("csdn", "clip-reid", "vision-only")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the network and its text side are made of (the variant picks sensible defaults)."""
+
+    variant: str = "csdn"  # "csdn", "clip-reid" (shared prompts, no SII, one stem) or "vision-only" (no text)
+    modality_stems: bool = True  # separate copies of the CLIP stem for visible and infrared images
+    prompt_wording: str = "paper"  # "paper" ("A visible/An infrared photo of ...") or "released" ("A photo of ...")
+    n_ctx: int = 4  # learnable context tokens per identity and modality
+    sii: str = "official"  # SII variant: "official", "attention", "mean" or "none"
+    sii_heads: int = 8  # attention heads of the "attention" SII
+    gem_p: float = 3.0  # initial GeM exponent (learnable)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+
+    @property
+    def uses_text(self) -> bool:
+        """False for the vision-only baseline (no prompts, no SII, no HSE)."""
+        return self.variant != "vision-only"
+
+    @property
+    def shared_prompts(self) -> bool:
+        """One prompt learner for both modalities (the CLIP-ReID baseline)."""
+        return self.variant == "clip-reid"
+
+    @property
+    def sii_kind(self) -> str:
+        """The SII variant actually used: only CSDN fuses."""
+        return self.sii if self.variant == "csdn" else "none"
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling over the spatial grid with a learnable exponent ``p``."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+def bnneck(dim: int) -> nn.BatchNorm1d:
+    """BatchNorm1d with a frozen zero bias, as in the BNNeck of the re-ID baselines."""
+    bn = nn.BatchNorm1d(dim)
+    bn.bias.requires_grad_(False)
+    nn.init.ones_(bn.weight)
+    nn.init.zeros_(bn.bias)
+    return bn
+
+
+def classifier(dim: int, num_ids: int) -> nn.Linear:
+    """Bias-free identity classifier, weights N(0, 0.001)."""
+    fc = nn.Linear(dim, num_ids, bias=False)
+    nn.init.normal_(fc.weight, std=0.001)
+    return fc
+
+
+class NetOutput(NamedTuple):
+    """Training-time outputs for a batch."""
+
+    gem: Tensor  # (B, trunk_dim) GeM feature before the BNNeck (triplet loss)
+    proj: Tensor  # (B, embed_dim) projected CLIP feature (triplet and HSE losses)
+    gem_logits: Tensor  # (B, num_ids) classifier of the BN'd GeM feature
+    proj_logits: Tensor  # (B, num_ids) classifier of the BN'd projected feature
+
+
+class CSDNNet(nn.Module):
+    """Stems per modality + the shared trunk of a CLIP image tower + two heads."""
+
+    def __init__(self, visual: ClipVisual, num_ids: int, modality_stems: bool = True, gem_p: float = 3.0) -> None:
+        super().__init__()
+        if num_ids < 1:
+            raise ValueError(f"num_ids must be >= 1, got {num_ids}")
+        self.num_ids = num_ids
+        self.modality_stems = modality_stems
+        stems = {VISIBLE: copy.deepcopy(visual.stem)}
+        stems[INFRARED] = copy.deepcopy(visual.stem) if modality_stems else stems[VISIBLE]
+        self.stems = nn.ModuleDict(stems) if modality_stems else None
+        self.stem = None if modality_stems else stems[VISIBLE]
+        self.trunk = copy.deepcopy(visual.trunk)
+        self.trunk_dim, self.embed_dim = visual.trunk_dim, visual.embed_dim
+        # ResNet feature maps are post-ReLU, so GeM applies; ViT tokens after ln_post are signed, so the
+        # ViT head uses the class token instead (as CLIP-ReID's ViT does).
+        self.pool_with_gem = visual.kind == RESNET
+        self.gem = GeM(gem_p)
+        self.bn_gem, self.cls_gem = bnneck(self.trunk_dim), classifier(self.trunk_dim, num_ids)
+        self.bn_proj, self.cls_proj = bnneck(self.embed_dim), classifier(self.embed_dim, num_ids)
+
+    def stem_for(self, modality: str) -> nn.Module:
+        """The stem that images of ``modality`` pass through."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        return self.stems[modality] if self.stems is not None else self.stem
+
+    def backbone(self, parts: list[tuple[Tensor, str]]) -> tuple[Tensor, Tensor]:
+        """Run each (images, modality) part through its stem, then all together through the trunk.
+
+        Returns the GeM feature and the projected feature, rows in the order of ``parts``.
+        """
+        hidden = torch.cat([self.stem_for(m)(x) for x, m in parts if len(x)])
+        features = self.trunk(hidden)
+        pooled = self.gem(features.feature_map.float()) if self.pool_with_gem else features.pooled.float()
+        return pooled, features.projected.float()
+
+    def forward(self, parts: list[tuple[Tensor, str]]) -> NetOutput:
+        """Training forward over (images, modality) parts (visible and infrared in one batch)."""
+        gem, proj = self.backbone(parts)
+        return NetOutput(gem, proj, self.cls_gem(self.bn_gem(gem)), self.cls_proj(self.bn_proj(proj)))
+
+    def embed(self, images: Tensor, modality: str) -> Tensor:
+        """Inference feature of images of one modality: concat(L2(BN(GeM)), L2(projected))."""
+        gem, proj = self.backbone([(images, modality)])
+        return torch.cat([F.normalize(self.bn_gem(gem), dim=1), F.normalize(proj, dim=1)], dim=1)
+

@@ -1,0 +1,82 @@
+"""The CSDN image network on tiny random CLIPs: stems per modality, heads, inference feature."""
+
+import pytest
+import torch
+
+from csdn.clip.loader import ClipSource, load_clip
+from csdn.data.records import INFRARED, VISIBLE
+from csdn.model.network import CSDNNet, GeM, ModelConfig
+
+
+@pytest.fixture(scope="module", params=["csdn-tiny-rn", "csdn-tiny-vit"])
+def visual(request):
+    torch.manual_seed(0)
+    return load_clip(ClipSource(arch=request.param, image_size=(64, 32))).visual()
+
+
+def test_shapes_and_separate_stems(visual) -> None:
+    net = CSDNNet(visual, num_ids=5)
+    x_vis, x_ir = torch.randn(4, 3, 64, 32), torch.randn(3, 3, 64, 32)
+    out = net([(x_vis, VISIBLE), (x_ir, INFRARED)])
+    assert out.gem.shape == (7, visual.trunk_dim) and out.proj.shape == (7, visual.embed_dim)
+    assert out.gem_logits.shape == (7, 5) and out.proj_logits.shape == (7, 5)
+    assert net.stem_for(VISIBLE) is not net.stem_for(INFRARED)
+    # the stems start equal (copies of CLIP's) but are separate parameters
+    for a, b in zip(net.stem_for(VISIBLE).parameters(), net.stem_for(INFRARED).parameters()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+
+
+def test_shared_stem_for_baselines(visual) -> None:
+    net = CSDNNet(visual, num_ids=5, modality_stems=False)
+    assert net.stem_for(VISIBLE) is net.stem_for(INFRARED)
+
+
+def test_modality_routes_through_its_own_stem(visual) -> None:
+    net = CSDNNet(visual, num_ids=3).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        before = net.embed(x, INFRARED)
+        for p in net.stem_for(VISIBLE).parameters():
+            p.add_(0.5)
+        assert torch.equal(net.embed(x, INFRARED), before)
+        assert not torch.allclose(net.embed(x, VISIBLE), before)
+
+
+def test_embed_is_two_unit_halves(visual) -> None:
+    net = CSDNNet(visual, num_ids=3).eval()
+    with torch.no_grad():
+        f = net.embed(torch.randn(3, 3, 64, 32), VISIBLE)
+    assert f.shape == (3, visual.trunk_dim + visual.embed_dim)
+    torch.testing.assert_close(f[:, : visual.trunk_dim].norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(f[:, visual.trunk_dim :].norm(dim=1), torch.ones(3))
+
+
+def test_the_clip_model_is_not_modified(visual) -> None:
+    before = {k: v.clone() for k, v in visual.state_dict().items()}
+    net = CSDNNet(visual, num_ids=3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    for k, v in visual.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_bnneck_bias_frozen_and_bad_modality(visual) -> None:
+    net = CSDNNet(visual, num_ids=3)
+    assert not net.bn_gem.bias.requires_grad and not net.bn_proj.bias.requires_grad
+    with pytest.raises(ValueError, match="modality"):
+        net.embed(torch.randn(1, 3, 64, 32), "thermal")
+
+
+def test_gem_by_hand() -> None:
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    expected = ((1 + 8 + 27 + 64) / 4) ** (1 / 3)
+    torch.testing.assert_close(GeM(3.0)(x), torch.tensor([[expected]]))
+
+
+def test_model_config_variants() -> None:
+    assert ModelConfig().sii_kind == "official" and ModelConfig().uses_text
+    assert ModelConfig(variant="clip-reid").shared_prompts and ModelConfig(variant="clip-reid").sii_kind == "none"
+    assert not ModelConfig(variant="vision-only").uses_text
+    with pytest.raises(ValueError, match="variant"):
+        ModelConfig(variant="csdn++")
