@@ -1,0 +1,96 @@
+"""Configuration: frozen dataclasses and the named profiles that fill them.
+
+Config enters at the edge (a notebook's parameters cell, the CLI) as a profile name plus overrides and
+is passed down; library code never reads a global config. Each component owns its own config dataclass
+(``SynthConfig`` in :mod:`csdn.data.synthetic`, ...); this module composes them into one
+:class:`ExperimentConfig` per named profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from csdn.data.synthetic import SynthConfig
+
+DATASETS = ("synthvi", "sysu", "regdb", "llcm")
+SYNTH_LAYOUTS = ("sysu", "regdb", "llcm")
+PROFILE_ENV = "CSDN_PROFILE"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where it is, and the image size the network sees."""
+
+    dataset: str = "synthvi"  # "synthvi" (generated), "sysu", "regdb" or "llcm"
+    root: str | None = None  # dataset folder for real data; None for synthvi (generated into the cache)
+    synth: SynthConfig = field(default_factory=SynthConfig)  # the embedded world (dataset == "synthvi")
+    synth_layout: str = "sysu"  # on-disk layout SynthVI is written in, read back by the real reader
+    height: int = 128  # network input height (288 for RN50 on real data, 256 for ViT-B/16)
+    width: int = 64  # network input width (144 / 128 on real data)
+    hold_out_val: bool = True  # train without SYSU's val_id identities and use them for validation
+    regdb_trial: int = 1  # RegDB trial (1..10): each trial is its own train/test split and model
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.synth_layout not in SYNTH_LAYOUTS:
+            raise ValueError(f"synth_layout must be one of {SYNTH_LAYOUTS}, got {self.synth_layout!r}")
+        if self.dataset != "synthvi" and not self.root:
+            raise ValueError(
+                f"dataset {self.dataset!r} needs a root folder: pass --data /path/to/{self.dataset} "
+                "(or data=DataConfig(root=...))"
+            )
+        if not 1 <= self.regdb_trial <= 10:
+            raise ValueError(f"regdb_trial must be in 1..10, got {self.regdb_trial}")
+
+    @property
+    def layout(self) -> str:
+        """The reader to use: the real dataset's, or the layout SynthVI was written in."""
+        return self.synth_layout if self.dataset == "synthvi" else self.dataset
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run needs, from data to evaluation."""
+
+    name: str  # profile name (used in reports and cache keys)
+    seed: int = 0  # seed for every random choice of the run
+    device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+    data: DataConfig = field(default_factory=DataConfig)  # dataset and image size
+
+
+SMOKE_SYNTH = SynthConfig(
+    height=64, width=32, clip_ids=24, train_ids=12, val_ids=4, test_ids=8, images_per_cam=2,
+    llcm_cams_per_id=2, clip_images_per_id=4, regdb_images=4, regdb_trials=2,
+)
+
+
+def _smoke() -> ExperimentConfig:
+    return ExperimentConfig(name="smoke", data=DataConfig(synth=SMOKE_SYNTH, height=64, width=32))
+
+
+def _demo() -> ExperimentConfig:
+    return ExperimentConfig(name="demo", data=DataConfig(synth=SynthConfig(), height=128, width=64))
+
+
+PROFILES = {"smoke": _smoke, "demo": _demo}
+
+
+def get_profile(name: str, **overrides: Any) -> ExperimentConfig:
+    """The named profile, with top-level fields replaced by ``overrides`` (e.g. ``seed=3``)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return dataclasses.replace(PROFILES[name](), **overrides)
+
+
+def profile_from_env(default: str = "demo") -> str:
+    """The profile name from ``$CSDN_PROFILE`` (for notebooks' parameters cells and the CLI only)."""
+    return os.environ.get(PROFILE_ENV, default)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a (nested) config dataclass."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,75 @@
+"""Dataset statistics: splits, cameras and raw pixel statistics per modality (pandas tables)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from csdn.data.llcm import LLCM
+from csdn.data.protocol import DIRECTIONS
+from csdn.data.records import MODALITIES, Record
+from csdn.data.regdb import RegDB
+from csdn.data.sysu import SYSUMM01
+
+
+def splits(reader: SYSUMM01 | RegDB | LLCM, trial: int = 0) -> dict[str, list[Record]]:
+    """The named record lists of a reader (train, validation, query, and the galleries of ``trial``)."""
+    if isinstance(reader, SYSUMM01):
+        out = {"train": reader.train, "val": reader.val, "query": reader.query}
+        for mode in ("all", "indoor"):
+            for shots in (1, 10):
+                out[f"gallery {mode} {'single' if shots == 1 else 'multi'}-shot"] = reader.gallery(trial, mode, shots)
+        return out
+    if isinstance(reader, RegDB):
+        return {"train": reader.train, "test visible": reader.test_visible, "test thermal": reader.test_thermal}
+    out = {"train": reader.train}
+    for direction in DIRECTIONS:
+        out[f"query {direction}"] = reader.query(direction)
+        out[f"gallery {direction}"] = reader.gallery(direction, trial)
+    return out
+
+
+def split_table(reader: SYSUMM01 | RegDB | LLCM, trial: int = 0) -> pd.DataFrame:
+    """One row per (split, modality): identities, images and cameras."""
+    rows = []
+    for name, records in splits(reader, trial).items():
+        for modality in MODALITIES:
+            sub = [r for r in records if r.modality == modality]
+            if sub:
+                rows.append({"split": name, "modality": modality, "ids": len({r.pid for r in sub}),
+                             "images": len(sub), "cams": ",".join(str(c) for c in sorted({r.cam for r in sub}))})
+    return pd.DataFrame(rows)
+
+
+def camera_table(records: Sequence[Record]) -> pd.DataFrame:
+    """One row per camera: modality, identities, images and images per identity."""
+    frame = pd.DataFrame([{"cam": r.cam, "modality": r.modality, "pid": r.pid} for r in records])
+    if frame.empty:
+        return pd.DataFrame(columns=["cam", "modality", "ids", "images", "images_per_id"])
+    table = frame.groupby(["cam", "modality"]).agg(ids=("pid", "nunique"), images=("pid", "size")).reset_index()
+    table["images_per_id"] = (table["images"] / table["ids"]).round(2)
+    return table
+
+
+def pixel_statistics(images: np.ndarray, modalities: Sequence[str]) -> pd.DataFrame:
+    """Raw pixel statistics per modality of uint8 images ``(N, H, W, 3)``.
+
+    Columns: mean and std of each channel (0..255), overall brightness, and *colourfulness* (mean
+    absolute difference between channels: 0 for grayscale images, which infrared images are).
+    """
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(modalities):
+        raise ValueError(f"need (N, H, W, 3) images and N modalities, got {images.shape} and {len(modalities)}")
+    mods = np.asarray(modalities)
+    rows = []
+    for modality in MODALITIES:
+        sub = images[mods == modality].astype(np.float32)
+        if not len(sub):
+            continue
+        r, g, b = sub[..., 0], sub[..., 1], sub[..., 2]
+        colourfulness = (np.abs(r - g) + np.abs(g - b) + np.abs(r - b)).mean() / 3
+        rows.append({"modality": modality, "images": len(sub), "mean_r": r.mean(), "mean_g": g.mean(),
+                     "mean_b": b.mean(), "std_r": r.std(), "std_g": g.std(), "std_b": b.std(),
+                     "brightness": sub.mean(), "colourfulness": colourfulness})
+    return pd.DataFrame(rows).round(2)
