@@ -23,6 +23,8 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
+
 from csdn.data.protocol import (
     Direction,
     DatasetError,
@@ -73,7 +75,7 @@ class LLCM:
     def gallery(self, direction: Direction, trial: int) -> list[Record]:
         """One random test image per (id, camera) of the gallery modality, seeded by ``trial``."""
         _, modality = direction_modalities(direction)
-        if not isinstance(trial, int) or trial < 0:
+        if not isinstance(trial, (int, np.integer)) or trial < 0:
             raise ValueError(f"trial must be a non-negative int, got {trial!r}")
         rng = random.Random(trial)
         gallery = []
