@@ -138,7 +138,8 @@ def _write_array(
             raise DatasetError(f"{path}: the file changed while the image cache was being built; build it again")
         return _decode_bytes(data, path, size)
 
-    for index, image in enumerate(_parallel_map(decode, zip(paths, digests), workers, "decode images" if progress else None)):
+    images = _parallel_map(decode, zip(paths, digests), workers, "decode images" if progress else None)
+    for index, image in enumerate(images):
         out[index] = image
     out.flush()
     del out

@@ -92,7 +92,8 @@ class _ChannelTransform(v2.Transform):
         if isinstance(inpt, tv_tensors.TVTensor) and not isinstance(inpt, tv_tensors.Image):
             return inpt  # boxes, masks, ... pass through
         if inpt.ndim < 3 or inpt.shape[-3] != 3:
-            raise ValueError(f"{type(self).__name__} needs a 3-channel (..., 3, H, W) image, got shape {tuple(inpt.shape)}")
+            shape = tuple(inpt.shape)
+            raise ValueError(f"{type(self).__name__} needs a 3-channel (..., 3, H, W) image, got shape {shape}")
         out = self._apply(inpt.as_subclass(torch.Tensor), params)
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
 
