@@ -1,0 +1,1 @@
+"""Analysis: dataset views, modality-gap measurements, plots and the query/gallery inspector."""

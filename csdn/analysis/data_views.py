@@ -1,0 +1,91 @@
+"""Figures and tables for exploring a dataset: identity grids, attributes, captions, pixel histograms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from csdn.data.cache import decode_image
+from csdn.data.records import INFRARED, VISIBLE, Record
+
+
+def identity_grid(records: Sequence[Record], pids: Sequence[int], size: tuple[int, int] = (128, 64)) -> Figure:
+    """One row per identity, one column per camera (visible cameras first): the first image of each."""
+    cams = sorted({r.cam for r in records if r.modality == VISIBLE}) + sorted(
+        {r.cam for r in records if r.modality == INFRARED}
+    )
+    first: dict[tuple[int, int], Record] = {}
+    for r in records:
+        first.setdefault((r.pid, r.cam), r)
+    fig, axes = plt.subplots(len(pids), len(cams), figsize=(1.1 * len(cams), 2.0 * len(pids)), squeeze=False)
+    for i, pid in enumerate(pids):
+        for j, cam in enumerate(cams):
+            ax = axes[i, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            record = first.get((pid, cam))
+            if record is not None:
+                ax.imshow(decode_image(record.path, size))
+                ax.set_title(f"cam{cam} {'IR' if record.modality == INFRARED else 'RGB'}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"id {pid}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attribute_frame(metadata: dict) -> pd.DataFrame:
+    """SynthVI identity attributes (from ``synthvi.json``) as one row per identity."""
+    return pd.DataFrame.from_dict(metadata["identities"], orient="index").rename_axis("pid").reset_index()
+
+
+def plot_attribute_distributions(attributes: pd.DataFrame, columns: Sequence[str] | None = None) -> Figure:
+    """Bar charts of how often each attribute value occurs."""
+    columns = list(columns or [c for c in attributes.columns if c != "pid"])
+    ncols = 4
+    nrows = int(np.ceil(len(columns) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.4 * nrows), squeeze=False)
+    for ax, column in zip(axes.flat, columns):
+        counts = attributes[column].value_counts()
+        sns.barplot(x=counts.index, y=counts.values, ax=ax, color="steelblue")
+        ax.set_title(column, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+        ax.set_xlabel(""), ax.set_ylabel("ids")
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def caption_examples(metadata: dict, records: Sequence[Record], root: str, per_modality: int = 3) -> pd.DataFrame:
+    """A few captions per modality (one image each of different identities), with the image each describes."""
+    rows = []
+    for modality in (VISIBLE, INFRARED):
+        first_per_pid: dict[int, Record] = {}
+        for r in records:
+            if r.modality == modality:
+                first_per_pid.setdefault(r.pid, r)
+        for r in list(first_per_pid.values())[:per_modality]:
+            rel = str(r.path)[len(str(root)) :].lstrip("/")
+            rows.append({"modality": modality, "pid": r.pid, "cam": r.cam, "caption": metadata["captions"].get(rel, "")})
+    return pd.DataFrame(rows)
+
+
+def plot_pixel_histograms(images: np.ndarray, modalities: Sequence[str]) -> Figure:
+    """Per-modality histograms of channel intensities and of colourfulness (inter-channel difference)."""
+    mods = np.asarray(modalities)
+    fig, (ax_int, ax_col) = plt.subplots(1, 2, figsize=(10, 3.2))
+    for modality, colour in ((VISIBLE, "tab:orange"), (INFRARED, "tab:purple")):
+        sub = images[mods == modality].astype(np.float32)
+        if not len(sub):
+            continue
+        ax_int.hist(sub.reshape(-1), bins=64, range=(0, 255), density=True, alpha=0.5, color=colour, label=modality)
+        spread = np.abs(sub[..., 0] - sub[..., 1]) + np.abs(sub[..., 1] - sub[..., 2])
+        ax_col.hist(spread.mean(axis=(1, 2)) / 2, bins=40, density=True, alpha=0.5, color=colour, label=modality)
+    ax_int.set_title("pixel intensity (all channels)"), ax_int.set_xlabel("value"), ax_int.legend()
+    ax_col.set_title("colourfulness per image"), ax_col.set_xlabel("mean |channel difference|"), ax_col.legend()
+    fig.tight_layout()
+    return fig
