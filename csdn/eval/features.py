@@ -28,10 +28,12 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = True,
     *,
+    normalize: bool = True,
     model: nn.Module | None = None,
     desc: str = "features",
 ) -> torch.Tensor:
-    """Features of every item of ``images``, in order: a CPU float32 (N, D) tensor of unit rows.
+    """Features of every item of ``images``, in order: a CPU float32 (N, D) tensor of unit rows
+    (raw features with ``normalize=False``, e.g. stage 1's cached CLIP features).
 
     ``encode`` maps a float (B, 3, H, W) batch to (B, D) features. ``images`` yields image tensors or
     tuples whose first element is the image tensor (already normalised). The module being evaluated
@@ -64,7 +66,8 @@ def extract_features(
         for m, training in previous_modes.items():
             m.training = training
     # Concatenated outside inference mode, so the result is an ordinary tensor usable anywhere.
-    return F.normalize(torch.cat(parts), dim=1)
+    features = torch.cat(parts)
+    return F.normalize(features, dim=1) if normalize else features
 
 
 def _module_of(encode: Encoder) -> nn.Module | None:
