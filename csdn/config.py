@@ -13,7 +13,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from csdn.clip.pretrain import PretrainConfig
 from csdn.data.synthetic import SynthConfig
+from csdn.model.network import ModelConfig
+from csdn.train.reid_stage import ReIDStageConfig
+from csdn.train.text_stages import TextStageConfig
 
 DATASETS = ("synthvi", "sysu", "regdb", "llcm")
 SYNTH_LAYOUTS = ("sysu", "regdb", "llcm")
@@ -53,13 +57,45 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ClipConfig:
+    """Which CLIP the image and text towers start from."""
+
+    arch: str = "csdn-tiny-rn"  # open_clip architecture: "RN50", "ViT-B-16", "csdn-tiny-rn", "csdn-tiny-vit"
+    weights: str = "tiny-synthvi"  # "tiny-synthvi" (pretrain ours on SynthVI), a tag ("openai"), a weights
+    # file, "local-dir:<folder>", or "random"
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # how "tiny-synthvi" is pretrained
+    last_stride: int = 1  # ResNet layer4 stride (1: the re-ID adaptation)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the test protocols are run."""
+
+    trials: int = 10  # gallery trials averaged (SYSU, LLCM)
+    flip: bool = True  # horizontal-flip test-time augmentation
+    rerank: bool = False  # k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)
+    batch_size: int = 128  # feature-extraction batch size
+    sysu_modes: tuple[str, ...] = ("all", "indoor")  # SYSU search modes
+    sysu_shots: tuple[int, ...] = (1,)  # SYSU shots per (id, camera): 1 single-shot, 10 multi-shot
+    directions: tuple[str, ...] = ("infrared->visible", "visible->infrared")  # RegDB / LLCM directions
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one run needs, from data to evaluation."""
 
-    name: str  # profile name (used in reports and cache keys)
+    name: str  # profile name (used in reports)
     seed: int = 0  # seed for every random choice of the run
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
     data: DataConfig = field(default_factory=DataConfig)  # dataset and image size
+    clip: ClipConfig = field(default_factory=ClipConfig)  # the CLIP backbone
+    model: ModelConfig = field(default_factory=ModelConfig)  # variant, prompts, SII, heads
+    stage1: TextStageConfig = field(default_factory=TextStageConfig)  # prompt learning
+    stage2: TextStageConfig = field(default_factory=TextStageConfig)  # SII training
+    stage3: ReIDStageConfig = field(default_factory=ReIDStageConfig)  # HSE + re-ID training
+    eval: EvalConfig = field(default_factory=EvalConfig)  # test protocols
+    select: str = "final"  # "final" (last epoch of the fixed schedule) or "best_val" (validation mAP)
+    validate_every: int = 0  # validate stage 3 every this many epochs on the held-out val ids (0: never)
 
 
 SMOKE_SYNTH = SynthConfig(
@@ -69,11 +105,31 @@ SMOKE_SYNTH = SynthConfig(
 
 
 def _smoke() -> ExperimentConfig:
-    return ExperimentConfig(name="smoke", data=DataConfig(synth=SMOKE_SYNTH, height=64, width=32))
+    size = (64, 32)
+    quick = TextStageConfig(epochs=2, warmup_epochs=1, ids_per_batch=4, instances=2)
+    return ExperimentConfig(
+        name="smoke",
+        data=DataConfig(synth=SMOKE_SYNTH, height=size[0], width=size[1]),
+        clip=ClipConfig(pretrain=PretrainConfig(image_size=size, epochs=2, batch_size=32)),
+        stage1=quick,
+        stage2=quick,
+        stage3=ReIDStageConfig(epochs=2, warmup_epochs=1, milestones=(1,), ids_per_batch=4, instances=2),
+        eval=EvalConfig(trials=2),
+        validate_every=1,
+    )
 
 
 def _demo() -> ExperimentConfig:
-    return ExperimentConfig(name="demo", data=DataConfig(synth=SynthConfig(), height=128, width=64))
+    return ExperimentConfig(
+        name="demo",
+        data=DataConfig(synth=SynthConfig(), height=128, width=64),
+        clip=ClipConfig(pretrain=PretrainConfig(image_size=(128, 64))),
+        stage1=TextStageConfig(epochs=20, warmup_epochs=2),
+        stage2=TextStageConfig(epochs=10, warmup_epochs=1),
+        stage3=ReIDStageConfig(epochs=16, warmup_epochs=2, milestones=(10, 14)),
+        eval=EvalConfig(trials=10),
+        validate_every=4,
+    )
 
 
 PROFILES = {"smoke": _smoke, "demo": _demo}

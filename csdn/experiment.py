@@ -1,0 +1,290 @@
+"""One :class:`Experiment` runs dataset -> CLIP -> stage 1 -> stage 2 -> stage 3 -> evaluation.
+
+Every stage's result is cached on disk under the artifact cache, keyed by the configuration that
+produced it (and the keys of the stages before it), so notebooks and the CLI share the work: a
+notebook run alone computes what it needs, a second one reuses it. A stage in progress holds a file
+lock (two processes needing it compute it once) and checkpoints every epoch (a killed run resumes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from csdn.artifacts import atomic_write_json, config_key
+from csdn.clip.loader import ClipBundle, ClipSource, load_clip, local_dir_source
+from csdn.clip.pretrain import tiny_clip
+from csdn.config import ExperimentConfig
+from csdn.data.cache import ImageCache
+from csdn.data.images import CachedImages
+from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
+from csdn.data.sources import open_dataset
+from csdn.data.transforms import TransformConfig, test_transform
+from csdn.eval.features import extract_features
+from csdn.eval.protocols import ProtocolResult, evaluate_features, evaluate_llcm, evaluate_sysu
+from csdn.model.network import CSDNNet
+from csdn.model.prompts import ModalityPrompts
+from csdn.model.sii import make_sii, text_prototypes
+from csdn.runtime import pick_device, seed_everything
+from csdn.train.loop import LoopConfig
+from csdn.train.reid_stage import train_reid
+from csdn.train.text_stages import CachedFeatures, train_prompts, train_sii
+
+FINAL = "final.safetensors"
+DONE = "done.json"
+
+
+class Experiment:
+    """The cached, resumable pipeline of one :class:`~csdn.config.ExperimentConfig`."""
+
+    def __init__(self, cfg: ExperimentConfig, cache_root: Path, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.cache_root = Path(cache_root)
+        self.progress = progress
+        self.device = pick_device(cfg.device)
+
+    # -- data ---------------------------------------------------------------------------------------
+
+    @cached_property
+    def dataset(self):
+        """The dataset reader (SynthVI is generated into the cache on first use)."""
+        return open_dataset(self.cfg.data, self.cache_root, progress=self.progress)
+
+    @cached_property
+    def train_records(self) -> list[Record]:
+        return list(self.dataset.train)
+
+    @cached_property
+    def labels(self) -> dict[int, int]:
+        """pid -> contiguous training label."""
+        return label_map(self.train_records)
+
+    @property
+    def num_ids(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.cfg.data.height, self.cfg.data.width)
+
+    @cached_property
+    def transforms(self) -> TransformConfig:
+        return TransformConfig(height=self.cfg.data.height, width=self.cfg.data.width,
+                               mean=tuple(self.clip.mean), std=tuple(self.clip.std))
+
+    def image_cache(self, records: list[Record]) -> ImageCache:
+        """The uint8 cache of ``records`` at the network's input size."""
+        return ImageCache.build(records, self.image_size, self.cache_root, progress=self.progress)
+
+    @cached_property
+    def train_cache(self) -> ImageCache:
+        return self.image_cache(self.train_records)
+
+    # -- CLIP ---------------------------------------------------------------------------------------
+
+    @cached_property
+    def clip_source(self) -> ClipSource:
+        c = self.cfg.clip
+        if c.weights == "tiny-synthvi":
+            folder = tiny_clip(c.pretrain, self.cfg.data.synth, self.cache_root)
+            return local_dir_source(folder, self.image_size)
+        pretrained = None if c.weights == "random" else c.weights
+        return ClipSource(arch=c.arch, pretrained=pretrained, image_size=self.image_size, last_stride=c.last_stride)
+
+    @cached_property
+    def clip(self) -> ClipBundle:
+        """The CLIP the run starts from, adapted to the input size (frozen reference copy)."""
+        seed_everything(self.cfg.seed)
+        bundle = load_clip(self.clip_source, device="cpu")
+        bundle.model.eval().requires_grad_(False)
+        return bundle
+
+    @cached_property
+    def text_encoder(self) -> nn.Module:
+        return self.clip.text_encoder().to(self.device)
+
+    def _key(self, *parts: Any) -> str:
+        return config_key([asdict(self.cfg.data), asdict(self.cfg.clip), self.cfg.seed, *parts])
+
+    @cached_property
+    def clip_features(self) -> CachedFeatures:
+        """Projected features of every training image from the frozen CLIP (no augmentation), cached."""
+        path = self.cache_root / "features" / f"clip-{self._key('clip-features')}.safetensors"
+        labels = torch.tensor([self.labels[r.pid] for r in self.train_records])
+        if not path.is_file():
+            visual = self.clip.visual().to(self.device)
+            feats = extract_features(lambda x: visual(x).projected, CachedImages(self.train_cache, transform=test_transform(self.transforms)),
+                                     normalize=False, device=self.device, progress=self.progress, model=visual,
+                                     desc="CLIP features")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"features": feats.contiguous()}, str(tmp))
+            tmp.replace(path)
+        feats = load_file(str(path))["features"]
+        vis = torch.tensor([r.modality == VISIBLE for r in self.train_records])
+        return CachedFeatures(feats[vis], labels[vis], feats[~vis], labels[~vis])
+
+    # -- stages -------------------------------------------------------------------------------------
+
+    def _run(self, name: str, key: str, module: nn.Module, train) -> nn.Module:
+        """Load stage ``name``'s cached result into ``module``, or train it (under a lock) and cache it."""
+        run_dir = self.cache_root / "runs" / f"{name}-{key}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(run_dir) + ".lock"):
+            if not (run_dir / DONE).is_file():
+                seed_everything(self.cfg.seed)
+                history = train(run_dir)
+                weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+                save_file(weights, str(run_dir / ".final.tmp"))
+                (run_dir / ".final.tmp").replace(run_dir / FINAL)
+                atomic_write_json(run_dir / DONE, {"history": history, "config_key": key})
+        module.load_state_dict(load_file(str(run_dir / FINAL)))
+        self.histories[name] = json.loads((run_dir / DONE).read_text())["history"]
+        return module.to(self.device)
+
+    @cached_property
+    def histories(self) -> dict[str, list[dict[str, float]]]:
+        """Per-epoch metrics of each stage that ran or was loaded."""
+        return {}
+
+    def _loop(self, epochs: int, **kw: Any) -> LoopConfig:
+        return LoopConfig(epochs=epochs, progress=self.progress, **kw)
+
+    @cached_property
+    def stage1_key(self) -> str:
+        m = self.cfg.model
+        return self._key("stage1", m.shared_prompts, m.prompt_wording, m.n_ctx, asdict(self.cfg.stage1))
+
+    @cached_property
+    def prompts(self) -> ModalityPrompts:
+        """Stage 1: the trained modality prompt learners."""
+        if not self.cfg.model.uses_text:
+            raise ValueError("the vision-only variant has no prompts")
+        m, enc = self.cfg.model, self.text_encoder
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        prompts = ModalityPrompts.build(self.num_ids, shared=m.shared_prompts, wording=m.prompt_wording,
+                                        token_embedding=enc.token_embedding, tokenizer=self.clip.tokenizer,
+                                        context_length=self.clip.context_length, n_ctx=m.n_ctx, generator=generator)
+        meta = {"stage": "stage1", "num_ids": self.num_ids, "key": self.stage1_key}
+        return self._run("stage1", self.stage1_key, prompts, lambda run_dir: train_prompts(
+            prompts, enc, self.clip_features, self.cfg.stage1, run_dir, self._loop(self.cfg.stage1.epochs),
+            seed=self.cfg.seed, device=self.device, meta=meta))
+
+    @cached_property
+    def prompt_text_features(self) -> dict[str, Tensor]:
+        """Each identity's text feature from each modality's prompts, ``(num_ids, d)``."""
+        return {m: self.prompts.all_text_features(self.text_encoder, m) for m in MODALITIES}
+
+    @cached_property
+    def sii(self) -> nn.Module:
+        """Stage 2: the trained SII fusion (untrained variants are returned as built)."""
+        kind = self.cfg.model.sii_kind
+        sii = make_sii(kind, self.clip.embed_dim, heads=self.cfg.model.sii_heads)
+        if not any(p.requires_grad for p in sii.parameters()):
+            return sii.to(self.device)
+        key = config_key([self.stage1_key, kind, self.cfg.model.sii_heads, asdict(self.cfg.stage2)])
+        t = self.prompt_text_features
+        meta = {"stage": "stage2", "num_ids": self.num_ids, "key": key}
+        torch.manual_seed(self.cfg.seed)
+        return self._run("stage2", key, sii, lambda run_dir: train_sii(
+            sii, t[VISIBLE], t[INFRARED], self.clip_features, self.cfg.stage2, run_dir,
+            self._loop(self.cfg.stage2.epochs), seed=self.cfg.seed, device=self.device, meta=meta))
+
+    @cached_property
+    def prototypes(self) -> dict[str, Tensor] | None:
+        """Stage-3 text prototypes per image modality (None for vision-only)."""
+        if not self.cfg.model.uses_text:
+            return None
+        t = self.prompt_text_features
+        return text_prototypes(self.sii, t[VISIBLE], t[INFRARED])
+
+    @cached_property
+    def stage3_key(self) -> str:
+        upstream = self.stage1_key if self.cfg.model.uses_text else "no-text"
+        return config_key([upstream, asdict(self.cfg.model), asdict(self.cfg.stage2), asdict(self.cfg.stage3),
+                           self.cfg.select])
+
+    @cached_property
+    def network(self) -> CSDNNet:
+        """Stage 3: the trained image network."""
+        torch.manual_seed(self.cfg.seed)
+        net = CSDNNet(self.clip.visual(), self.num_ids, modality_stems=self.cfg.model.modality_stems,
+                      gem_p=self.cfg.model.gem_p)
+        prototypes = self.prototypes
+        labels = [self.labels[r.pid] for r in self.train_cache.records]
+        meta = {"stage": "stage3", "num_ids": self.num_ids, "key": self.stage3_key}
+        validate = self._validator(net) if self.cfg.select == "best_val" or self.cfg.validate_every else None
+        loop = self._loop(self.cfg.stage3.epochs, validate_every=self.cfg.validate_every if validate else 0,
+                          select=self.cfg.select)
+        return self._run("stage3", self.stage3_key, net, lambda run_dir: train_reid(
+            net, self.train_cache, labels, prototypes, self.cfg.stage3, self.transforms, run_dir, loop,
+            seed=self.cfg.seed, device=self.device, validate=validate, meta=meta))
+
+    # -- features and evaluation --------------------------------------------------------------------
+
+    def features_of(self, embed, flip: bool | None = None):
+        """A ``features_of(records)`` for the protocol drivers from ``embed(images, modality)``."""
+        flip = self.cfg.eval.flip if flip is None else flip
+
+        def features_of(records: list[Record]) -> Tensor:
+            cache = self.image_cache(list(records))
+            out: Tensor | None = None
+            for modality in MODALITIES:
+                rows = [i for i, r in enumerate(records) if r.modality == modality]
+                if not rows:
+                    continue
+                images = CachedImages(cache, transform=test_transform(self.transforms), indices=rows)
+                feats = extract_features(lambda x, m=modality: embed(x, m), images, self.cfg.eval.batch_size,
+                                         flip=flip, device=self.device, progress=self.progress, desc=f"{modality} features")
+                out = torch.empty(len(records), feats.shape[1]) if out is None else out
+                out[rows] = feats
+            return out
+
+        return features_of
+
+    def network_features(self) -> Any:
+        net = self.network
+        return self.features_of(net.embed)
+
+    def zero_shot_features(self) -> Any:
+        """Features of the frozen CLIP image tower (projected), the same for both modalities."""
+        visual = self.clip.visual().to(self.device)
+        return self.features_of(lambda x, m: visual(x).projected)
+
+    def _validator(self, net: CSDNNet):
+        if not hasattr(self.dataset, "val_protocol") or not self.cfg.data.hold_out_val:
+            raise ValueError("validation needs SYSU-layout data with hold_out_val=True (val_id identities)")
+        query, gallery = self.dataset.val_protocol(seed=0)
+
+        def validate(epoch: int) -> dict[str, float]:
+            features_of = self.features_of(net.embed, flip=False)
+            m = evaluate_features(features_of(query), features_of(gallery), query, gallery, protocol="sysu")
+            return {"rank1": float(m.rank(1)), "mAP": float(m.mAP), "score": float(m.mAP)}
+
+        return validate
+
+    def evaluate(self, features_of=None) -> dict[str, ProtocolResult]:
+        """The test protocols of the dataset for ``features_of`` (default: the trained network)."""
+        features_of = features_of or self.network_features()
+        e, layout = self.cfg.eval, self.cfg.data.layout
+        if layout == "sysu":
+            return {f"{mode} {shots}-shot": evaluate_sysu(features_of, self.dataset, mode, shots, e.trials, e.rerank)
+                    for mode in e.sysu_modes for shots in e.sysu_shots}
+        if layout == "llcm":
+            return {d: evaluate_llcm(features_of, self.dataset, d, e.trials, e.rerank) for d in e.directions}
+        results = {}
+        for direction in e.directions:
+            query, gallery = self.dataset.query_gallery(direction)
+            m = evaluate_features(features_of(query), features_of(gallery), query, gallery, protocol="regdb",
+                                  rerank=e.rerank)
+            results[direction] = ProtocolResult(f"RegDB {direction} trial {self.cfg.data.regdb_trial}",
+                                                (self.cfg.data.regdb_trial,), [m])
+        return results

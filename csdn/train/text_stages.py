@@ -1,0 +1,161 @@
+"""Stages 1 and 2: train the text side on image features extracted once from the frozen CLIP.
+
+Stage 1 (prompt learning) trains only the modality prompt learners with the i2t + t2i supervised
+contrastive loss; ``pairing="private"`` aligns visible images with the visible prompts and infrared
+images with the infrared prompts (the paper's modality-private semantics), ``"all"`` puts every image
+of the batch against the texts of both learners (the released code).
+Stage 2 (SII) freezes the prompts, computes each identity's visible and infrared text features once,
+and trains only the fusion module with the same loss between fused texts and images of both modalities.
+Batches come from the cross-modality identity sampler: P identities x K visible + K infrared features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from csdn.data.records import INFRARED, VISIBLE
+from csdn.data.sampler import CrossModalitySampler
+from csdn.losses import i2t_t2i_loss
+from csdn.model.prompts import ModalityPrompts
+from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
+from csdn.train.schedule import make_scheduler
+
+PAIRINGS = ("private", "all")
+
+
+@dataclass(frozen=True)
+class TextStageConfig:
+    """Optimisation of stage 1 (prompts) or stage 2 (SII) on cached image features (released settings)."""
+
+    epochs: int = 60  # length of the cosine schedule
+    lr: float = 3e-4  # Adam base learning rate
+    weight_decay: float = 1e-4  # Adam weight decay
+    warmup_epochs: int = 5  # linear warm-up epochs
+    warmup_lr: float = 1e-5  # learning rate at the start of the warm-up
+    ids_per_batch: int = 8  # P identities per batch
+    instances: int = 4  # K features per identity and modality
+    temperature: float = 1.0  # contrastive temperature (1 in the released code)
+    pairing: str = "private"  # stage 1 only: "private" (modality to its own prompts) or "all"
+
+    def __post_init__(self) -> None:
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+
+
+@dataclass
+class CachedFeatures:
+    """Frozen-CLIP projected image features of the training set, split by modality."""
+
+    visible: Tensor  # (N_vis, d)
+    visible_labels: Tensor  # (N_vis,) contiguous training labels
+    infrared: Tensor  # (N_ir, d)
+    infrared_labels: Tensor  # (N_ir,)
+
+
+def _setup(module: nn.Module, cfg: TextStageConfig, trainable: list[nn.Parameter]):
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, "cosine", cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr / cfg.lr)
+    return optimizer, scheduler
+
+
+def _sampler(feats: CachedFeatures, cfg: TextStageConfig, seed: int) -> CrossModalitySampler:
+    return CrossModalitySampler(feats.visible_labels.tolist(), feats.infrared_labels.tolist(),
+                                cfg.ids_per_batch, cfg.instances, seed=seed)
+
+
+def _per_label(fn: Callable[[Tensor], Tensor], labels: Tensor) -> Tensor:
+    """``fn`` evaluated once per distinct label, expanded back to one row per entry of ``labels``."""
+    unique, inverse = torch.unique(labels, return_inverse=True)
+    return fn(unique)[inverse]
+
+
+def _epoch_runner(sampler: CrossModalitySampler, feats: CachedFeatures, optimizer: torch.optim.Optimizer,
+                  batch_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor], where: str, device: torch.device):
+    vis, ir = feats.visible.to(device), feats.infrared.to(device)
+    lv_all, li_all = feats.visible_labels.to(device), feats.infrared_labels.to(device)
+
+    def train_epoch(epoch: int, tick: Callable[[], None]) -> dict[str, float]:
+        sampler.set_epoch(epoch)
+        total, steps = 0.0, 0
+        for vis_idx, ir_idx in sampler:
+            vi, ii = torch.as_tensor(vis_idx, device=device), torch.as_tensor(ir_idx, device=device)
+            loss = batch_loss(vis[vi], lv_all[vi], ir[ii], li_all[ii])
+            check_finite(loss, f"{where} epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+            tick()
+        return {"loss": total / max(steps, 1)}
+
+    return train_epoch
+
+
+def train_prompts(
+    prompts: ModalityPrompts,
+    text_encoder: nn.Module,
+    feats: CachedFeatures,
+    cfg: TextStageConfig,
+    run_dir: Path,
+    loop: LoopConfig,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    meta: dict | None = None,
+) -> list[dict[str, float]]:
+    """Stage 1: train the prompt learners (text encoder frozen); returns the per-epoch history."""
+    prompts.to(device)
+    text_encoder.to(device)
+    optimizer, scheduler = _setup(prompts, cfg, list(prompts.parameters()))
+    sampler = _sampler(feats, cfg, seed)
+
+    def texts(modality: str) -> Callable[[Tensor], Tensor]:
+        return lambda labels: prompts(labels, modality, text_encoder)
+
+    def batch_loss(fv: Tensor, lv: Tensor, fi: Tensor, li: Tensor) -> Tensor:
+        tv, ti = _per_label(texts(VISIBLE), lv), _per_label(texts(INFRARED), li)
+        if cfg.pairing == "private":
+            return (i2t_t2i_loss(fv, lv, tv, lv, cfg.temperature) + i2t_t2i_loss(fi, li, ti, li, cfg.temperature))
+        images, labels = torch.cat([fv, fi]), torch.cat([lv, li])
+        return i2t_t2i_loss(images, labels, torch.cat([tv, ti]), labels, cfg.temperature)
+
+    stage = StageState(
+        "stage1 prompts", prompts, optimizer, scheduler,
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device), len(sampler),
+        extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {},
+    )
+    return run_epochs(stage, run_dir, loop)
+
+
+def train_sii(
+    sii: nn.Module,
+    text_visible: Tensor,
+    text_infrared: Tensor,
+    feats: CachedFeatures,
+    cfg: TextStageConfig,
+    run_dir: Path,
+    loop: LoopConfig,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    meta: dict | None = None,
+) -> list[dict[str, float]]:
+    """Stage 2: train the SII fusion on fixed per-identity text features ``(num_ids, d)`` of both learners."""
+    sii.to(device)
+    t_vis, t_ir = text_visible.to(device), text_infrared.to(device)
+    optimizer, scheduler = _setup(sii, cfg, [p for p in sii.parameters() if p.requires_grad])
+    sampler = _sampler(feats, cfg, seed)
+
+    def batch_loss(fv: Tensor, lv: Tensor, fi: Tensor, li: Tensor) -> Tensor:
+        fused = _per_label(lambda labels: sii(t_vis[labels], t_ir[labels]), lv)
+        return i2t_t2i_loss(torch.cat([fv, fi]), torch.cat([lv, li]), fused, lv, cfg.temperature)
+
+    stage = StageState(
+        "stage2 SII", sii, optimizer, scheduler,
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device), len(sampler),
+        extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {},
+    )
+    return run_epochs(stage, run_dir, loop)
