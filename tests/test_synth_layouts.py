@@ -71,7 +71,8 @@ def test_sysu_tree_matches_counts_and_id_files(sysu):
     assert splits["test"] == [i.pid for i in pools["test"]]
     assert counts["ids"] == {"train": 3, "val": 2, "test": 4}
     for split, pids in splits.items():
-        on_disk = {f"cam{c}": sum(len(files(root / f"cam{c}" / f"{p:04d}", "*.jpg")) for p in pids) for c in range(1, 7)}
+        on_disk = {f"cam{c}": sum(len(files(root / f"cam{c}" / f"{p:04d}", "*.jpg")) for p in pids)
+                   for c in range(1, 7)}
         assert on_disk == counts["images"][split]
         ir = on_disk["cam3"] + on_disk["cam6"]
         assert counts["modality_images"][split] == {"visible": sum(on_disk.values()) - ir, "infrared": ir}
@@ -157,7 +158,8 @@ def test_llcm_tree_matches_counts_and_idx(llcm):
         per_id = Counter(int(p.parts[-2]) for p in files(root / folder, "cam*/*/*.jpg"))
         assert per_id == {p: TINY.llcm_cams_per_id * TINY.images_per_cam for p in pids}
         rows = read_idx(root / "idx" / f"{folder}.txt")
-        assert sorted(r for r, _ in rows) == sorted(str(p.relative_to(root)) for p in files(root / folder, "cam*/*/*.jpg"))
+        on_disk_paths = [str(p.relative_to(root)) for p in files(root / folder, "cam*/*/*.jpg")]
+        assert sorted(r for r, _ in rows) == sorted(on_disk_paths)
         label = {pid: i for i, pid in enumerate(sorted(pids))}
         assert all(lab == label[int(rel.split("/")[2])] for rel, lab in rows)
     assert not (root / "train_nir" / "cam3").exists() and not (root / "test_nir" / "cam3").exists()
@@ -218,5 +220,5 @@ def test_load_metadata_errors(tmp_path):
 def test_write_layout_dispatches_and_rejects_unknown(tmp_path):
     with pytest.raises(ValueError, match="unknown SynthVI layout"):
         write_layout("market1501", TINY, tmp_path / "x")
-    small = dataclasses.replace(TINY, train_ids=2, val_ids=0, test_ids=2, regdb_trials=1)
+    small = dataclasses.replace(TINY, train_ids=2, val_ids=1, test_ids=2, regdb_trials=1)
     assert write_layout("regdb", small, tmp_path / "r")["ids"] == 4

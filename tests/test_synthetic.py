@@ -49,8 +49,9 @@ def test_color_attributes_are_attributes_and_color_words_cover_them():
     assert not ({"striped", "backpack", "skirt", "long", "short"} & COLOR_WORDS)
 
 
-@pytest.mark.parametrize("field,value", [("train_ids", 0), ("val_ids", 5), ("clip_infrared_fraction", 1.5),
-                                         ("jpeg_quality", 0), ("height", 4), ("llcm_cams_per_id", 9)])
+@pytest.mark.parametrize("field,value", [("train_ids", 0), ("val_ids", 5), ("val_ids", 0), ("height", 4),
+                                         ("clip_infrared_fraction", 1.5), ("jpeg_quality", 0),
+                                         ("llcm_cams_per_id", 9)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         dataclasses.replace(TINY, **{field: value})

@@ -287,5 +287,5 @@ def load_metadata(root: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); delete the tree and write it again") from exc
     if not isinstance(meta, dict) or meta.get("format") != "synthvi":
-        raise ValueError(f"{path} is not SynthVI metadata (no \"format\": \"synthvi\"); delete the tree and write it again")
+        raise ValueError(f"{path} is not SynthVI metadata (no format 'synthvi'); delete the tree and write it again")
     return meta

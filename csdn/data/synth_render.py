@@ -281,8 +281,8 @@ def _draw_head(d: ImageDraw.ImageDraw, a: dict[str, str], p, pose: _Pose, y) -> 
     if view == "back":
         d.ellipse(box, fill=HAIR)
         if long_hair:
-            d.polygon([(cx - hw * 1.1, cy), (cx + hw * 1.1, cy), (cx + hw * 1.25, hair_low), (cx - hw * 1.25, hair_low)],
-                      fill=HAIR)
+            d.polygon([(cx - hw * 1.1, cy), (cx + hw * 1.1, cy), (cx + hw * 1.25, hair_low),
+                       (cx - hw * 1.25, hair_low)], fill=HAIR)
     else:
         d.ellipse(box, fill=SKIN)
         grow = 1.06 + 0.06 * p.hair_volume
@@ -321,8 +321,9 @@ def _draw_person(ident: Identity, pose: _Pose, hs: int, ws: int) -> np.ndarray:
         elif view == "side":
             d.rounded_rectangle([cx - sw - bag_w * 0.8, y(0.18), cx - sw * 0.7, y(0.43)], radius=bag_w * 0.2, fill=BAG)
         else:
-            for s in (-1, 1):
-                d.rectangle([cx + s * sw * 0.62 - 0.012 * ph, y(0.16), cx + s * sw * 0.62 + 0.012 * ph, y(0.37)], fill=BAG)
+            for s in (-1, 1):  # shoulder straps
+                x = cx + s * sw * 0.62
+                d.rectangle([x - 0.012 * ph, y(0.16), x + 0.012 * ph, y(0.37)], fill=BAG)
     if view == "side":
         _draw_arm(d, a, p, ph, cx, cx + swing, y)
     else:

@@ -100,7 +100,7 @@ class SynthConfig:
     width: int = 64  # image width in pixels
     clip_ids: int = 400  # identities in the CLIP pretraining pool (disjoint from re-ID ids)
     train_ids: int = 200  # re-ID training identities (SYSU: train + val; LLCM: train)
-    val_ids: int = 40  # how many of the training identities SYSU's exp/val_id.txt lists
+    val_ids: int = 40  # how many of the training identities SYSU's exp/val_id.txt lists (>= 1)
     test_ids: int = 96  # re-ID test identities
     images_per_cam: int = 4  # images per identity per camera in the SYSU and LLCM layouts
     llcm_cams_per_id: int = 4  # LLCM cameras an identity is seen by, per modality (of 9 / 8)
@@ -118,14 +118,16 @@ class SynthConfig:
                 raise ValueError(f"SynthConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.height < 16 or self.width < 8:
             raise ValueError(f"SynthConfig height x width = {self.height}x{self.width} is too small (min 16x8)")
-        if not 0 <= self.val_ids < self.train_ids:
-            raise ValueError(f"SynthConfig.val_ids must be in [0, train_ids={self.train_ids}), got {self.val_ids}")
+        if not 1 <= self.val_ids < self.train_ids:  # exp/val_id.txt must list at least one id
+            raise ValueError(f"SynthConfig.val_ids must be in [1, train_ids={self.train_ids}), got {self.val_ids}")
         if not 0.0 <= self.clip_infrared_fraction <= 1.0:
             raise ValueError(f"SynthConfig.clip_infrared_fraction must be in [0, 1], got {self.clip_infrared_fraction}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"SynthConfig.jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.llcm_cams_per_id > len(LLCM_NIR_CAMS):
-            raise ValueError(f"SynthConfig.llcm_cams_per_id must be <= {len(LLCM_NIR_CAMS)}, got {self.llcm_cams_per_id}")
+            raise ValueError(
+                f"SynthConfig.llcm_cams_per_id must be <= {len(LLCM_NIR_CAMS)}, got {self.llcm_cams_per_id}"
+            )
 
 
 @dataclass(frozen=True)
@@ -271,7 +273,7 @@ def _join(words: Sequence[str]) -> str:
 def _caption_parts(a: dict[str, str], with_color: bool, rng: np.random.Generator) -> dict[str, str]:
     """Noun phrases for each attribute group; colour words only when ``with_color``."""
     color = (lambda name: a[name]) if with_color else (lambda name: "")
-    pattern = {"plain": "plain" if rng.random() < 0.3 else "", "striped": "striped", "checked": "checked"}[a["top_pattern"]]
+    pattern = a["top_pattern"] if a["top_pattern"] != "plain" or rng.random() < 0.3 else ""
     sleeve = "short-sleeved" if a["sleeve"] == "short" else "long-sleeved"
     noun = str(rng.choice(["top", "shirt"]))
     top = _article(_join([color("top_color"), pattern, sleeve, noun]))
