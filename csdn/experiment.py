@@ -230,8 +230,11 @@ class Experiment:
 
     # -- features and evaluation --------------------------------------------------------------------
 
-    def features_of(self, embed, flip: bool | None = None):
-        """A ``features_of(records)`` for the protocol drivers from ``embed(images, modality)``."""
+    def features_of(self, embed, model: nn.Module, flip: bool | None = None):
+        """A ``features_of(records)`` for the protocol drivers from ``embed(images, modality)``.
+
+        ``model`` (the module behind ``embed``) is put in eval mode while features are extracted.
+        """
         flip = self.cfg.eval.flip if flip is None else flip
 
         def features_of(records: list[Record]) -> Tensor:
@@ -243,7 +246,8 @@ class Experiment:
                     continue
                 images = CachedImages(cache, transform=test_transform(self.transforms), indices=rows)
                 feats = extract_features(lambda x, m=modality: embed(x, m), images, self.cfg.eval.batch_size,
-                                         flip=flip, device=self.device, progress=self.progress, desc=f"{modality} features")
+                                         flip=flip, device=self.device, progress=self.progress, model=model,
+                                         desc=f"{modality} features")
                 out = torch.empty(len(records), feats.shape[1]) if out is None else out
                 out[rows] = feats
             return out
@@ -252,12 +256,12 @@ class Experiment:
 
     def network_features(self) -> Any:
         net = self.network
-        return self.features_of(net.embed)
+        return self.features_of(net.embed, net)
 
     def zero_shot_features(self) -> Any:
         """Features of the frozen CLIP image tower (projected), the same for both modalities."""
         visual = self.clip.visual().to(self.device)
-        return self.features_of(lambda x, m: visual(x).projected)
+        return self.features_of(lambda x, m: visual(x).projected, visual)
 
     def _validator(self, net: CSDNNet):
         if not hasattr(self.dataset, "val_protocol") or not self.cfg.data.hold_out_val:
@@ -265,7 +269,7 @@ class Experiment:
         query, gallery = self.dataset.val_protocol(seed=0)
 
         def validate(epoch: int) -> dict[str, float]:
-            features_of = self.features_of(net.embed, flip=False)
+            features_of = self.features_of(net.embed, net, flip=False)
             m = evaluate_features(features_of(query), features_of(gallery), query, gallery, protocol="sysu")
             return {"rank1": float(m.rank(1)), "mAP": float(m.mAP), "score": float(m.mAP)}
 
