@@ -61,13 +61,69 @@ def _print_statistics(reader) -> None:
     print(camera_table(reader.train).to_string(index=False))
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded default: generate the demo SynthVI world and describe it."""
+def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
+    cfg = get_profile(args.profile, data_root=getattr(args, "data", None))
+    changes: dict = {}
+    if getattr(args, "seed", None) is not None:
+        changes["seed"] = args.seed
+    if getattr(args, "device", None):
+        changes["device"] = args.device
+    if getattr(args, "clip", None) or getattr(args, "arch", None):
+        changes["clip"] = dataclasses.replace(cfg.clip, weights=args.clip or cfg.clip.weights, arch=args.arch or cfg.clip.arch)
+    if getattr(args, "variant", None) or getattr(args, "sii", None):
+        changes["model"] = dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant, sii=args.sii or cfg.model.sii)
+    return dataclasses.replace(cfg, **changes)
+
+
+def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
+    from csdn.experiment import Experiment
+    from csdn.reports import results_frame, write_report
+
+    cfg = _experiment_config(args)
     t0 = time.perf_counter()
-    reader = _open(args)
-    _print_statistics(reader)
-    print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s (artifact cache: {args.cache})")
+    experiment = Experiment(cfg, args.cache)
+    results = {cfg.model.variant: experiment.evaluate()}
+    if zero_shot:
+        results["zero-shot CLIP"] = experiment.evaluate(experiment.zero_shot_features())
+    seconds = time.perf_counter() - t0
+    for per_protocol in results.values():
+        for result in per_protocol.values():
+            print(result.table(), end="\n\n")
+    print(results_frame(results).to_string(index=False))
+    folder = Path(args.reports) / cfg.name
+    written = write_report(folder, results, extra={"profile": cfg.name, "seconds": seconds,
+                                                   "histories": experiment.histories})
+    print(f"\nfinished in {seconds:.1f}s; report: {', '.join(str(p) for p in written)}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the three stages (cached, resumable) and evaluate on the test protocol."""
+    return _run_and_report(args, zero_shot=False)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate the (cached) trained model, and the zero-shot CLIP with --zero-shot."""
+    return _run_and_report(args, zero_shot=args.zero_shot)
+
+
+def cmd_pretrain_clip(args: argparse.Namespace) -> int:
+    """Pretrain (or load from the cache) the profile's tiny CLIP on SynthVI captions."""
+    from csdn.clip.pretrain import read_history, tiny_clip
+
+    cfg = get_profile(args.profile)
+    t0 = time.perf_counter()
+    folder = tiny_clip(cfg.clip.pretrain, cfg.data.synth, args.cache)
+    history = read_history(folder)
+    print(f"tiny CLIP ({cfg.clip.pretrain.arch}) at local-dir:{folder} ({time.perf_counter() - t0:.1f}s)")
+    print({k: v for k, v in history.items() if not isinstance(v, list)})
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default: data, tiny CLIP, three stages, SYSU protocol, report."""
+    _print_statistics(_open(args))
+    return _run_and_report(args, zero_shot=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["sysu", "regdb", "llcm"], help="a real dataset (needs --data)")
     p.add_argument("--data", help="root folder of the real dataset")
     p.add_argument("--layout", choices=["sysu", "regdb", "llcm"], help="SynthVI layout (without --dataset)")
-    add("demo", cmd_demo, "the embedded pipeline on the demo profile", default_profile="demo")
+    p = add("pretrain-clip", cmd_pretrain_clip, "pretrain the tiny CLIP on SynthVI captions")
+    for name, fn, text in (("train", cmd_train, "train CSDN (three stages) and evaluate"),
+                           ("eval", cmd_eval, "evaluate the trained model (cached stages are reused)"),
+                           ("demo", cmd_demo, "the whole embedded pipeline on the demo profile")):
+        p = add(name, fn, text, default_profile="demo" if name == "demo" else None)
+        p.add_argument("--data", help="dataset root for real-data profiles (sysu-rn50, regdb-vitb16, ...)")
+        p.add_argument("--clip", help="CLIP weights: tiny-synthvi, openai, a weights file, local-dir:<folder>, random")
+        p.add_argument("--arch", help="open_clip architecture (RN50, ViT-B-16, csdn-tiny-rn, csdn-tiny-vit)")
+        p.add_argument("--variant", choices=["csdn", "clip-reid", "vision-only"])
+        p.add_argument("--sii", choices=["official", "attention", "mean", "none"])
+        p.add_argument("--seed", type=int)
+        p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+        p.add_argument("--reports", default="reports", help="folder for result tables and figures")
+        if name == "eval":
+            p.add_argument("--zero-shot", action="store_true", help="also evaluate the frozen CLIP")
     return parser
 
 
@@ -97,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "dataset", None) and not getattr(args, "data", None):
         print(f"csdn: --dataset {args.dataset} needs --data /path/to/{args.dataset}", file=sys.stderr)
         return 2
-    args.cache = args.cache or default_cache_root()
-    return args.func(args)
+    try:
+        args.cache = args.cache or default_cache_root()
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"csdn: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
