@@ -1,0 +1,212 @@
+"""Contrastive pretraining of the embedded tiny CLIP on the SynthVI captioned pool.
+
+The loss is CLIP's symmetric InfoNCE with one refinement for a small world where many images share a
+description: every image and caption of the same identity *and* modality in a batch counts as a
+positive (the targets are spread evenly over them), so duplicates are not pushed apart as negatives.
+The result is saved as an open_clip ``local-dir:`` folder (``open_clip_config.json`` + safetensors +
+``history.json``) and loaded back with :func:`csdn.clip.load_clip` like any other CLIP.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from csdn.artifacts import atomic_write_json, build_once, config_key
+from csdn.clip.adapt import TextEncoder
+from csdn.clip.loader import TINY_ARCHS, ClipSource, load_clip, save_local_dir
+from csdn.runtime import seed_everything
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.json"
+_MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How the tiny CLIP is pretrained."""
+
+    arch: str = "csdn-tiny-rn"  # one of TINY_ARCHS (any open_clip arch works, but only tiny ones are quick)
+    image_size: tuple[int, int] = (128, 64)  # (H, W) input size; pool images are squash-resized to it
+    epochs: int = 30  # passes over the pool
+    batch_size: int = 128  # images (and their captions) per contrastive batch
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.05  # AdamW weight decay on weight matrices (not on norms, biases, embeddings)
+    warmup_epochs: float = 1.0  # linear warm-up length, then cosine decay to zero
+    augment: float = 1.0  # augmentation strength 0..1: scale/shift jitter, flip, brightness/contrast
+    seed: int = 0  # seeds initialisation, shuffling and augmentation
+    max_images: int | None = None  # use at most this many pool images (quick runs); None = all
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ValueError(f"augment must lie in [0, 1], got {self.augment}")
+
+
+def multi_positive_clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, groups: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE where every pair in the same group (identity x modality) is a positive.
+
+    With all groups distinct this is exactly CLIP's loss. Features need not be normalised.
+    """
+    image = F.normalize(image_features, dim=-1)
+    text = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp() * image @ text.t()
+    positives = (groups[:, None] == groups[None, :]).float()
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    image_to_text = -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    text_to_image = -(targets * logits.t().log_softmax(dim=1)).sum(dim=1).mean()
+    return (image_to_text + text_to_image) / 2
+
+
+def augment_batch(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random scale/shift, horizontal flip and brightness/contrast (no hue change: colours
+    are attributes). ``x`` is a normalised (B, 3, H, W) batch; strength 0 returns it unchanged."""
+    if strength <= 0:
+        return x
+    batch = x.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(batch, generator=generator)
+
+    scale = uniform(1.0 - 0.15 * strength, 1.0 + 0.05 * strength)
+    flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0] = scale * flip
+    theta[:, 1, 1] = scale
+    theta[:, 0, 2] = uniform(-0.1, 0.1) * strength
+    theta[:, 1, 2] = uniform(-0.06, 0.06) * strength
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid.to(x.device), mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = uniform(1.0 - 0.2 * strength, 1.0 + 0.2 * strength).view(-1, 1, 1, 1).to(x.device)
+    brightness = uniform(-0.2 * strength, 0.2 * strength).view(-1, 1, 1, 1).to(x.device)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * contrast + mean + brightness
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        flat = param.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("class_embedding")
+        (no_decay if flat else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _pool_groups(pool) -> torch.Tensor:
+    """One integer per image: its (identity, modality) group."""
+    keys = [f"{pid}/{modality}" for pid, modality in zip(np.asarray(pool.pids).tolist(), pool.modalities)]
+    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    return torch.tensor([index[k] for k in keys], dtype=torch.long)
+
+
+def pretrain_tiny_clip(cfg: PretrainConfig, pool, out_dir: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Pretrain a CLIP of ``cfg.arch`` from scratch on ``pool`` and save it as a ``local-dir:`` folder.
+
+    ``pool`` is a SynthVI ``ClipPool`` (images, captions, modalities, pids). Returns the history that is
+    also written to ``out_dir/history.json``: loss and seconds per epoch, throughput, counts, config.
+    """
+    n = len(pool.captions) if cfg.max_images is None else min(cfg.max_images, len(pool.captions))
+    if n < cfg.batch_size:
+        raise ValueError(f"the pool has {n} images, fewer than one batch of {cfg.batch_size}; lower batch_size")
+    seed_everything(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    bundle = load_clip(ClipSource(cfg.arch, None, cfg.image_size), device=device)
+    model = bundle.model.train()
+    text_tower = TextEncoder(model, bundle.tokenizer, frozen=False)
+    tokens = bundle.tokenizer(list(pool.captions[:n]))
+    images = torch.from_numpy(np.ascontiguousarray(pool.images[:n]))
+    groups = _pool_groups(pool)[:n]
+
+    steps_per_epoch = n // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps))
+
+    history: dict[str, Any] = {"loss": [], "seconds": [], "logit_scale": []}
+    start = time.perf_counter()
+    progress = tqdm(range(cfg.epochs), desc=f"pretrain {cfg.arch}", unit="epoch")
+    for epoch in progress:
+        tic, losses = time.perf_counter(), []
+        order = torch.randperm(n, generator=generator)
+        for step in range(steps_per_epoch):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = augment_batch(bundle.to_input(images[idx]), cfg.augment, generator)
+            loss = multi_positive_clip_loss(
+                model.encode_image(x), text_tower.encode_tokens(tokens[idx]), groups[idx].to(x.device),
+                model.logit_scale,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
+            losses.append(loss.item())
+        history["loss"].append(float(np.mean(losses)))
+        history["seconds"].append(time.perf_counter() - tic)
+        history["logit_scale"].append(float(model.logit_scale.detach().exp()))
+        progress.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        log.info("pretrain %s epoch %d/%d loss %.4f (%.1fs)", cfg.arch, epoch + 1, cfg.epochs, history["loss"][-1],
+                 history["seconds"][-1])
+    total = time.perf_counter() - start
+    history.update(
+        arch=cfg.arch, epochs=cfg.epochs, total_seconds=total, images_per_second=steps_per_epoch * cfg.batch_size * cfg.epochs / total,
+        n_images=n, n_infrared=sum(m == "infrared" for m in pool.modalities[:n]), threads=torch.get_num_threads(),
+        config=asdict(cfg),
+    )
+    model.eval()
+    save_local_dir(bundle, out_dir)
+    atomic_write_json(Path(out_dir) / HISTORY_FILE, history)
+    return history
+
+
+def tiny_clip_key(cfg: PretrainConfig, synth) -> str:
+    """Cache key of a tiny CLIP: the pretraining and SynthVI configs that produce it."""
+    return config_key({"pretrain": asdict(cfg), "synth": asdict(synth), "format": 1})
+
+
+def tiny_clip(cfg: PretrainConfig, synth, cache_root: Path) -> Path:
+    """The ``local-dir:`` folder of the tiny CLIP pretrained with ``cfg`` on ``synth``'s CLIP pool.
+
+    Computed once and cached under ``cache_root/tiny_clip/<key>`` (safe under concurrent callers);
+    load it with ``load_clip(local_dir_source(path))``.
+    """
+    from csdn.data.synthetic import clip_pool
+
+    if cfg.arch not in TINY_ARCHS:
+        log.warning("pretraining %s from scratch on SynthVI: expect it to be slow", cfg.arch)
+    target = Path(cache_root) / "tiny_clip" / tiny_clip_key(cfg, synth)
+    return build_once(target, lambda tmp: pretrain_tiny_clip(cfg, clip_pool(synth), tmp))
+
+
+def read_history(folder: Path) -> dict[str, Any]:
+    """The ``history.json`` of a pretrained tiny CLIP folder."""
+    import json
+
+    path = Path(folder) / HISTORY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: not a folder written by pretrain_tiny_clip")
+    return json.loads(path.read_text())
