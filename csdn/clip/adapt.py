@@ -241,11 +241,13 @@ class TextEncoder(nn.Module):
 
     ``forward(prompt_embeddings (B, L, width), eot_indices (B,)) -> (B, embed_dim)``: adds the positional
     embedding, runs the transformer under the causal mask, applies ``ln_final``, takes the EOT token and
-    projects. ``L`` may be at most the context length. ``token_embedding`` (frozen) and ``tokenizer``
-    are exposed for building prompts.
+    projects. ``L`` may be at most the context length (the causal mask makes positions after the EOT
+    token irrelevant, so batches may be trimmed to their longest prompt). ``token_embedding`` and
+    ``tokenizer`` are exposed for building prompts. ``frozen=False`` keeps the parameters trainable
+    (used by the tiny-CLIP pretraining only).
     """
 
-    def __init__(self, model: CLIP, tokenizer=None):
+    def __init__(self, model: CLIP, tokenizer=None, frozen: bool = True):
         super().__init__()
         if not isinstance(model, CLIP):
             raise ValueError(f"TextEncoder needs an open_clip CLIP with the built-in text tower, got {type(model).__name__}")
@@ -260,8 +262,9 @@ class TextEncoder(nn.Module):
         self.width = int(model.positional_embedding.shape[1])
         projection = model.text_projection
         self.embed_dim = int(projection.out_features if isinstance(projection, nn.Linear) else projection.shape[1])
-        for param in self.parameters():
-            param.requires_grad_(False)
+        if frozen:
+            for param in self.parameters():
+                param.requires_grad_(False)
 
     def forward(self, prompt_embeddings: torch.Tensor, eot_indices: torch.Tensor) -> torch.Tensor:
         length = prompt_embeddings.shape[1]
@@ -283,8 +286,14 @@ class TextEncoder(nn.Module):
             raise ValueError("this TextEncoder was built without a tokenizer; pass one to TextEncoder(model, tokenizer)")
         return self.tokenizer(list(texts))
 
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) -> projected features, trimmed to the longest sequence (equals ``encode_text``)."""
+        tokens = tokens.to(self.positional_embedding.device)
+        length = int(tokens.argmax(dim=1).max()) + 1  # EOT is the largest token id of each row
+        tokens = tokens[:, :length]
+        return self(self.token_embedding(tokens), tokens.argmax(dim=-1))
+
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Plain texts -> projected text features (B, embed_dim), equal to ``CLIP.encode_text``."""
-        tokens = self.tokenize(texts).to(self.positional_embedding.device)
-        return self(self.token_embedding(tokens), tokens.argmax(dim=-1))
+        return self.encode_tokens(self.tokenize(texts))
 

@@ -23,6 +23,7 @@ import copy
 import functools
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
             raw: Any = load_file(str(path), device="cpu")
         elif _is_torchscript_archive(path):
             torchscript = True
-            raw = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # torch.jit.load is deprecated, yet OpenAI's releases need it
+                warnings.simplefilter("ignore", FutureWarning)
+                raw = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -436,7 +439,8 @@ def _tokenizer(context_length: int) -> SimpleTokenizer:
 
 
 def _load_weights(model: CLIP, plan: _Plan, source: ClipSource) -> None:
-    state = dict(plan.state)
+    transient = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    state = {k: v for k, v in plan.state.items() if k not in transient}  # e.g. a scripted model's attn_mask
     if plan.stored_geometry is not None:
         adapt_visual(model.visual, *plan.stored_geometry)
     _fit_scalars(model, state)
@@ -482,7 +486,9 @@ def save_local_dir(bundle: ClipBundle, folder: str | Path, extra: dict[str, Any]
     """Write ``bundle`` as an open_clip ``local-dir:`` folder (config + safetensors weights).
 
     The geometry the weights are in (image size, ResNet last stride) is recorded under the ``"csdn"``
-    key, which open_clip ignores; :func:`load_clip` re-applies it before loading the weights.
+    key, which open_clip ignores; :func:`load_clip` re-applies it before loading the weights. ViT
+    folders are also readable by plain ``open_clip.create_model("local-dir:...")``; ResNet folders
+    need :func:`load_clip` (open_clip cannot build a stride-1, rectangular attention pool).
     """
     from safetensors.torch import save
 
@@ -491,8 +497,11 @@ def save_local_dir(bundle: ClipBundle, folder: str | Path, extra: dict[str, Any]
     tensors = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
     atomic_write_bytes(folder / WEIGHTS_FILE, save(tensors))
     height, width = bundle.image_size
+    model_cfg = copy.deepcopy(bundle.model_cfg)
+    if bundle.kind == "vit":  # open_clip builds rectangular ViTs itself, so plain open_clip can read the folder
+        model_cfg["vision_cfg"]["image_size"] = [height, width]
     config = {
-        "model_cfg": bundle.model_cfg,
+        "model_cfg": model_cfg,
         "preprocess_cfg": {
             "size": [height, width], "mean": list(bundle.mean), "std": list(bundle.std),
             "interpolation": "bilinear", "resize_mode": "squash",

@@ -1,0 +1,138 @@
+"""Zero-shot semantics of a CLIP: attribute classification from text prompts, and similarity maps.
+
+Each attribute value becomes a class whose text feature is the mean of its prompts ("a photo of a
+person wearing a red top.", ...); an image is assigned the class with the highest cosine similarity.
+Accuracy per attribute and modality is reported next to chance (1 / number of classes) and the
+majority-class rate of the evaluated images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from csdn.clip.loader import ClipBundle
+
+# Prompt templates per attribute; "{}" receives the value's phrase (see DEFAULT_PHRASES).
+DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "top_color": ("a photo of a person wearing a {} top.", "a photo of a person wearing a {} shirt."),
+    "bottom_color": (
+        "a photo of a person wearing {} trousers.", "a photo of a person wearing {} shorts.",
+        "a photo of a person wearing a {} skirt.",
+    ),
+    "shoes_color": ("a photo of a person wearing {} shoes.",),
+    "bag_color": ("a photo of a person carrying a {} backpack.", "a photo of a person carrying a {} handbag."),
+    "top_pattern": ("a photo of a person wearing a {} top.", "a photo of a person wearing a {} shirt."),
+    "sleeve": ("a photo of a person wearing a {}-sleeved top.", "a photo of a person wearing a {}-sleeved shirt."),
+    "bottom_type": ("a photo of a person wearing {}.",),
+    "bag": ("a photo of a person {}.",),
+    "hat": ("a photo of a person {}.",),
+    "hair": ("a photo of a person with {} hair.",),
+    "height": ("a photo of a {} person.", "a photo of a {} pedestrian."),
+    "build": ("a photo of a {} person.", "a photo of a {} pedestrian."),
+}
+
+# Value -> phrase where the bare value does not read well in its template (others are used as is).
+DEFAULT_PHRASES: dict[str, dict[str, str]] = {
+    "bottom_type": {"skirt": "a skirt"},
+    "bag": {"none": "", "backpack": "carrying a backpack", "handbag": "carrying a handbag"},
+    "hat": {"none": "", "cap": "wearing a cap"},
+    "height": {"average": "medium-height"},
+    "build": {"average": "medium-build"},
+}
+
+
+def prompts_for(attribute: str, value: str, templates: Mapping[str, Sequence[str]] = DEFAULT_TEMPLATES,
+                phrases: Mapping[str, Mapping[str, str]] = DEFAULT_PHRASES) -> list[str]:
+    """The prompts describing ``attribute == value`` (whitespace tidied when a phrase is empty)."""
+    if attribute not in templates:
+        raise KeyError(f"no prompt templates for attribute {attribute!r}; pass templates={{{attribute!r}: (...)}}")
+    phrase = phrases.get(attribute, {}).get(value, value)
+    return [" ".join(t.format(phrase).split()).replace(" .", ".") for t in templates[attribute]]
+
+
+@torch.no_grad()
+def image_features(bundle: ClipBundle, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised projected features (N, D) of uint8 images (N, H, W, 3), on the CPU."""
+    bundle.model.eval()
+    chunks = [bundle.model.encode_image(bundle.to_input(images[i:i + batch_size])).float().cpu()
+              for i in range(0, len(images), batch_size)]
+    return F.normalize(torch.cat(chunks), dim=-1)
+
+
+@torch.no_grad()
+def text_features(bundle: ClipBundle, texts: Sequence[str]) -> torch.Tensor:
+    """L2-normalised projected features (N, D) of ``texts``, on the CPU."""
+    bundle.model.eval()
+    device = next(bundle.model.parameters()).device
+    tokens = bundle.tokenizer(list(texts)).to(device)
+    return F.normalize(bundle.model.encode_text(tokens).float().cpu(), dim=-1)
+
+
+def similarity_matrix(bundle: ClipBundle, images: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """Cosine similarity (n_images, n_texts) between images and texts, for heatmaps."""
+    return (image_features(bundle, images) @ text_features(bundle, texts).t()).numpy()
+
+
+def class_features(bundle: ClipBundle, attribute: str, values: Sequence[str],
+                   templates: Mapping[str, Sequence[str]] = DEFAULT_TEMPLATES,
+                   phrases: Mapping[str, Mapping[str, str]] = DEFAULT_PHRASES) -> torch.Tensor:
+    """One normalised text feature per value: the mean over that value's prompts."""
+    features = [text_features(bundle, prompts_for(attribute, v, templates, phrases)).mean(dim=0) for v in values]
+    return F.normalize(torch.stack(features), dim=-1)
+
+
+def zero_shot_attributes(
+    bundle: ClipBundle,
+    pool,
+    templates: Mapping[str, Sequence[str]] = DEFAULT_TEMPLATES,
+    vocabulary: Mapping[str, Sequence[str]] | None = None,
+    phrases: Mapping[str, Mapping[str, str]] = DEFAULT_PHRASES,
+) -> pd.DataFrame:
+    """Zero-shot attribute accuracy per attribute and modality.
+
+    ``pool`` has ``images``, ``modalities`` and ``attributes`` (a SynthVI ``ClipPool``); ``vocabulary``
+    maps attribute -> candidate values (default: SynthVI's ``ATTRIBUTES``, restricted to attributes
+    with templates). Images whose value is not a candidate (e.g. ``bag_color`` without a bag) are left
+    out of that attribute. Columns: attribute, modality, accuracy, chance, majority, n.
+    """
+    if vocabulary is None:
+        from csdn.data.synthetic import ATTRIBUTES
+
+        vocabulary = {a: v for a, v in ATTRIBUTES.items() if a in templates}
+    if len(pool.images) == 0:
+        raise ValueError("the pool has no images to evaluate")
+    feats = image_features(bundle, pool.images)
+    modalities = np.asarray(pool.modalities)
+    rows = []
+    for attribute, values in vocabulary.items():
+        values = list(values)
+        if len(values) < 2:
+            continue
+        labels = np.array([values.index(a[attribute]) if a.get(attribute) in values else -1 for a in pool.attributes])
+        predictions = (feats @ class_features(bundle, attribute, values, templates, phrases).t()).argmax(dim=1).numpy()
+        for modality in sorted(set(modalities.tolist())):
+            keep = (modalities == modality) & (labels >= 0)
+            if not keep.any():
+                continue
+            counts = np.bincount(labels[keep], minlength=len(values))
+            rows.append({
+                "attribute": attribute,
+                "modality": modality,
+                "accuracy": float((predictions[keep] == labels[keep]).mean()),
+                "chance": 1.0 / len(values),
+                "majority": float(counts.max() / counts.sum()),
+                "n": int(keep.sum()),
+            })
+    return pd.DataFrame(rows, columns=["attribute", "modality", "accuracy", "chance", "majority", "n"])
+
+
+def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Pivot of :func:`zero_shot_attributes`: one row per attribute, accuracy per modality, and chance."""
+    table = results.pivot(index="attribute", columns="modality", values="accuracy")
+    table["chance"] = results.groupby("attribute")["chance"].first()
+    return table
