@@ -1,0 +1,298 @@
+"""Stage-notebook views: training curves, nearest words of prompt tokens, similarities, fusion, rank lists."""
+
+import math
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from matplotlib.colors import to_rgba
+from PIL import Image
+from torch import nn
+
+from csdn.analysis.stage_views import (
+    allowed_gallery,
+    context_words_frame,
+    fusion_shift_table,
+    history_frame,
+    i2t_accuracy,
+    modality_similarities,
+    nearest_words,
+    own_and_other,
+    pick_queries,
+    plot_history,
+    plot_loss_curves,
+    plot_query_rank_list,
+    plot_similarity_heatmaps,
+    retrieval_table,
+    similarity_by_identity,
+    similarity_table,
+    top_matches,
+    trial_split,
+    word_token_ids,
+)
+from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.eval.plots import CORRECT_COLOUR, WRONG_COLOUR
+from csdn.model.prompts import ModalityPrompts
+from csdn.train.text_stages import CachedFeatures
+
+VOCAB, WIDTH = 49408, 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return open_clip.SimpleTokenizer()
+
+
+def token_id(tokenizer, word: str) -> int:
+    ids = tokenizer([word])[0]
+    return int(ids[1])
+
+
+@pytest.fixture()
+def embedding():
+    return torch.randn(VOCAB, WIDTH, generator=torch.Generator().manual_seed(0))
+
+
+# -- training curves ---------------------------------------------------------------------------------
+
+STAGE3 = [
+    {"epoch": 1, "loss": 6.0, "id_loss": 4.0, "hse_loss": 0.5, "lr": 1e-4},
+    {"epoch": 2, "loss": 5.0, "id_loss": 3.5, "hse_loss": 0.4, "lr": 1e-4, "val_mAP": 0.4, "val_rank1": 0.3,
+     "val_score": 0.4},
+]
+
+
+def test_history_frame_is_indexed_by_epoch():
+    frame = history_frame(STAGE3)
+    assert list(frame.index) == [1, 2]
+    assert math.isnan(frame.loc[1, "val_mAP"]) and frame.loc[2, "val_mAP"] == 0.4
+    with pytest.raises(ValueError, match="empty"):
+        history_frame([])
+
+
+def test_plot_history_draws_losses_and_validation_panels():
+    fig = plot_history(STAGE3, title="stage 3")
+    loss_ax, val_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["loss", "hse_loss", "id_loss"]
+    assert [line.get_label() for line in val_ax.lines] == ["mAP", "rank1"]  # the selection score is left out
+    np.testing.assert_allclose(val_ax.lines[0].get_ydata(), [40.0])  # percent, only the validated epoch
+    assert len(plot_history([{"epoch": 1, "loss": 1.0}]).axes) == 1
+    with pytest.raises(ValueError, match="no loss"):
+        plot_history([{"epoch": 1, "lr": 0.1}])
+
+
+def test_plot_loss_curves_one_line_per_trained_history():
+    fig = plot_loss_curves({"official": STAGE3, "none": [], "mean": STAGE3[:1]})
+    assert [line.get_label() for line in fig.axes[0].lines] == ["official", "mean"]
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_loss_curves({"none": []})
+    with pytest.raises(ValueError, match="no 'acc' column"):
+        plot_loss_curves({"official": STAGE3}, key="acc")
+
+
+# -- nearest words -----------------------------------------------------------------------------------
+
+
+def test_word_token_ids_keeps_single_token_words(tokenizer):
+    ids = word_token_ids(tokenizer, ["Red", "red", "backpack,", "qzxwvjk"])
+    assert ids.tolist() == sorted({token_id(tokenizer, "red"), token_id(tokenizer, "backpack")})
+    with pytest.raises(ValueError, match="single token"):
+        word_token_ids(tokenizer, ["qzxwvjk"])
+
+
+def test_nearest_words_finds_planted_embeddings(tokenizer, embedding):
+    red, backpack = token_id(tokenizer, "red"), token_id(tokenizer, "backpack")
+    context = torch.stack([3.0 * embedding[red], embedding[backpack] + 0.01 * torch.randn(WIDTH)])
+    words = nearest_words(context, embedding, tokenizer, k=2)
+    assert [row[0][0] for row in words] == ["red", "backpack"]
+    assert words[0][0][1] == pytest.approx(1.0, abs=1e-5)  # cosine ignores the scale
+    assert words[0][0][1] >= words[0][1][1]  # best first
+
+
+def test_nearest_words_restricted_to_candidates(tokenizer, embedding):
+    red, hat, shirt = (token_id(tokenizer, w) for w in ("red", "hat", "shirt"))
+    embedding[hat] = -embedding[red]  # the farthest candidate
+    candidates = torch.tensor([hat, shirt])
+    words = nearest_words(embedding[red][None], embedding, tokenizer, k=2, candidates=candidates)
+    assert {w for w, _ in words[0]} == {"hat", "shirt"}
+    assert words[0][1] == ("hat", pytest.approx(-1.0, abs=1e-5))
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_words(embedding[red][None], embedding, tokenizer, k=3, candidates=candidates)
+    with pytest.raises(ValueError, match="share the width"):
+        nearest_words(torch.zeros(2, WIDTH + 1), embedding, tokenizer)
+
+
+def test_context_words_frame_reads_each_learner(tokenizer, embedding):
+    prompts = ModalityPrompts.build(3, shared=False, wording="paper", token_embedding=nn.Embedding.from_pretrained(embedding),
+                                    tokenizer=tokenizer, context_length=32, n_ctx=2,
+                                    generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prompts.learners[INFRARED].context[1, 1] = embedding[token_id(tokenizer, "backpack")]
+    frame = context_words_frame(prompts, embedding, tokenizer, labels=[0, 1], pids=[10, 11], k=1)
+    assert len(frame) == 2 * 2 * 2  # identities x learners x tokens
+    row = frame[(frame.pid == 11) & (frame.prompt == INFRARED) & (frame.token == 2)]
+    assert row["nearest words"].item() == "backpack (1.00)"
+    with pytest.raises(ValueError, match="align"):
+        context_words_frame(prompts, embedding, tokenizer, labels=[0, 1], pids=[10])
+
+
+# -- similarities ------------------------------------------------------------------------------------
+
+TEXTS = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+IMAGES = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+LABELS = torch.tensor([0, 1, 1])
+HALF = 1 / math.sqrt(2)
+
+
+def test_similarity_by_identity_averages_cosines_per_image_identity():
+    matrix = similarity_by_identity(TEXTS, IMAGES, LABELS)
+    expected = torch.tensor([[1.0, HALF / 2], [0.0, (1 + HALF) / 2]])
+    torch.testing.assert_close(matrix, expected)
+    three = similarity_by_identity(torch.cat([TEXTS, TEXTS[:1]]), IMAGES, LABELS)
+    assert torch.isnan(three[:, 2]).all()  # identity 2 has no images
+    with pytest.raises(ValueError, match="one per image"):
+        similarity_by_identity(TEXTS, IMAGES, LABELS[:2])
+    with pytest.raises(ValueError, match="must lie in"):
+        similarity_by_identity(TEXTS, IMAGES, torch.tensor([0, 1, 2]))
+
+
+def test_own_and_other_ignore_missing_identities():
+    own, other = own_and_other(torch.tensor([[1.0, 0.5, float("nan")], [0.0, 0.5, float("nan")],
+                                             [0.2, 0.2, float("nan")]]))
+    assert own == pytest.approx(0.75) and other == pytest.approx((0.5 + 0.0 + 0.2 + 0.2) / 4)
+    with pytest.raises(ValueError, match="square"):
+        own_and_other(torch.zeros(2, 3))
+
+
+def features() -> CachedFeatures:
+    return CachedFeatures(IMAGES, LABELS, torch.tensor([[0.0, 1.0], [1.0, 0.2]]), torch.tensor([0, 1]))
+
+
+def test_similarity_table_has_one_row_per_text_and_image_modality():
+    matrices = modality_similarities({"visible prompts": TEXTS, "infrared prompts": TEXTS.flip(1)}, features())
+    assert set(matrices) == {(t, m) for t in ("visible prompts", "infrared prompts") for m in (VISIBLE, INFRARED)}
+    table = similarity_table(matrices).set_index(["text", "images"])
+    row = table.loc[("visible prompts", VISIBLE)]
+    assert row["own identity"] == pytest.approx((1 + (1 + HALF) / 2) / 2, abs=1e-4)
+    assert row["margin"] == pytest.approx(row["own identity"] - row["other identities"], abs=1e-4)
+    assert table.loc[("infrared prompts", INFRARED), "margin"] > 0  # flipped texts match the infrared images
+
+
+def test_heatmaps_one_panel_per_matrix_clipped_to_max_ids():
+    fig = plot_similarity_heatmaps({"a": torch.rand(5, 5), "b": torch.rand(5, 5)}, max_ids=3)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["a", "b"]
+    assert panels[0].images[0].get_array().shape == (3, 3)
+
+
+# -- fusion and retrieval ----------------------------------------------------------------------------
+
+
+def test_fusion_shift_table_measures_cosine_to_each_prompt():
+    t_vis, t_ir = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    mean = (t_vis + t_ir) / 2
+    table = fusion_shift_table({"mean": {VISIBLE: mean, INFRARED: mean}, "none": {VISIBLE: t_vis, INFRARED: t_ir}},
+                               t_vis, t_ir)
+    assert table.iloc[0]["cos to visible prompts"] == 0.0  # the reference: orthogonal prompts
+    rows = table.set_index(["variant", "prototype for"])
+    assert rows.loc[("mean", VISIBLE), "cos to visible prompts"] == pytest.approx(HALF, abs=1e-4)
+    assert rows.loc[("mean", INFRARED), "cos to infrared prompts"] == pytest.approx(HALF, abs=1e-4)
+    assert rows.loc[("none", INFRARED), "cos to infrared prompts"] == 1.0
+    assert rows.loc[("none", INFRARED), "cos to visible prompts"] == 0.0
+
+
+def test_i2t_accuracy_counts_images_whose_best_text_is_their_own():
+    images = torch.tensor([[1.0, 0.1], [0.2, 1.0], [1.0, 0.0]])
+    assert i2t_accuracy(images, torch.tensor([0, 1, 1]), TEXTS) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="labels"):
+        i2t_accuracy(images, torch.tensor([0, 1]), TEXTS)
+
+
+def test_retrieval_table_per_source_and_modality():
+    table = retrieval_table({"shared": TEXTS, "own": {VISIBLE: TEXTS, INFRARED: TEXTS.flip(0)}}, features())
+    # visible images: [2,0]->0 ok, [0,1]->1 ok, [1,1]: tie -> argmax picks 0, wrong: 2/3
+    assert table.loc["shared", "visible images"] == pytest.approx(100 * 2 / 3, abs=0.01)
+    assert table.loc["shared", "infrared images"] == 0.0  # [0,1] labelled 0, [1,0.2] labelled 1: both wrong
+    assert table.loc["own", "infrared images"] == 100.0  # flipped texts fix both
+
+
+# -- rank lists --------------------------------------------------------------------------------------
+
+
+def rec(pid: int, cam: int, modality: str = VISIBLE, path: str = "x.jpg") -> Record:
+    return Record(path, pid, cam, modality)
+
+
+def test_allowed_gallery_applies_each_protocols_rule():
+    gallery = [rec(1, 1), rec(1, 2), rec(2, 2), rec(1, 3)]
+    assert allowed_gallery(rec(1, 3, INFRARED), gallery, "sysu").tolist() == [True, False, False, True]
+    assert allowed_gallery(rec(1, 6, INFRARED), gallery, "sysu").all()
+    assert allowed_gallery(rec(1, 2, INFRARED), gallery, "llcm").tolist() == [True, False, True, True]
+    assert allowed_gallery(rec(1, 3, INFRARED), gallery, "regdb").all()
+    with pytest.raises(ValueError, match="protocol"):
+        allowed_gallery(rec(1, 3, INFRARED), gallery, "market")
+
+
+def test_top_matches_ranks_allowed_entries_by_dot_product():
+    gallery = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.5, 0.5]])
+    allowed = torch.tensor([False, True, True, True])
+    indices, scores = top_matches(torch.tensor([1.0, 0.0]), gallery, allowed, k=10)
+    assert indices.tolist() == [1, 3, 2]  # the best entry is masked out; k is clipped to what is allowed
+    torch.testing.assert_close(scores, torch.tensor([0.9, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="no gallery entry"):
+        top_matches(torch.tensor([1.0, 0.0]), gallery, torch.zeros(4, dtype=torch.bool), k=2)
+
+
+def test_pick_queries_distinct_identities_reproducibly():
+    query = [rec(pid, cam, INFRARED) for pid in (5, 6, 7) for cam in (3, 6)]
+    chosen = pick_queries(query, 2, seed=1)
+    assert chosen == pick_queries(query, 2, seed=1)
+    assert len({query[i].pid for i in chosen}) == 2 and all(query[i].cam == 3 for i in chosen)
+    assert sorted(pick_queries(query, 10)) == [0, 2, 4]
+
+
+def test_plot_query_rank_list_frames_correct_matches(tmp_path):
+    def image(name: str, value: int) -> str:
+        path = tmp_path / name
+        Image.fromarray(np.full((16, 8, 3), value, dtype=np.uint8)).save(path)
+        return str(path)
+
+    query = Record(image("q.png", 10), 1, 3, INFRARED)
+    gallery = [Record(image(f"g{i}.png", 50 * i), pid, cam, VISIBLE) for i, (pid, cam) in
+               enumerate([(1, 1), (2, 1), (1, 2)])]
+    feats = torch.tensor([[0.5, 0.5], [1.0, 0.0], [1.0, 0.0]])  # the cam-2 match would rank first
+    fig = plot_query_rank_list(query, torch.tensor([1.0, 0.0]), gallery, feats, "sysu", (32, 16), k=5)
+    assert len(fig.axes) == 3  # the query and the two allowed gallery images
+    assert fig.axes[1].images[0].get_array().shape == (32, 16, 3)  # decoded at the asked size
+    colours = [ax.spines["top"].get_edgecolor() for ax in fig.axes[1:]]
+    assert colours == [to_rgba(WRONG_COLOUR), to_rgba(CORRECT_COLOUR)]
+
+
+class FakeSYSU:
+    query = [rec(1, 3, INFRARED)]
+
+    def gallery(self, trial, mode="all"):
+        return [rec(trial, 1 if mode == "indoor" else 4)]
+
+
+class FakeLLCM:
+    def query(self, direction):
+        return [rec(1, 1, VISIBLE if direction.startswith("visible") else INFRARED)]
+
+    def gallery(self, direction, trial):
+        return [rec(trial, 2)]
+
+
+class FakeRegDB:
+    def query_gallery(self, direction):
+        return [rec(1, 1)], [rec(2, 2)]
+
+
+def test_trial_split_reads_each_layout():
+    assert trial_split(FakeSYSU(), "sysu", trial=3, mode="indoor") == ([rec(1, 3, INFRARED)], [rec(3, 1)])
+    query, gallery = trial_split(FakeLLCM(), "llcm", trial=2, direction="visible->infrared")
+    assert query[0].modality == VISIBLE and gallery == [rec(2, 2)]
+    assert trial_split(FakeRegDB(), "regdb") == ([rec(1, 1)], [rec(2, 2)])
+    with pytest.raises(ValueError, match="layout"):
+        trial_split(FakeSYSU(), "market")
