@@ -2,6 +2,7 @@
 
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import open_clip
 import pytest
@@ -47,6 +48,12 @@ def tokenizer():
 def token_id(tokenizer, word: str) -> int:
     ids = tokenizer([word])[0]
     return int(ids[1])
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
 
 
 @pytest.fixture()
@@ -180,9 +187,10 @@ def test_similarity_table_has_one_row_per_text_and_image_modality():
 
 
 def test_heatmaps_one_panel_per_matrix_clipped_to_max_ids():
-    fig = plot_similarity_heatmaps({"a": torch.rand(5, 5), "b": torch.rand(5, 5)}, max_ids=3)
+    fig = plot_similarity_heatmaps({name: torch.rand(5, 5) for name in "abc"}, max_ids=3)
     panels = [ax for ax in fig.axes if ax.images]
-    assert [ax.get_title() for ax in panels] == ["a", "b"]
+    assert [ax.get_title() for ax in panels] == ["a", "b", "c"]
+    assert [ax.axison for ax in fig.axes if not ax.images and not ax.get_label() == "<colorbar>"] == [False]
     assert panels[0].images[0].get_array().shape == (3, 3)
 
 

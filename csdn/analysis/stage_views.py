@@ -1,8 +1,9 @@
 """Tables and figures for the three training-stage notebooks (03 prompts, 04 SII, 05 HSE + re-ID).
 
 Everything works on plain tensors, records and per-epoch histories (``Experiment.histories[stage]``),
-so each view can be tested on small hand-made inputs. Figures are created without pyplot (nothing is
-drawn twice in a notebook and no global state is touched), as in :mod:`csdn.eval.plots`.
+so each view can be tested on small hand-made inputs. Figures are pyplot figures, as in
+:mod:`csdn.analysis.data_views`: a notebook shows them with ``plt.show()``. (Creating one also loads the inline
+backend, which the pyplot-free figures of :mod:`csdn.eval.plots` need to display in a fresh kernel.)
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -56,7 +58,7 @@ def plot_history(history: History, title: str = "training") -> Figure:
     losses, metrics = loss_keys(history), validation_keys(history)
     if not losses:
         raise ValueError(f"the history has no loss column (columns: {list(frame.columns)})")
-    fig = Figure(figsize=(10.0 if metrics else 5.5, 3.6), layout="constrained")
+    fig = plt.figure(figsize=(10.0 if metrics else 5.5, 3.6), layout="constrained")
     axes = fig.subplots(1, 2 if metrics else 1, squeeze=False)[0]
     for key in losses:
         axes[0].plot(frame.index, frame[key], marker="o", markersize=3, label=key, lw=2.5 if key == "loss" else 1.2)
@@ -74,7 +76,7 @@ def plot_loss_curves(histories: Mapping[str, History], key: str = "loss", title:
     drawn = {name: history_frame(h) for name, h in histories.items() if h}
     if not drawn:
         raise ValueError("plot_loss_curves needs at least one non-empty history")
-    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    fig = plt.figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
     for name, frame in drawn.items():
         if key not in frame:
@@ -201,11 +203,14 @@ def similarity_table(matrices: Mapping[tuple[str, str], Tensor]) -> pd.DataFrame
 
 
 def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24) -> Figure:
-    """One identities x identities heatmap per named matrix (text rows, image columns), first ``max_ids``."""
+    """One identities x identities heatmap per named matrix (text rows, image columns, first ``max_ids``),
+    two per row."""
     if not matrices:
         raise ValueError("plot_similarity_heatmaps needs at least one matrix")
-    fig = Figure(figsize=(4.2 * len(matrices), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
+    ncols = min(2, len(matrices))
+    nrows = -(-len(matrices) // ncols)
+    fig = plt.figure(figsize=(4.6 * ncols, 3.9 * nrows), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
     for ax, (name, matrix) in zip(axes, matrices.items()):
         shown = matrix[:max_ids, :max_ids].numpy()
         image = ax.imshow(shown, cmap="viridis")
@@ -213,6 +218,8 @@ def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24) 
         ax.set_xlabel("images of identity")
         ax.set_ylabel("prompt of identity")
         fig.colorbar(image, ax=ax, shrink=0.8, label="mean cosine")
+    for ax in axes[len(matrices):]:
+        ax.axis("off")
     return fig
 
 
