@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from csdn.artifacts import atomic_write_json, build_once, config_key
 from csdn.clip.adapt import TextEncoder
-from csdn.clip.loader import TINY_ARCHS, ClipSource, load_clip, save_local_dir
+from csdn.clip.loader import TINY_ARCHS, ClipBundle, ClipSource, load_clip, save_local_dir
 from csdn.runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,19 @@ def _pool_groups(pool) -> torch.Tensor:
     return torch.tensor([index[k] for k in keys], dtype=torch.long)
 
 
-def pretrain_tiny_clip(cfg: PretrainConfig, pool, out_dir: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+def pretrain_tiny_clip(
+    cfg: PretrainConfig,
+    pool,
+    out_dir: Path,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[int, ClipBundle], None] | None = None,
+) -> dict[str, Any]:
     """Pretrain a CLIP of ``cfg.arch`` from scratch on ``pool`` and save it as a ``local-dir:`` folder.
 
-    ``pool`` is a SynthVI ``ClipPool`` (images, captions, modalities, pids). Returns the history that is
-    also written to ``out_dir/history.json``: loss and seconds per epoch, throughput, counts, config.
+    ``pool`` is a SynthVI ``ClipPool`` (images, captions, modalities, pids). ``on_epoch(epoch, bundle)``,
+    if given, is called after every epoch (e.g. to track zero-shot accuracy; the model is in train mode
+    again afterwards). Returns the history that is also written to ``out_dir/history.json``: loss and
+    seconds per epoch, throughput, counts, config.
     """
     n = len(pool.captions) if cfg.max_images is None else min(cfg.max_images, len(pool.captions))
     if n < cfg.batch_size:
@@ -169,6 +178,9 @@ def pretrain_tiny_clip(cfg: PretrainConfig, pool, out_dir: Path, device: str | t
         history["seconds"].append(time.perf_counter() - tic)
         history["logit_scale"].append(float(model.logit_scale.detach().exp()))
         progress.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch, bundle)
+            model.train()
         log.info("pretrain %s epoch %d/%d loss %.4f (%.1fs)", cfg.arch, epoch + 1, cfg.epochs, history["loss"][-1],
                  history["seconds"][-1])
     total = time.perf_counter() - start
@@ -210,3 +222,18 @@ def read_history(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: not a folder written by pretrain_tiny_clip")
     return json.loads(path.read_text())
+
+
+def plot_history(history: dict[str, Any]):
+    """Loss per epoch of a pretraining run, with its timing in the title."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    ax.plot(epochs, history["loss"], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("contrastive loss")
+    ax.set_title(f"{history['arch']}: {history['total_seconds']:.0f} s, "
+                 f"{history['images_per_second']:.0f} images/s, {history['threads']} threads", fontsize=9)
+    fig.tight_layout()
+    return fig

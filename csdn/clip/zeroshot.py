@@ -136,3 +136,60 @@ def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     table = results.pivot(index="attribute", columns="modality", values="accuracy")
     table["chance"] = results.groupby("attribute")["chance"].first()
     return table
+
+
+def examples_per_value(pool, attribute: str, modality: str, values: Sequence[str]) -> list[int]:
+    """Index of the first image of ``modality`` for each value of ``attribute`` (values without one skipped)."""
+    picked = []
+    for value in values:
+        for i, (attrs, m) in enumerate(zip(pool.attributes, pool.modalities)):
+            if m == modality and attrs.get(attribute) == value:
+                picked.append(i)
+                break
+    return picked
+
+
+def plot_accuracy(results: pd.DataFrame, color_attributes: Sequence[str] = ()):
+    """Bar chart of zero-shot accuracy per attribute, one bar per modality, chance as a black tick."""
+    import matplotlib.pyplot as plt
+
+    table = accuracy_table(results)
+    order = [a for a in table.index if a in color_attributes] + [a for a in table.index if a not in color_attributes]
+    table = table.loc[order]
+    modalities = [m for m in ("visible", "infrared") if m in table.columns]
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(table)), 3.5))
+    width = 0.8 / len(modalities)
+    x = np.arange(len(table))
+    for k, modality in enumerate(modalities):
+        ax.bar(x + (k - (len(modalities) - 1) / 2) * width, table[modality], width, label=modality)
+    ax.scatter(x, table["chance"], marker="_", s=400, color="black", label="chance", zorder=3)
+    ax.set_xticks(x, [f"{a}*" if a in color_attributes else a for a in table.index], rotation=30, ha="right")
+    ax.set_ylabel("zero-shot accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right", ncols=3)
+    if color_attributes:
+        ax.set_title("* colour attributes (invisible in infrared)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_similarity(images: np.ndarray, texts: Sequence[str], similarity: np.ndarray, title: str = ""):
+    """Heatmap of image-text cosine similarity with the images shown above their columns."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig = plt.figure(figsize=(1.0 * n + 3.5, 0.45 * len(texts) + 2.2))
+    grid = fig.add_gridspec(2, n, height_ratios=[1.6, 0.45 * len(texts)], hspace=0.05)
+    for i, image in enumerate(images):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(image)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    im = ax.imshow(similarity.T, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(texts)), texts, fontsize=8)
+    ax.set_xticks(range(n), [str(i) for i in range(n)])
+    ax.set_xlabel("image")
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="cosine similarity")
+    if title:
+        fig.suptitle(title)
+    return fig

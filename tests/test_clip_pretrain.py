@@ -1,0 +1,147 @@
+"""csdn.clip.pretrain: the contrastive loss, augmentation, schedule, a tiny end-to-end run and its cache."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import csdn.data.synthetic as synthetic
+from csdn.clip.loader import load_clip, local_dir_source
+from csdn.clip.pretrain import (
+    PretrainConfig,
+    _lr_factor,
+    augment_batch,
+    multi_positive_clip_loss,
+    pretrain_tiny_clip,
+    read_history,
+    tiny_clip,
+)
+
+SIZE = (32, 16)
+
+
+@dataclass
+class FakePool:
+    """The ClipPool interface: two identities (red top / blue top), visible and infrared images."""
+
+    images: np.ndarray
+    captions: list[str]
+    modalities: list[str]
+    pids: np.ndarray
+    attributes: list[dict[str, str]]
+
+
+def fake_pool(n: int = 16) -> FakePool:
+    rng = np.random.default_rng(0)
+    images, captions, modalities, pids, attributes = [], [], [], [], []
+    for i in range(n):
+        red = i % 2 == 0
+        infrared = i % 4 == 3
+        image = rng.integers(0, 40, size=(*SIZE, 3), dtype=np.uint8)
+        image[: SIZE[0] // 2] = (200, 30, 30) if red else (30, 30, 200)
+        if infrared:
+            image[:] = image.mean(axis=2, keepdims=True).astype(np.uint8)
+        colour = "red" if red else "blue"
+        images.append(image)
+        captions.append("an infrared photo of a person wearing a top." if infrared
+                        else f"a photo of a person wearing a {colour} top.")
+        modalities.append("infrared" if infrared else "visible")
+        pids.append(0 if red else 1)
+        attributes.append({"top_color": colour})
+    return FakePool(np.stack(images), captions, modalities, np.asarray(pids), attributes)
+
+
+def test_loss_is_clips_loss_when_every_group_differs():
+    torch.manual_seed(0)
+    image, text = torch.randn(5, 8), torch.randn(5, 8)
+    scale = torch.tensor(math.log(10.0))
+    logits = 10.0 * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+    clip = (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.t(), torch.arange(5))) / 2
+    torch.testing.assert_close(multi_positive_clip_loss(image, text, torch.arange(5), scale), clip)
+
+
+def test_loss_golden_values_by_hand():
+    eye = torch.eye(2)
+    scale = torch.tensor(0.0)  # logits = cosine similarities = the identity matrix
+    # distinct groups: -log(e / (e + 1)) = log(1 + e^-1)
+    distinct = multi_positive_clip_loss(eye, eye, torch.tensor([0, 1]), scale)
+    torch.testing.assert_close(distinct, torch.tensor(math.log(1 + math.exp(-1))))
+    # one group: targets (1/2, 1/2) -> -(1/2)(1 - log(1+e)) - (1/2)(0 - log(1+e)) = log(1+e) - 1/2
+    shared = multi_positive_clip_loss(eye, eye, torch.tensor([3, 3]), scale)
+    torch.testing.assert_close(shared, torch.tensor(math.log(1 + math.e) - 0.5))
+
+
+def test_augmentation_is_seeded_shape_preserving_and_off_at_zero():
+    x = torch.randn(4, 3, *SIZE)
+    assert augment_batch(x, 0.0, torch.Generator().manual_seed(0)) is x
+    a = augment_batch(x, 1.0, torch.Generator().manual_seed(1))
+    b = augment_batch(x, 1.0, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, x)
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero():
+    assert _lr_factor(0, 4, 20) == pytest.approx(0.25)
+    assert _lr_factor(3, 4, 20) == pytest.approx(1.0)
+    assert _lr_factor(4, 4, 20) == pytest.approx(1.0)
+    assert _lr_factor(12, 4, 20) == pytest.approx(0.5)
+    assert _lr_factor(20, 4, 20) == pytest.approx(0.0)
+
+
+def test_config_rejects_nonsense():
+    with pytest.raises(ValueError, match="epochs"):
+        PretrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="augment"):
+        PretrainConfig(augment=1.5)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        pretrain_tiny_clip(PretrainConfig(batch_size=64, image_size=SIZE), fake_pool(16), "unused")
+
+
+def test_pretraining_learns_saves_and_loads_back(tmp_path):
+    cfg = PretrainConfig(arch="csdn-tiny-vit", image_size=SIZE, epochs=6, batch_size=8, lr=2e-3, augment=0.5)
+    seen = []
+    history = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "tiny", on_epoch=lambda e, b: seen.append(e))
+    assert seen == list(range(6))
+    assert len(history["loss"]) == 6 and history["loss"][-1] < history["loss"][0]
+    assert history["n_images"] == 16 and history["n_infrared"] == 4 and history["images_per_second"] > 0
+    assert read_history(tmp_path / "tiny")["loss"] == history["loss"]
+    assert json.loads((tmp_path / "tiny" / "open_clip_config.json").read_text())["csdn"]["arch"] == "csdn-tiny-vit"
+    bundle = load_clip(local_dir_source(tmp_path / "tiny"))
+    assert bundle.image_size == SIZE and not bundle.model.training
+
+
+def test_pretraining_is_deterministic(tmp_path):
+    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=1, batch_size=8)
+    first = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "a")
+    second = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "b")
+    assert first["loss"] == second["loss"]
+
+
+def test_tiny_clip_is_built_once_per_config(tmp_path, monkeypatch):
+    calls = []
+
+    def pool(cfg, heldout=False):
+        calls.append(cfg)
+        return fake_pool()
+
+    monkeypatch.setattr(synthetic, "clip_pool", pool)
+    cfg = PretrainConfig(arch="csdn-tiny-vit", image_size=SIZE, epochs=1, batch_size=8)
+    synth = synthetic.SynthConfig(height=SIZE[0], width=SIZE[1])
+    first = tiny_clip(cfg, synth, tmp_path)
+    again = tiny_clip(cfg, synth, tmp_path)
+    assert first == again and len(calls) == 1
+    assert (first / ".complete").is_file() and (first / "open_clip_model.safetensors").is_file()
+    other = tiny_clip(PretrainConfig(arch="csdn-tiny-vit", image_size=SIZE, epochs=1, batch_size=8, seed=1), synth, tmp_path)
+    assert other != first and len(calls) == 2
+
+
+def test_read_history_names_a_folder_without_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="history.json"):
+        read_history(tmp_path)
