@@ -46,6 +46,18 @@ def test_ties_keep_gallery_order():
     assert order.tolist() == [[0, 2, 1, 3]]
 
 
+def test_signed_zeros_tie_and_precision_does_not_matter():
+    # -0.0 == 0.0: a tie, broken by gallery index. pids 2,1 -> the wrong one first.
+    m = run([[-0.0, 0.0]], [1], [2, 1], max_rank=2)
+    np.testing.assert_allclose(m.cmc, [0, 1])
+    m = run([[0.0, -0.0]], [1], [2, 1], higher=False, max_rank=2)
+    np.testing.assert_allclose(m.cmc, [0, 1])
+    scores, q_pids, g_pids, q_cams, g_cams = random_problem(seed=5)
+    args = (q_pids, g_pids, q_cams, g_cams)
+    same(evaluate(scores.astype(np.float32), *args, protocol="llcm", higher_is_better=True),
+         evaluate(scores.astype(np.float32).astype(np.float64), *args, protocol="llcm", higher_is_better=True))
+
+
 def test_query_without_match_is_skipped_and_counted():
     dist = [[0.5, 0.1, 0.3, 0.2, 0.9],
             [0.2, 0.4, 0.1, 0.3, 0.05],
@@ -73,6 +85,9 @@ def test_sysu_cam3_query_ignores_every_cam2_gallery_image():
     # A cam3 query whose only match is in cam2 has no valid match.
     m = run([[0.9, 0.8, 0.7, 0.6]] * 2, [1, 3], [1, 2, 3, 2], [6, 3], [1, 1, 2, 1], protocol="sysu")
     assert (m.num_queries, m.num_valid_queries) == (2, 1)
+    # With every gallery image in cam 2, cam-3 queries have nothing left; cam-6 queries are unaffected.
+    m = run([[0.9, 0.8]] * 2, [1, 2], [1, 2], [3, 6], [2, 2], protocol="sysu")
+    assert (m.num_queries, m.num_valid_queries) == (2, 1) and m.r1 == 0 and m.rank(2) == 1
     # The same filter is not applied under RegDB.
     m = run([[0.9, 0.8, 0.7, 0.6]], [3], [1, 2, 3, 2], [3], [1, 1, 2, 1], protocol="regdb")
     assert m.num_valid_queries == 1 and m.r1 == 0

@@ -3,7 +3,8 @@
 Conventions (shared by every function here):
 
 - **Ranking and ties.** Each query's gallery is ranked by a *stable* sort: best score (or smallest
-  distance) first, and equal values keep their gallery order (lower gallery index first).
+  distance) first, and equal values keep their gallery order (lower gallery index first); -0.0 and
+  0.0 are equal. float32 values are compared exactly, float64 values to about 1e-12 relative.
 - **Protocol filters** remove gallery entries from a query's ranked list before anything is counted:
   ``"sysu"``: a query from camera 3 ignores *every* camera-2 gallery image (cams 2 and 3 share a
   place; AGW's ``eval_sysu``); ``"llcm"``: a query ignores gallery images of its own pid taken by its
@@ -15,7 +16,12 @@ Conventions (shared by every function here):
   community's multi-image-gallery CMC for SYSU-MM01 and LLCM); mAP and mINP always use every positive.
 - **mINP** (Ye et al., 2021): INP = number of positives / rank of the hardest (last) positive.
 
-The computation is vectorised over queries (torch, float64, processed in row chunks to bound memory).
+How it is computed (vectorised over queries, in row chunks that bound memory): every entry of a
+query's row gets a distinct integer key that orders it (best first, ties by gallery index), so the
+rank of a true match is one plus the number of smaller keys in its row. One sort of each row's keys
+(NumPy's SIMD sort) and a binary search per true match give every rank; true matches are looked up
+from a table of each identity's gallery columns rather than by scanning the row. Entries a protocol
+removes get a key after every other one and are not matches.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ DEFAULT_DEDUP = {"sysu": True, "regdb": False, "llcm": True}
 # SYSU-MM01: queries from this camera ignore every gallery image of the other camera.
 SYSU_QUERY_CAM, SYSU_IGNORED_GALLERY_CAM = 3, 2
 # Upper bound on query-rows x gallery-columns elements processed at once.
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 18
+_AFTER_ALL = torch.iinfo(torch.int64).max  # ranking key placing an entry after every other
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -68,8 +75,7 @@ class Metrics:
 def rank_gallery(matrix: ArrayLike, *, higher_is_better: bool) -> torch.Tensor:
     """Gallery indices of each query row, best first; ties keep gallery order (stable sort)."""
     values = _as_matrix(matrix)
-    key = -values if higher_is_better else values
-    return torch.sort(key, dim=1, stable=True).indices
+    return torch.sort(-values if higher_is_better else values, dim=1, stable=True).indices
 
 
 def evaluate(
@@ -100,18 +106,19 @@ def evaluate(
     g_pid, g_cam = _as_labels(g_pids, n_g, "g_pids"), _as_labels(g_cams, n_g, "g_cams")
     dedup = DEFAULT_DEDUP[protocol] if dedup_ids is None else bool(dedup_ids)
 
-    # Contiguous identity labels, so identity deduplication can scatter into a (rows, ids) table.
+    # Contiguous identity labels 0..num_ids-1 over the gallery; -1 for query pids absent from it.
     gallery_ids, g_label = torch.unique(g_pid, return_inverse=True)
+    num_ids = len(gallery_ids)
     q_label = _label_in(gallery_ids, q_pid)
 
-    per_query = []
-    rows = max(1, _CHUNK_ELEMENTS // n_g)
-    for start in range(0, n_q, rows):
-        part = slice(start, start + rows)
-        order = rank_gallery(values[part], higher_is_better=higher_is_better)
-        per_query.append(_query_stats(order, q_pid[part], q_cam[part], q_label[part], g_pid, g_cam,
-                                      g_label, len(gallery_ids), protocol, dedup))
-    first_rank, ap, inp, valid = (torch.cat(parts) for parts in zip(*per_query))
+    columns = _columns_by_label(g_label, num_ids)
+    first_rank = torch.zeros(n_q, dtype=torch.long)
+    ap, inp = torch.zeros(n_q, dtype=torch.float64), torch.zeros(n_q, dtype=torch.float64)
+    valid = torch.zeros(n_q, dtype=torch.bool)
+    for rows, cam_filter in _row_blocks(protocol, q_cam, max(1, _CHUNK_ELEMENTS // n_g)):
+        first_rank[rows], ap[rows], inp[rows], valid[rows] = _query_stats(
+            values.index_select(0, rows), higher_is_better, q_label[rows], q_cam[rows], columns, g_label,
+            g_cam, num_ids, protocol, cam_filter, dedup)
 
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -124,50 +131,118 @@ def evaluate(
                    num_queries=n_q, num_valid_queries=num_valid)
 
 
-def _query_stats(order, q_pid, q_cam, q_label, g_pid, g_cam, g_label, num_ids, protocol, dedup):
-    """Per-query (first-match rank, AP, INP, valid) for one chunk of ranked rows."""
-    pid_ranked, cam_ranked = g_pid[order], g_cam[order]
-    keep = _keep_mask(protocol, q_pid, q_cam, pid_ranked, cam_ranked)
-    match = (pid_ranked == q_pid[:, None]) & keep
-    kept_rank = keep.cumsum(1)  # 1-based position in the filtered list (meaningful where keep)
-    num_pos = match.sum(1)
-    valid = num_pos > 0
+def _row_blocks(protocol, q_cam, size) -> list[tuple[torch.Tensor, bool]]:
+    """Blocks of at most ``size`` query rows, and whether SYSU's camera filter applies to the block.
 
-    hits = match.cumsum(1)
-    precision = torch.where(match, hits.double() / kept_rank.clamp(min=1), 0.0)
-    ap = precision.sum(1) / num_pos.clamp(min=1)
-    hardest = torch.where(match, kept_rank, 0).amax(1)
-    inp = num_pos.double() / hardest.clamp(min=1)
-
-    if dedup:
-        first_rank = _dedup_first_rank(order, keep, q_label, g_label, num_ids)
+    SYSU's cam-3 queries are blocked separately, so their filter is a mask over columns only.
+    """
+    rows = torch.arange(len(q_cam))
+    if protocol != "sysu":
+        groups = [(rows, False)]
     else:
-        beyond = kept_rank.shape[1] + 1
-        first_rank = torch.where(match, kept_rank, beyond).amin(1)
-    return first_rank, ap, inp, valid
+        from_cam3 = q_cam == SYSU_QUERY_CAM
+        groups = [(rows[from_cam3], True), (rows[~from_cam3], False)]
+    return [(group[i:i + size], cam_filter) for group, cam_filter in groups for i in range(0, len(group), size)]
 
 
-def _keep_mask(protocol, q_pid, q_cam, pid_ranked, cam_ranked) -> torch.Tensor:
-    """True where a ranked gallery entry takes part in the query's evaluation."""
-    if protocol == "sysu":
-        return ~((q_cam[:, None] == SYSU_QUERY_CAM) & (cam_ranked == SYSU_IGNORED_GALLERY_CAM))
-    if protocol == "llcm":
-        return ~((pid_ranked == q_pid[:, None]) & (cam_ranked == q_cam[:, None]))
-    return torch.ones_like(pid_ranked, dtype=torch.bool)
+def _columns_by_label(labels: torch.Tensor, num_ids: int) -> torch.Tensor:
+    """(num_ids, most columns of one identity): the gallery columns of each identity, -1 padded."""
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=num_ids)
+    slot = torch.arange(len(labels)) - (counts.cumsum(0) - counts)[labels[order]]
+    table = torch.full((num_ids, max(1, int(counts.max()))), -1, dtype=torch.long)
+    table[labels[order], slot] = order
+    return table
 
 
-def _dedup_first_rank(order, keep, q_label, g_label, num_ids) -> torch.Tensor:
-    """Rank of the query's identity in the kept list reduced to each identity's first occurrence."""
-    n_rows, n_g = order.shape
-    position = torch.arange(n_g).expand(n_rows, n_g)
-    # first_pos[q, id]: earliest kept position of that identity (n_g when it never appears).
-    first_pos = torch.full((n_rows, num_ids), n_g, dtype=torch.long)
-    first_pos.scatter_reduce_(1, g_label[order], torch.where(keep, position, n_g), reduce="amin")
-    own = first_pos.gather(1, q_label.clamp(min=0)[:, None])
-    own = torch.where(q_label[:, None] >= 0, own, n_g)
-    # Identities seen no later than the query's own one (itself included) give its 1-based rank.
-    rank = (first_pos <= own).sum(1)
-    return torch.where(own[:, 0] < n_g, rank, n_g + 1)
+def _query_stats(block, higher_is_better, q_label, q_cam, columns, g_label, g_cam, num_ids, protocol,
+                 cam_filter, dedup):
+    """Per-query (first-match rank, AP, INP, valid) for one block of query rows (consumed).
+
+    ``columns`` is the identity -> gallery columns table (see ``_columns_by_label``); ``cam_filter``
+    says the block's queries are SYSU cam-3 queries.
+    """
+    key = _ranking_keys(block, higher_is_better)
+    own = columns[q_label.clamp(min=0)]  # (rows, slots) gallery columns of the query's identity
+    is_match = (own >= 0) & (q_label[:, None] >= 0)
+    own = own.clamp(min=0)
+    _remove_filtered(protocol, cam_filter, key, own, is_match, q_cam, g_cam)
+
+    # Each row's true-match keys, sorted; padding and removed slots sort last.
+    match_keys = torch.where(is_match, key.gather(1, own), _AFTER_ALL).sort(dim=1).values
+    ranked_keys = key
+    ranked_keys.numpy().sort(axis=1)  # in place, NumPy's SIMD sort (far faster than torch's here)
+    match_rank = torch.searchsorted(ranked_keys, match_keys) + 1  # 1-based rank of the k-th match
+
+    num_pos = is_match.sum(1)
+    valid = num_pos > 0
+    k = torch.arange(1, match_keys.shape[1] + 1)
+    precision = torch.where(k <= num_pos[:, None], k / match_rank.double(), 0.0)
+    ap = precision.sum(1) / num_pos.clamp(min=1)
+    hardest = match_rank.gather(1, (num_pos - 1).clamp(min=0)[:, None])[:, 0]
+    inp = num_pos.double() / hardest
+    first = torch.where(valid, match_rank[:, 0], 0)
+    if dedup:
+        first = _distinct_ids_in_prefix(ranked_keys, first, g_label, num_ids)
+    return first, ap, inp, valid
+
+
+def _remove_filtered(protocol, cam_filter, key, own, is_match, q_cam, g_cam) -> None:
+    """In place: entries the protocol ignores get a key after every other and stop being matches."""
+    if cam_filter:  # SYSU, cam-3 queries: every cam-2 column goes
+        ignored = g_cam == SYSU_IGNORED_GALLERY_CAM
+        key.masked_fill_(ignored[None, :], _AFTER_ALL)
+        is_match &= ~ignored[own]
+    elif protocol == "llcm":
+        removed = is_match & (g_cam[own] == q_cam[:, None])  # own identity, own camera
+        rows = torch.arange(len(key))[:, None].expand_as(own)
+        key[rows[removed], own[removed]] = _AFTER_ALL
+        is_match &= ~removed
+
+
+def _ranking_keys(block: torch.Tensor, higher_is_better: bool) -> torch.Tensor:
+    """Distinct int64 keys per row, ascending from best to worst, ties broken by gallery index.
+
+    ``block`` (a float32 or float64 copy) is consumed. Each value is mapped to an integer of the same
+    order (IEEE-754 bit trick; bitwise NOT reverses it for scores), multiplied by 2**bits and added to
+    the gallery index, with bits = ``_index_bits(gallery size)``: equal values order by index, and
+    ``key & (2**bits - 1)`` recovers the index. float32 values lose nothing; float64 values lose their
+    lowest mantissa bits (they are compared to about 1e-12 relative for 3,010 columns).
+    """
+    n_g = block.shape[1]
+    shift = _index_bits(n_g)
+    block.add_(0.0)  # turns -0.0 into +0.0, so the two zeros tie
+    if block.dtype == torch.float64:
+        ordered = _ordered_bits(block.view(torch.int64), 64)
+        ordered >>= shift
+    else:
+        ordered = _ordered_bits(block.view(torch.int32), 32)
+    index = torch.arange(n_g)
+    if higher_is_better:  # index + 2**shift * ~ordered, with ~x = -x - 1
+        return torch.add(index - (1 << shift), ordered, alpha=-(1 << shift))
+    return torch.add(index, ordered, alpha=1 << shift)
+
+
+def _ordered_bits(bits: torch.Tensor, width: int) -> torch.Tensor:
+    """In place: IEEE-754 bit patterns to integers with the floats' order (negatives flipped)."""
+    sign = bits >> (width - 1)  # -1 where negative, else 0
+    bits ^= sign.bitwise_and_((1 << (width - 1)) - 1)
+    return bits
+
+
+def _index_bits(n_g: int) -> int:
+    return max(1, (n_g - 1).bit_length())
+
+
+def _distinct_ids_in_prefix(ranked_keys, lengths, g_label, num_ids) -> torch.Tensor:
+    """Number of distinct identities among the first ``lengths[q]`` ranked entries of each row."""
+    n_rows, n_g = ranked_keys.shape
+    row = torch.repeat_interleave(torch.arange(n_rows), lengths)
+    pos = torch.arange(len(row)) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+    index = ranked_keys[row, pos] & ((1 << _index_bits(n_g)) - 1)
+    seen = torch.zeros(n_rows, num_ids, dtype=torch.bool)
+    seen[row, g_label[index]] = True
+    return seen.sum(1)
 
 
 def _label_in(sorted_ids: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
@@ -177,12 +252,14 @@ def _label_in(sorted_ids: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
 
 
 def _as_matrix(matrix: ArrayLike) -> torch.Tensor:
-    """A finite 2-D float64 CPU tensor with at least one row and column."""
+    """A finite 2-D CPU tensor (float64 stays float64, anything else becomes float32), not empty."""
     tensor = torch.as_tensor(np.asarray(matrix) if not isinstance(matrix, torch.Tensor) else matrix)
-    tensor = tensor.detach().to("cpu", torch.float64)
+    dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    tensor = tensor.detach().to("cpu", dtype)
     if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise ValueError(f"expected a non-empty (queries, gallery) matrix, got shape {tuple(tensor.shape)}")
-    if not torch.isfinite(tensor).all():
+    # A NaN or infinity makes the sum non-finite; only then (or on overflow) look element by element.
+    if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
         raise ValueError("the score/distance matrix contains NaN or infinite values")
     return tensor
 
