@@ -119,7 +119,7 @@ def bench_rerank() -> None:
     centres = rng.normal(size=(NUM_IDS, 512))
     q_pids = rng.integers(0, NUM_IDS, NUM_QUERIES)
     g_pids = np.repeat(rng.integers(0, NUM_IDS, NUM_PAIRS), 10)
-    feats = [centres[p] + 2.0 * rng.normal(size=(len(p), 512)) for p in (q_pids, g_pids)]
+    feats = [centres[p] + 4.0 * rng.normal(size=(len(p), 512)) for p in (q_pids, g_pids)]
     q, g = (torch.nn.functional.normalize(torch.tensor(f, dtype=torch.float32), dim=1) for f in feats)
     start = time.perf_counter()
     dist = k_reciprocal_rerank(q, g)

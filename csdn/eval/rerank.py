@@ -29,7 +29,7 @@ import torch
 
 # Upper bound on the (query, gallery) non-zero pairs joined at once when computing Jaccard sums.
 _PAIR_BUDGET = 1 << 22
-# Rows ranked at once when sorting the distance matrix.
+# Rows ranked at once when selecting nearest neighbours.
 _SORT_ROWS = 512
 
 
@@ -99,9 +99,24 @@ def _row_normalised_sq_dist(feats: torch.Tensor) -> torch.Tensor:
 
 
 def _nearest(dist: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of each row's ``k`` smallest distances, ascending; ties by index (stable)."""
-    parts = [torch.sort(dist[s:s + _SORT_ROWS], dim=1, stable=True).indices[:, :k]
-             for s in range(0, len(dist), _SORT_ROWS)]
+    """Indices of each row's ``k`` smallest distances, ascending; ties by index (as a stable sort).
+
+    Distances are >= 0, so their IEEE-754 bit patterns order like the values; appending the column
+    index in the low bits makes every key distinct, and a partial selection (top-k) then gives exactly
+    the order of a stable sort (float64 distances are compared to about 1e-12 relative).
+    """
+    n = dist.shape[1]
+    shift = max(1, (n - 1).bit_length())
+    index = torch.arange(n)
+    parts = []
+    for start in range(0, len(dist), _SORT_ROWS):
+        block = dist[start:start + _SORT_ROWS] + 0.0  # a copy, with -0.0 turned into +0.0
+        if block.dtype == torch.float64:
+            key = block.view(torch.int64) >> shift
+        else:
+            key = block.view(torch.int32).long()
+        key = torch.add(index, key, alpha=1 << shift)
+        parts.append(torch.topk(key, k, dim=1, largest=False, sorted=True).indices)
     return torch.cat(parts)
 
 
