@@ -9,6 +9,8 @@ lock (two processes needing it compute it once) and checkpoints every epoch (a k
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -125,9 +127,10 @@ class Experiment:
                                      normalize=False, device=self.device, progress=self.progress, model=visual,
                                      desc="CLIP features")
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file({"features": feats.contiguous()}, str(tmp))
-            tmp.replace(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique: safe under concurrency
+            os.close(fd)
+            save_file({"features": feats.contiguous()}, tmp)
+            os.replace(tmp, path)
         feats = load_file(str(path))["features"]
         vis = torch.tensor([r.modality == VISIBLE for r in self.train_records])
         return CachedFeatures(feats[vis], labels[vis], feats[~vis], labels[~vis])
