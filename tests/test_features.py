@@ -61,6 +61,16 @@ def test_features_in_order_normalised_and_flip_averaged(flip, batch_size):
     torch.testing.assert_close(got, expected(TinyNet(), x, flip))
 
 
+def test_raw_features_without_normalisation():
+    net, x = TinyNet(), images()
+    got = extract_features(net, TensorDataset(x), batch_size=4, flip=True, normalize=False, progress=False)
+    net.eval()
+    with torch.no_grad():
+        raw = (net(x) + net(torch.flip(x, dims=[3]))) / 2
+    torch.testing.assert_close(got, raw)
+    assert not torch.allclose(got.norm(dim=1), torch.ones(7))
+
+
 def test_flip_changes_features_of_asymmetric_images():
     net, x = TinyNet(), images()
     plain = extract_features(net, TensorDataset(x), flip=False, progress=False)

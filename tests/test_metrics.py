@@ -54,8 +54,9 @@ def test_signed_zeros_tie_and_precision_does_not_matter():
     np.testing.assert_allclose(m.cmc, [0, 1])
     scores, q_pids, g_pids, q_cams, g_cams = random_problem(seed=5)
     args = (q_pids, g_pids, q_cams, g_cams)
-    same(evaluate(scores.astype(np.float32), *args, protocol="llcm", higher_is_better=True),
-         evaluate(scores.astype(np.float32).astype(np.float64), *args, protocol="llcm", higher_is_better=True))
+    as32 = scores.astype(np.float32)
+    same(evaluate(as32, *args, protocol="llcm", higher_is_better=True),
+         evaluate(as32.astype(np.float64), *args, protocol="llcm", higher_is_better=True))
 
 
 def test_query_without_match_is_skipped_and_counted():

@@ -142,7 +142,8 @@ def _row_blocks(protocol, q_cam, size) -> list[tuple[torch.Tensor, bool]]:
     else:
         from_cam3 = q_cam == SYSU_QUERY_CAM
         groups = [(rows[from_cam3], True), (rows[~from_cam3], False)]
-    return [(group[i:i + size], cam_filter) for group, cam_filter in groups for i in range(0, len(group), size)]
+    return [(group[i:i + size], cam_filter)
+            for group, cam_filter in groups for i in range(0, len(group), size)]
 
 
 def _columns_by_label(labels: torch.Tensor, num_ids: int) -> torch.Tensor:

@@ -26,7 +26,8 @@ def plot_cmc(results: Mapping[str, ProtocolResult | Metrics], title: str = "CMC"
     ax = fig.add_subplot()
     for name, result in results.items():
         if not isinstance(result, (ProtocolResult, Metrics)):
-            raise TypeError(f"result {name!r} must be a ProtocolResult or Metrics, got {type(result).__name__}")
+            raise TypeError(f"result {name!r} must be a ProtocolResult or Metrics, "
+                            f"got {type(result).__name__}")
         cmc = np.asarray(result.cmc) * 100
         ranks = np.arange(1, len(cmc) + 1)
         label = f"{name} (R1 {cmc[0]:.1f}%, mAP {result.mAP * 100:.1f}%)"
