@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from csdn.data.cache import decode_image
@@ -87,6 +88,7 @@ def plot_loss_curves(histories: Mapping[str, History], key: str = "loss", title:
 
 
 def _decorate(ax, ylabel: str, title: str) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
