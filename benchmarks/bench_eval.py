@@ -4,7 +4,8 @@ Synthetic SYSU-MM01 test set: 3,803 infrared queries (cams 3/6) of 96 identities
 gallery of 301 (id, camera) pairs, single-shot (301 images) and multi-shot (10 each: 3,010 images),
 10 trials with fresh scores each. Scores are coarsely quantised so that ties occur. Both
 implementations evaluate every trial; every metric is compared (they must agree to 1e-12) and the
-median wall time of the 10-trial evaluation is reported with the loop / vectorised ratio.
+median wall time of the 10-trial evaluation is reported with the loop / vectorised ratio (runs of the
+two are interleaved, so both see the same machine load).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_eval.py [--repeats 5] [--loop-repeats 3]
         [--threads 1] [--rerank]
@@ -81,13 +82,19 @@ def run_all(fn, trials, labels):
     return [fn(scores, *labels) for scores in trials]
 
 
-def timed(fn, repeats):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+def timed_alternately(fast, slow, fast_runs: int, slow_runs: int):
+    """Median wall times of ``fast`` and ``slow``, their runs interleaved so both see the same load."""
+    fast_times, slow_times, fast_result, slow_result = [], [], None, None
+    for i in range(max(fast_runs, slow_runs)):
+        if i < fast_runs:
+            start = time.perf_counter()
+            fast_result = fast()
+            fast_times.append(time.perf_counter() - start)
+        if i < slow_runs:
+            start = time.perf_counter()
+            slow_result = slow()
+            slow_times.append(time.perf_counter() - start)
+    return statistics.median(fast_times), fast_result, statistics.median(slow_times), slow_result
 
 
 def max_difference(fast, slow) -> float:
@@ -102,8 +109,9 @@ def max_difference(fast, slow) -> float:
 def bench_metrics(shots: int, repeats: int, loop_repeats: int) -> bool:
     trials, *labels = synthetic_sysu(shots)
     shape = trials[0].shape
-    fast_time, fast = timed(lambda: run_all(vectorised_evaluate, trials, labels), repeats)
-    slow_time, slow = timed(lambda: run_all(loop_evaluate, trials, labels), loop_repeats)
+    fast_time, fast, slow_time, slow = timed_alternately(
+        lambda: run_all(vectorised_evaluate, trials, labels), lambda: run_all(loop_evaluate, trials, labels),
+        repeats, loop_repeats)
     diff = max_difference(fast, slow)
     mean_r1 = np.mean([r[0][0] for r in fast])
     print(f"{'single' if shots == 1 else 'multi'}-shot {shape[0]} x {shape[1]}, {TRIALS} trials "

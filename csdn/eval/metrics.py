@@ -112,23 +112,27 @@ def evaluate(
     q_label = _label_in(gallery_ids, q_pid)
 
     columns = _columns_by_label(g_label, num_ids)
-    first_rank = torch.zeros(n_q, dtype=torch.long)
-    ap, inp = torch.zeros(n_q, dtype=torch.float64), torch.zeros(n_q, dtype=torch.float64)
-    valid = torch.zeros(n_q, dtype=torch.bool)
+    match_rank = torch.zeros(n_q, columns.shape[1], dtype=torch.long)  # (query, k): rank of k-th match
+    num_pos = torch.zeros(n_q, dtype=torch.long)
+    first_rank = torch.zeros(n_q, dtype=torch.long)  # of the first match, identity-deduplicated or not
     for rows, cam_filter in _row_blocks(protocol, q_cam, max(1, _CHUNK_ELEMENTS // n_g)):
-        first_rank[rows], ap[rows], inp[rows], valid[rows] = _query_stats(
+        match_rank[rows], num_pos[rows], first_rank[rows] = _match_ranks(
             values.index_select(0, rows), higher_is_better, q_label[rows], q_cam[rows], columns, g_label,
             g_cam, num_ids, protocol, cam_filter, dedup)
 
+    valid = num_pos > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
         raise ValueError(f"no query has a true match in the gallery under protocol {protocol!r} "
                          f"({n_q} queries, {n_g} gallery items): check that query and gallery pids "
                          "overlap and that the camera filter does not remove every match")
-    ranks = torch.arange(1, max_rank + 1)
-    cmc = (first_rank[valid, None] <= ranks).sum(0, dtype=torch.float64) / num_valid
-    return Metrics(cmc=cmc.numpy(), mAP=float(ap[valid].mean()), mINP=float(inp[valid].mean()),
-                   num_queries=n_q, num_valid_queries=num_valid)
+    match_rank, num_pos, first_rank = match_rank[valid], num_pos[valid], first_rank[valid]
+    k = torch.arange(1, match_rank.shape[1] + 1)
+    ap = torch.where(k <= num_pos[:, None], k / match_rank.double(), 0.0).sum(1) / num_pos
+    inp = num_pos / match_rank.gather(1, num_pos[:, None] - 1)[:, 0].double()  # hardest: the last match
+    cmc = (first_rank[:, None] <= torch.arange(1, max_rank + 1)).sum(0, dtype=torch.float64) / num_valid
+    return Metrics(cmc=cmc.numpy(), mAP=float(ap.mean()), mINP=float(inp.mean()), num_queries=n_q,
+                   num_valid_queries=num_valid)
 
 
 def _row_blocks(protocol, q_cam, size) -> list[tuple[torch.Tensor, bool]]:
@@ -156,9 +160,11 @@ def _columns_by_label(labels: torch.Tensor, num_ids: int) -> torch.Tensor:
     return table
 
 
-def _query_stats(block, higher_is_better, q_label, q_cam, columns, g_label, g_cam, num_ids, protocol,
+def _match_ranks(block, higher_is_better, q_label, q_cam, columns, g_label, g_cam, num_ids, protocol,
                  cam_filter, dedup):
-    """Per-query (first-match rank, AP, INP, valid) for one block of query rows (consumed).
+    """For one block of query rows (``block`` is consumed): the 1-based ranks of each query's true
+    matches in ascending order (padded with larger values), their number, and the rank of the first
+    one, identity-deduplicated when ``dedup``.
 
     ``columns`` is the identity -> gallery columns table (see ``_columns_by_label``); ``cam_filter``
     says the block's queries are SYSU cam-3 queries.
@@ -173,19 +179,12 @@ def _query_stats(block, higher_is_better, q_label, q_cam, columns, g_label, g_ca
     match_keys = torch.where(is_match, key.gather(1, own), _AFTER_ALL).sort(dim=1).values
     ranked_keys = key
     ranked_keys.numpy().sort(axis=1)  # in place, NumPy's SIMD sort (far faster than torch's here)
-    match_rank = torch.searchsorted(ranked_keys, match_keys) + 1  # 1-based rank of the k-th match
-
+    match_rank = torch.searchsorted(ranked_keys, match_keys) + 1
     num_pos = is_match.sum(1)
-    valid = num_pos > 0
-    k = torch.arange(1, match_keys.shape[1] + 1)
-    precision = torch.where(k <= num_pos[:, None], k / match_rank.double(), 0.0)
-    ap = precision.sum(1) / num_pos.clamp(min=1)
-    hardest = match_rank.gather(1, (num_pos - 1).clamp(min=0)[:, None])[:, 0]
-    inp = num_pos.double() / hardest
-    first = torch.where(valid, match_rank[:, 0], 0)
+    first = torch.where(num_pos > 0, match_rank[:, 0], 0)
     if dedup:
         first = _distinct_ids_in_prefix(ranked_keys, first, g_label, num_ids)
-    return first, ap, inp, valid
+    return match_rank, num_pos, first
 
 
 def _remove_filtered(protocol, cam_filter, key, own, is_match, q_cam, g_cam) -> None:
