@@ -131,7 +131,8 @@ def test_nearest_words_restricted_to_candidates(tokenizer, embedding):
 
 
 def test_context_words_frame_reads_each_learner(tokenizer, embedding):
-    prompts = ModalityPrompts.build(3, shared=False, wording="paper", token_embedding=nn.Embedding.from_pretrained(embedding),
+    prompts = ModalityPrompts.build(3, shared=False, wording="paper",
+                                    token_embedding=nn.Embedding.from_pretrained(embedding),
                                     tokenizer=tokenizer, context_length=32, n_ctx=2,
                                     generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
