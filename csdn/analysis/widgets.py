@@ -1,0 +1,135 @@
+"""The query/gallery inspector widget: a thin ipywidgets layer over :mod:`csdn.analysis.inspector`.
+
+Controls pick the model, the protocol split, how a query is chosen (from the worst-ranked queries, by
+identity or by camera), the query itself and the top-k; every change re-renders the summary line and
+the rank-list figure (a PNG in an ``Output``). All the logic lives in :class:`InspectorData`; this
+module only wires widgets to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import ipywidgets as widgets
+from matplotlib.figure import Figure
+
+from csdn.analysis.inspector import InspectorData, InspectorState, QueryView, render
+
+WORST, IDENTITY, CAMERA = "worst", "identity", "camera"  # query selection modes
+MODES = (("worst-ranked", WORST), ("by identity", IDENTITY), ("by camera", CAMERA))
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """A figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+class Inspector(widgets.VBox):
+    """Controls on top, the selected query's summary and rank list below; re-rendered on every change.
+
+    ``state`` and ``view`` are what is shown now (None when no query is selectable), ``renders`` counts
+    the renders so far.
+    """
+
+    def __init__(self, data: InspectorData, image_size: tuple[int, int], k: int = 10, max_k: int = 30,
+                 worst: int = 20, dpi: int = 100) -> None:
+        if not 1 <= k <= max_k:
+            raise ValueError(f"need 1 <= k <= max_k, got k={k}, max_k={max_k}")
+        self.data, self.image_size, self.worst, self.dpi = data, image_size, worst, dpi
+        self.state: InspectorState | None = None
+        self.view: QueryView | None = None
+        self.renders = 0
+        self._filling = False  # True while options are refilled (their change events are ignored)
+        wide = widgets.Layout(width="460px")
+        self.model = widgets.Dropdown(options=data.models, description="model", layout=wide)
+        self.split = widgets.Dropdown(options=data.split_names, description="protocol", layout=wide)
+        self.mode = widgets.ToggleButtons(options=MODES, value=WORST, description="choose")
+        self.group = widgets.Dropdown(description="identity", layout=wide)
+        self.query = widgets.Dropdown(description="query", layout=widgets.Layout(width="560px"))
+        self.top_k = widgets.IntSlider(value=k, min=1, max=max_k, description="top-k")
+        self.summary = widgets.HTML()
+        self.output = widgets.Output()
+        for control in (self.model, self.split, self.mode, self.group):
+            control.observe(self._on_selection, names="value")
+        for control in (self.query, self.top_k):
+            control.observe(self._on_display, names="value")
+        controls = widgets.VBox([widgets.HBox([self.model, self.split]), self.mode,
+                                 widgets.HBox([self.group, self.query]), self.top_k])
+        super().__init__([controls, self.summary, self.output])
+        self._fill_choices()
+        self._show()
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def _on_selection(self, _change: dict) -> None:
+        if self._filling:
+            return
+        self._fill_choices()
+        self._show()
+
+    def _on_display(self, _change: dict) -> None:
+        if not self._filling:
+            self._show()
+
+    # -- choices ------------------------------------------------------------------------------------
+
+    def _fill_choices(self) -> None:
+        """Refill the group and query lists for the current model, split and mode (keeping the
+        current choices where they are still offered)."""
+        self._filling = True
+        try:
+            model, split, mode = self.model.value, self.split.value, self.mode.value
+            if mode == WORST:
+                self.group.layout.display = "none"
+                indices = self.data.worst_queries(model, split, self.worst)
+            else:
+                self.group.layout.display = None
+                self.group.description = "identity" if mode == IDENTITY else "camera"
+                groups = self.data.query_pids(split) if mode == IDENTITY else self.data.query_cams(split)
+                _set_options(self.group, [(str(g), g) for g in groups])
+                chosen = self.group.value
+                indices = (self.data.queries_of(split, pid=chosen) if mode == IDENTITY
+                           else self.data.queries_of(split, cam=chosen))
+            _set_options(self.query, [(self.data.query_label(model, split, i), i) for i in indices])
+        finally:
+            self._filling = False
+
+    # -- rendering ----------------------------------------------------------------------------------
+
+    def _show(self) -> None:
+        """Render the selected query into the summary line and the output."""
+        self.output.outputs = ()
+        if self.query.value is None:
+            self.state = self.view = None
+            self.summary.value = "<b>no query to show</b> (every query of this split has no true match?)"
+            self.renders += 1
+            return
+        state = InspectorState(self.model.value, self.split.value, self.query.value, self.top_k.value)
+        view = self.data.view(state)
+        png = figure_png(render(view, self.image_size), self.dpi)
+        self.summary.value = f"<code>{html.escape(view.summary())}</code>"
+        self.output.outputs = ({"output_type": "display_data", "metadata": {},
+                                "data": {"image/png": base64.b64encode(png).decode("ascii"),
+                                         "text/plain": f"<rank list: {html.escape(view.summary())}>"}},)
+        self.state, self.view = state, view
+        self.renders += 1
+
+
+def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, int]]) -> None:
+    """Replace a dropdown's options, keeping its value when it is still offered (else the first)."""
+    previous = dropdown.value
+    dropdown.options = options
+    values = [value for _, value in options]
+    dropdown.value = previous if previous in values else (values[0] if values else None)
+
+
+def build_inspector(data: InspectorData, image_size: tuple[int, int], k: int = 10, max_k: int = 30,
+                    worst: int = 20) -> Inspector:
+    """The inspector widget over ``data`` (images decoded at ``image_size = (H, W)``): display it in a
+    notebook cell. ``k`` is the initial top-k (slider up to ``max_k``), ``worst`` the length of the
+    worst-ranked list."""
+    return Inspector(data, image_size, k=k, max_k=max_k, worst=worst)
