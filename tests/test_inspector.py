@@ -239,7 +239,8 @@ def test_widget_starts_on_the_worst_query(world):
     assert widget.state == InspectorState("A", "sysu split", 1, 3)
     assert widget.view.first_match == 3
     assert _png(widget).startswith(b"\x89PNG") and "rank 3" in widget.summary.value
-    assert widget.group.layout.display == "none"
+    assert widget.group.layout.display == "none"  # worst-ranked mode needs no identity or camera
+    assert widget.model.layout.display is None and widget.split.layout.display is None
 
 
 def test_widget_rerenders_on_every_change(world):

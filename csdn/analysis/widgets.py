@@ -44,11 +44,10 @@ class Inspector(widgets.VBox):
         self.view: QueryView | None = None
         self.renders = 0
         self._filling = False  # True while options are refilled (their change events are ignored)
-        wide = widgets.Layout(width="460px")
-        self.model = widgets.Dropdown(options=data.models, description="model", layout=wide)
-        self.split = widgets.Dropdown(options=data.split_names, description="protocol", layout=wide)
+        self.model = widgets.Dropdown(options=data.models, description="model", layout=_wide())
+        self.split = widgets.Dropdown(options=data.split_names, description="protocol", layout=_wide())
         self.mode = widgets.ToggleButtons(options=MODES, value=WORST, description="choose")
-        self.group = widgets.Dropdown(description="identity", layout=wide)
+        self.group = widgets.Dropdown(description="identity", layout=_wide())
         self.query = widgets.Dropdown(description="query", layout=widgets.Layout(width="560px"))
         self.top_k = widgets.IntSlider(value=k, min=1, max=max_k, description="top-k")
         self.summary = widgets.HTML()
@@ -117,6 +116,11 @@ class Inspector(widgets.VBox):
                                          "text/plain": f"<rank list: {html.escape(view.summary())}>"}},)
         self.state, self.view = state, view
         self.renders += 1
+
+
+def _wide() -> widgets.Layout:
+    """A fresh layout per widget (a shared one would hide them all with the group list)."""
+    return widgets.Layout(width="460px")
 
 
 def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, int]]) -> None:
