@@ -116,3 +116,28 @@ def test_too_few_shared_identities_is_an_error() -> None:
         CrossModalitySampler([0, 0, 1], [0, 2], ids_per_batch=2, instances=2)
     with pytest.raises(ValueError, match="must be >= 1"):
         CrossModalitySampler([0], [0], ids_per_batch=1, instances=0)
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_shards_split_each_global_batch_into_disjoint_identity_groups(world_size: int) -> None:
+    whole = CrossModalitySampler(VISIBLE, INFRARED, ids_per_batch=4, instances=2, seed=3, epoch=2)
+    shards = [CrossModalitySampler(VISIBLE, INFRARED, 4, 2, seed=3, epoch=2, rank=r, world_size=world_size)
+              for r in range(world_size)]
+    assert all(len(s) == len(whole) for s in shards)  # every rank takes the same number of steps
+    per_rank = [list(s) for s in shards]
+    for step, (visible, infrared) in enumerate(whole):
+        parts = [batches[step] for batches in per_rank]
+        # concatenated in rank order, the shards are exactly the one-process batch
+        assert [i for v, _ in parts for i in v] == visible
+        assert [i for _, r in parts for i in r] == infrared
+        ids = [{VISIBLE[i] for i in v} for v, _ in parts]
+        assert all(len(s) == 4 // world_size for s in ids)  # P / W identities per rank
+        assert len(set().union(*ids)) == 4  # disjoint across ranks
+    assert [s.offset for s in shards] == [r * 8 // world_size for r in range(world_size)]
+
+
+def test_sharding_needs_ids_per_batch_divisible_by_world_size() -> None:
+    with pytest.raises(ValueError, match="ids_per_batch=3 .* cannot be split evenly over 2 processes"):
+        CrossModalitySampler(VISIBLE, INFRARED, ids_per_batch=3, instances=2, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="rank must lie in"):
+        CrossModalitySampler(VISIBLE, INFRARED, ids_per_batch=2, instances=2, rank=2, world_size=2)

@@ -19,6 +19,11 @@ With ``n_ids`` identities and ``m`` images per identity and modality, an epoch o
 uses every image as soon as ``B * P >= n_ids * ceil(m / K)``. The order is a pure function of
 ``(seed, epoch)``: call :meth:`set_epoch` before each epoch for a new order, and save
 :meth:`state_dict` with a checkpoint to resume exactly.
+
+Sharding (distributed training): with ``world_size = W`` every rank deals the same global batches
+(the same order as one process) and keeps its slice, identities ``r * P / W`` to ``(r + 1) * P / W``
+of each batch, K images each. The ranks' identities are disjoint, their union is the one-process batch,
+and :attr:`offset` is where this rank's first image sits in the global batch.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ class CrossModalitySampler:
     """Batches of identity-aligned ``(visible_indices, infrared_indices)``, each a list of ``P * K`` ints.
 
     Indices are positions in ``visible_labels`` / ``infrared_labels``; position ``i`` of both lists has
-    the same label. The K images of an identity are consecutive, identities in dealt order.
+    the same label. The K images of an identity are consecutive, identities in dealt order. With
+    ``world_size > 1`` each batch holds this rank's ``P / world_size`` identities of the global batch.
     """
 
     def __init__(
@@ -44,9 +50,20 @@ class CrossModalitySampler:
         instances: int,
         seed: int = 0,
         epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if ids_per_batch < 1 or instances < 1:
             raise ValueError(f"ids_per_batch and instances must be >= 1, got {ids_per_batch} and {instances}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size), got rank {rank} of world_size {world_size}")
+        if ids_per_batch % world_size:
+            raise ValueError(
+                f"ids_per_batch={ids_per_batch} identities per batch cannot be split evenly over {world_size} "
+                "processes; choose a multiple of the number of processes"
+            )
+        self.rank = rank
+        self.world_size = world_size
         self.visible_labels = [int(label) for label in visible_labels]
         self.infrared_labels = [int(label) for label in infrared_labels]
         self.ids_per_batch = ids_per_batch
@@ -64,8 +81,18 @@ class CrossModalitySampler:
 
     @property
     def batch_size(self) -> int:
-        """Images per modality in one batch: ``P * K``."""
+        """Images per modality in one global batch: ``P * K``."""
         return self.ids_per_batch * self.instances
+
+    @property
+    def local_batch_size(self) -> int:
+        """Images per modality in this rank's share of a batch: ``P * K / world_size``."""
+        return self.batch_size // self.world_size
+
+    @property
+    def offset(self) -> int:
+        """Position of this rank's first image (per modality) in the global batch."""
+        return self.rank * self.local_batch_size
 
     def __len__(self) -> int:
         """Batches per epoch: ``max(n_visible, n_infrared) // (P * K)``, at least 1."""
@@ -95,7 +122,8 @@ class CrossModalitySampler:
             for pid in identities.deal(self.ids_per_batch):
                 visible_batch += visible[pid].deal_with_refill(self.instances)
                 infrared_batch += infrared[pid].deal_with_refill(self.instances)
-            yield visible_batch, infrared_batch
+            mine = slice(self.offset, self.offset + self.local_batch_size)
+            yield visible_batch[mine], infrared_batch[mine]
 
 
 class _Deck:
