@@ -97,6 +97,8 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # test protocols
     select: str = "final"  # "final" (last epoch of the fixed schedule) or "best_val" (validation mAP)
     validate_every: int = 0  # validate stage 3 every this many epochs on the held-out val ids (0: never)
+    sync_bn: bool = True  # several processes (torchrun): BatchNorm statistics over the global batch, not per rank
+    skip_bad_images: bool = False  # leave unreadable training images out (listed in skipped.json) instead of stopping
 
 
 SMOKE_SYNTH = SynthConfig(
