@@ -163,7 +163,7 @@ def test_gap_command_writes_tables_and_projections(tmp_path: Path, monkeypatch, 
     folder = tmp_path / "reports" / "smoke" / "gap"
     text = (folder / "gap.md").read_text()
     assert "csdn gap --profile smoke --seed 0 --methods t-SNE" in text and "zero-shot CLIP" in text and "CSDN" in text
-    assert (folder / "projections.png").stat().st_size > 10_000
+    assert (folder / "projections.png").stat().st_size > 10_000 and (folder / "gap.png").stat().st_size > 10_000
     table = (folder / "gap.csv").read_text().splitlines()
     assert table[0].startswith("model,centroid ratio") and len(table) == 3
     assert "modality gap of 2 models" in capsys.readouterr().out

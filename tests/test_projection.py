@@ -11,6 +11,7 @@ from csdn.analysis.projection import (
     ProjectionConfig,
     marked_identities,
     plot_ablation,
+    plot_gap,
     plot_projections,
     project,
     project_models,
@@ -128,3 +129,18 @@ def test_ablation_bars_refuse_bad_tables():
         plot_ablation(ablation_runs().drop(columns="mINP"))
     with pytest.raises(ValueError, match="not in the table"):
         plot_ablation(ablation_runs(), protocol="multi-shot")
+
+
+def test_gap_figure_panels():
+    table = pd.DataFrame({"centroid ratio": [2.0, 0.5], "modality clf acc (%)": [100.0, 60.0],
+                          "NN intra (%)": [40.0, 80.0], "NN cross (%)": [10.0, 70.0]},
+                         index=pd.Index(["zero-shot CLIP", "CSDN"], name="model"))
+    fig = plot_gap(table)
+    ratio, classifier, nn = fig.axes[:3]
+    assert sorted(p.get_height() for p in ratio.patches) == [0.5, 2.0]
+    assert 50 in [line.get_ydata()[0] for line in classifier.lines]  # the chance line
+    heights = sorted(round(p.get_height(), 6) for p in nn.patches if p.get_height() > 0)
+    assert heights == [10.0, 40.0, 70.0, 80.0]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="lacks columns"):
+        plot_gap(table.drop(columns="NN cross (%)"))

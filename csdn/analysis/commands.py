@@ -9,7 +9,8 @@ the parsed arguments with ``args.cache`` set to the artifact cache root.
   ``ablation_summary.csv`` and one bar chart per protocol.
 - ``csdn gap --profile demo --reports reports`` measures the modality gap of the zero-shot CLIP, the
   vision-only and CLIP-ReID baselines and CSDN on the test images and writes ``reports/demo/gap/``:
-  ``gap.md``, ``gap.csv`` and ``projections.png`` (t-SNE and UMAP side by side).
+  ``gap.md``, ``gap.csv``, ``gap.png`` (the metrics as bars) and ``projections.png`` (t-SNE and UMAP
+  side by side).
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ from csdn.analysis.ablation import (
     variants_frame,
 )
 from csdn.analysis.gap import GapConfig, gap_records, gap_table, modality_gap
-from csdn.analysis.projection import METHODS, ProjectionConfig, plot_ablation, plot_projections, project_models
+from csdn.analysis.projection import (
+    METHODS,
+    ProjectionConfig,
+    plot_ablation,
+    plot_gap,
+    plot_projections,
+    project_models,
+)
 from csdn.artifacts import atomic_write_bytes
 from csdn.config import ExperimentConfig, get_profile, profile_from_env
 
@@ -151,26 +159,29 @@ def cmd_gap(args: argparse.Namespace) -> int:
     methods = None if projection.methods == METHODS else args.methods
     command = _command("gap", args, {"--data": args.data, "--clip": args.clip, "--seed": args.seed, "--methods": methods})
     folder = Path(args.reports) / base.name / "gap"
-    written = write_gap_report(folder, table, figure, command, seconds)
+    written = write_gap_report(folder, table, {"gap.png": plot_gap(table, title=f"{base.name}: modality gap"),
+                                               "projections.png": figure}, command, seconds)
     print(table.round(3).to_string())
     print(f"\nmodality gap of {len(features)} models on {len(records)} test images in {seconds:.0f}s; "
           f"report: {', '.join(str(p) for p in written)}")
     return 0
 
 
-def write_gap_report(folder: Path, table: pd.DataFrame, figure: Figure, command: str,
+def write_gap_report(folder: Path, table: pd.DataFrame, figures: dict[str, Figure], command: str,
                      seconds: float) -> list[Path]:
-    """``gap.md``, ``gap.csv`` and ``projections.png``."""
+    """``gap.md``, ``gap.csv`` and each of ``figures`` (file name -> figure) as a PNG."""
     folder = Path(folder)
     lines = ["# Modality gap of the test features", "", f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s", "",
              "centroid ratio: distance between the modality centroids / RMS distance to the own centroid; "
              "modality clf acc: 5-fold (identity-grouped) linear classifier, 50% = inseparable; "
              "NN intra / cross: nearest neighbour in the same / other modality has the same identity.", "",
-             table.round(3).to_markdown(), "", "![t-SNE / UMAP projections](projections.png)", ""]
-    written = [folder / "gap.md", folder / "gap.csv", folder / "projections.png"]
+             table.round(3).to_markdown(), "", *[f"![{name}]({name})" for name in figures], ""]
+    written = [folder / "gap.md", folder / "gap.csv"]
     atomic_write_bytes(written[0], "\n".join(lines).encode())
     atomic_write_bytes(written[1], table.round(5).to_csv().encode())
-    _save_figure(figure, written[2])
+    for name, figure in figures.items():
+        _save_figure(figure, folder / name)
+        written.append(folder / name)
     return written
 
 

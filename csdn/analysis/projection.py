@@ -149,3 +149,30 @@ def plot_ablation(runs: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mI
             ax.set(xlabel=f"{metric} (%)", ylabel="")
         fig.suptitle(title or f"ablation, {protocol} (mean ± sd over seeds)")
     return fig
+
+
+def plot_gap(table: pd.DataFrame, title: str | None = None) -> Figure:
+    """Three panels from :func:`csdn.analysis.gap.gap_table`: centroid ratio, modality-classifier
+    accuracy (dashed line: chance), and nearest-neighbour identity accuracy within and across modalities."""
+    needed = {"centroid ratio", "modality clf acc (%)", "NN intra (%)", "NN cross (%)"}
+    if not needed <= set(table.columns):
+        raise ValueError(f"the gap table lacks columns {sorted(needed - set(table.columns))} (expected gap_table's output)")
+    models = list(table.index)
+    frame = table.reset_index(names="model")
+    nn = frame.melt(id_vars="model", value_vars=["NN intra (%)", "NN cross (%)"], var_name="search", value_name="NN")
+    nn["search"] = nn["search"].map({"NN intra (%)": "same modality", "NN cross (%)": "other modality"})
+    with sns.axes_style("whitegrid"):
+        fig = plt.figure(figsize=(4.0 * 3, 3.4), layout="constrained")
+        axes = fig.subplots(1, 3)
+        sns.barplot(frame, x="model", y="centroid ratio", order=models, color="#8DA0CB", ax=axes[0])
+        sns.barplot(frame, x="model", y="modality clf acc (%)", order=models, color="#8DA0CB", ax=axes[1])
+        axes[1].axhline(50, color="black", linestyle="--", linewidth=1)
+        axes[1].set_ylim(0, 100)
+        sns.barplot(nn, x="model", y="NN", hue="search", order=models, palette=["#66C2A5", "#FC8D62"], ax=axes[2])
+        axes[2].set(ylabel="nearest neighbour same identity (%)", ylim=(0, 100))
+        axes[2].legend(fontsize="small", title=None)
+        for ax in axes:
+            ax.set_xlabel("")
+            ax.tick_params(axis="x", rotation=25)
+        fig.suptitle(title or "modality gap of the test features")
+    return fig
