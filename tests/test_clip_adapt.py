@@ -126,7 +126,7 @@ def test_stem_copies_are_independent_and_parameters_are_partitioned(tiny_vit):
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         fmap, projected = visual.forward_trunk(private(x))
-    assert fmap.shape == (2, 192, 4, 2) and projected.shape == (2, 128)
+    assert fmap.shape == (2, 128, 4, 2) and projected.shape == (2, 128)
 
 
 def test_text_encoder_matches_encode_text_and_is_frozen(tiny_vit):

@@ -145,7 +145,7 @@ def test_model_wrapper_is_unwrapped(tmp_path, vit_state):
     assert set(state) == set(vit_state)
 
 
-def test_openai_markers_switch_on_quick_gelu(tmp_path, vit_state):
+def test_release_markers_switch_on_quick_gelu(tmp_path, vit_state):
     marked = tmp_path / "weights.pt"
     torch.save({**vit_state, "input_resolution": torch.tensor(224), "context_length": torch.tensor(48),
                 "vocab_size": torch.tensor(49408)}, marked)
@@ -157,9 +157,13 @@ def test_openai_markers_switch_on_quick_gelu(tmp_path, vit_state):
     assert load_clip(ClipSource("csdn-tiny-vit", str(named), SIZE)).quick_gelu
     forced_off = load_clip(ClipSource("csdn-tiny-vit", str(named), SIZE, quick_gelu=False))
     assert not forced_off.quick_gelu and not _has_quick_gelu(forced_off.model)
+    hub = tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "snapshots" / "abc"
+    hub.mkdir(parents=True)
+    save_file(vit_state, str(hub / "open_clip_model.safetensors"))
+    assert load_clip(ClipSource("csdn-tiny-vit", str(hub / "open_clip_model.safetensors"), SIZE)).quick_gelu
 
 
-def test_torchscript_archive_like_openais_release(tmp_path, vit_bundle, probe):
+def test_torchscript_archive_gets_quick_gelu(tmp_path, vit_bundle, probe):
     path = tmp_path / "jit.pt"
     torch.jit.script(vit_bundle.model).save(str(path))
     bundle = load_clip(ClipSource("csdn-tiny-vit", str(path), SIZE))

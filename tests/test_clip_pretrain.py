@@ -20,7 +20,9 @@ from csdn.clip.pretrain import (
     multi_positive_clip_loss,
     pretrain_tiny_clip,
     read_history,
+    strip_colors,
     tiny_clip,
+    to_grayscale,
 )
 
 SIZE = (32, 16)
@@ -87,6 +89,22 @@ def test_augmentation_is_seeded_shape_preserving_and_off_at_zero():
     assert not torch.allclose(a, x)
 
 
+def test_strip_colors_removes_only_colour_words():
+    words = {"red", "blue", "gray"}
+    assert strip_colors("a photo of a person in a red striped top, blue trousers and gray shoes.", words) == (
+        "a photo of a person in a striped top, trousers and shoes.")
+    assert strip_colors("a person with a red.", words) == "a person with a."
+    assert strip_colors("a reddish bluegray top", words) == "a reddish bluegray top"
+
+
+def test_grayscale_uses_luma_weights():
+    images = torch.tensor([[[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]]], dtype=torch.uint8)
+    gray = to_grayscale(images)
+    assert gray.shape == (1, 1, 4, 3) and gray.dtype == torch.uint8
+    assert gray[0, 0, :, 0].tolist() == [76, 150, 29, 18]  # 0.299*255, 0.587*255, 0.114*255, 17.9
+    assert torch.equal(gray[..., 0], gray[..., 2])
+
+
 def test_schedule_warms_up_linearly_then_decays_to_zero():
     assert _lr_factor(0, 4, 20) == pytest.approx(0.25)
     assert _lr_factor(3, 4, 20) == pytest.approx(1.0)
@@ -100,6 +118,8 @@ def test_config_rejects_nonsense():
         PretrainConfig(epochs=0)
     with pytest.raises(ValueError, match="augment"):
         PretrainConfig(augment=1.5)
+    with pytest.raises(ValueError, match="grayscale"):
+        PretrainConfig(grayscale=-0.1)
     with pytest.raises(ValueError, match="fewer than one batch"):
         pretrain_tiny_clip(PretrainConfig(batch_size=64, image_size=SIZE), fake_pool(16), "unused")
 
@@ -118,7 +138,7 @@ def test_pretraining_learns_saves_and_loads_back(tmp_path):
 
 
 def test_pretraining_is_deterministic(tmp_path):
-    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=1, batch_size=8)
+    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=1, batch_size=8, grayscale=0.5)
     first = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "a")
     second = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "b")
     assert first["loss"] == second["loss"]

@@ -379,7 +379,7 @@ def _plan(source: ClipSource) -> _Plan:
     if path.is_file():
         cfg = registered_config(source.arch)
         state, openai_marker = read_state_dict(path)
-        openai = openai_marker or "openai" in str(path).lower() or bool(cfg.get("quick_gelu", False))
+        openai = openai_marker or _named_openai(path) or bool(cfg.get("quick_gelu", False))
         return _Plan(cfg, path, state, _choose(source.quick_gelu, openai), mean, std, None)
     if path.suffix in _WEIGHT_SUFFIXES or os.sep in pretrained:
         raise FileNotFoundError(f"CLIP weights file not found: {path}")
@@ -408,6 +408,13 @@ def _plan_local_dir(source: ClipSource, folder: Path) -> _Plan:
     return _Plan(
         cfg, weights, state, _choose(source.quick_gelu, cfg.get("quick_gelu", False)),
         tuple(preprocess.get("mean", OPENAI_DATASET_MEAN)), tuple(preprocess.get("std", OPENAI_DATASET_STD)), stored,
+    )
+
+
+def _named_openai(path: Path) -> bool:
+    """True for a file called like OpenAI weights or inside a Hugging Face cache repo of OpenAI weights."""
+    return "openai" in path.name.lower() or any(
+        part.startswith("models--") and "openai" in part.lower() for part in path.parts
     )
 
 

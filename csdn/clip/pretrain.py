@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -45,6 +47,8 @@ class PretrainConfig:
     weight_decay: float = 0.05  # AdamW weight decay on weight matrices (not on norms, biases, embeddings)
     warmup_epochs: float = 1.0  # linear warm-up length, then cosine decay to zero
     augment: float = 1.0  # augmentation strength 0..1: scale/shift jitter, flip, brightness/contrast
+    grayscale: float = 0.0  # chance per step that a visible image is shown in grayscale with a colour-free
+    # caption (a consistent pair that forces colour-invariant shape cues: garments, bags, hair)
     seed: int = 0  # seeds initialisation, shuffling and augmentation
     max_images: int | None = None  # use at most this many pool images (quick runs); None = all
 
@@ -54,6 +58,8 @@ class PretrainConfig:
             raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
         if not 0.0 <= self.augment <= 1.0:
             raise ValueError(f"augment must lie in [0, 1], got {self.augment}")
+        if not 0.0 <= self.grayscale <= 1.0:
+            raise ValueError(f"grayscale must lie in [0, 1], got {self.grayscale}")
 
 
 def multi_positive_clip_loss(
@@ -96,6 +102,18 @@ def augment_batch(x: torch.Tensor, strength: float, generator: torch.Generator) 
     brightness = uniform(-0.2 * strength, 0.2 * strength).view(-1, 1, 1, 1).to(x.device)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return (x - mean) * contrast + mean + brightness
+
+
+def strip_colors(caption: str, color_words) -> str:
+    """``caption`` without its colour words ("a red striped top" -> "a striped top")."""
+    pattern = r"\b(" + "|".join(sorted(map(re.escape, color_words))) + r")\b\s*"
+    return re.sub(r"\s+([,.])", r"\1", re.sub(pattern, "", caption)).strip()
+
+
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> luma (ITU-R 601) repeated in 3 channels, uint8."""
+    luma = images.float() @ torch.tensor([0.299, 0.587, 0.114])
+    return luma.round().clamp(0, 255).to(torch.uint8).unsqueeze(-1).expand(-1, -1, -1, 3)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -145,13 +163,20 @@ def pretrain_tiny_clip(
     model = bundle.model.train()
     text_tower = TextEncoder(model, bundle.tokenizer, frozen=False)
     tokens = bundle.tokenizer(list(pool.captions[:n]))
+    visible = torch.tensor([m == "visible" for m in pool.modalities[:n]])
+    if cfg.grayscale > 0:
+        from csdn.data.synthetic import COLOR_WORDS
+
+        plain_tokens = bundle.tokenizer([strip_colors(c, COLOR_WORDS) for c in pool.captions[:n]])
     images = torch.from_numpy(np.ascontiguousarray(pool.images[:n]))
     groups = _pool_groups(pool)[:n]
 
     steps_per_epoch = n // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(  # fused: ~8x faster steps on CPU (the 49408-token embedding dominates)
+        _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps))
 
     history: dict[str, Any] = {"loss": [], "seconds": [], "logit_scale": []}
@@ -162,9 +187,14 @@ def pretrain_tiny_clip(
         order = torch.randperm(n, generator=generator)
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = augment_batch(bundle.to_input(images[idx]), cfg.augment, generator)
+            batch_images, batch_tokens = images[idx], tokens[idx]
+            if cfg.grayscale > 0:
+                gray = visible[idx] & (torch.rand(len(idx), generator=generator) < cfg.grayscale)
+                batch_images = torch.where(gray[:, None, None, None], to_grayscale(batch_images), batch_images)
+                batch_tokens = torch.where(gray[:, None], plain_tokens[idx], batch_tokens)
+            x = augment_batch(bundle.to_input(batch_images), cfg.augment, generator)
             loss = multi_positive_clip_loss(
-                model.encode_image(x), text_tower.encode_tokens(tokens[idx]), groups[idx].to(x.device),
+                model.encode_image(x), text_tower.encode_tokens(batch_tokens), groups[idx].to(x.device),
                 model.logit_scale,
             )
             optimizer.zero_grad(set_to_none=True)
@@ -187,7 +217,7 @@ def pretrain_tiny_clip(
     history.update(
         arch=cfg.arch, epochs=cfg.epochs, total_seconds=total, images_per_second=steps_per_epoch * cfg.batch_size * cfg.epochs / total,
         n_images=n, n_infrared=sum(m == "infrared" for m in pool.modalities[:n]), threads=torch.get_num_threads(),
-        config=asdict(cfg),
+        load_average=os.getloadavg()[0], config=asdict(cfg),
     )
     model.eval()
     save_local_dir(bundle, out_dir)
