@@ -1,4 +1,8 @@
-"""The ``csdn`` console script. Config enters here (profile name, flags, ``$CSDN_PROFILE``/``$CSDN_CACHE``)."""
+"""The ``csdn`` console script. Config enters here (profile name, flags, ``$CSDN_PROFILE``/``$CSDN_CACHE``).
+
+``train``, ``eval`` and ``demo`` also run under torchrun (``torchrun --nproc_per_node N -m csdn train ...``):
+every process runs the pipeline on its share, rank 0 prints and writes the report.
+"""
 
 from __future__ import annotations
 
@@ -72,29 +76,49 @@ def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         changes["clip"] = dataclasses.replace(cfg.clip, weights=args.clip or cfg.clip.weights, arch=args.arch or cfg.clip.arch)
     if getattr(args, "variant", None) or getattr(args, "sii", None):
         changes["model"] = dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant, sii=args.sii or cfg.model.sii)
+    if getattr(args, "sync_bn", None) is not None:
+        changes["sync_bn"] = args.sync_bn
+    if getattr(args, "skip_bad_images", False):
+        changes["skip_bad_images"] = True
     return dataclasses.replace(cfg, **changes)
 
 
 def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
     from csdn.experiment import Experiment
-    from csdn.reports import results_frame, write_report
+    from csdn.train.distributed import init_from_env, shutdown
 
     cfg = _experiment_config(args)
-    t0 = time.perf_counter()
-    experiment = Experiment(cfg, args.cache)
-    results = {cfg.model.variant: experiment.evaluate()}
-    if zero_shot:
-        results["zero-shot CLIP"] = experiment.evaluate(experiment.zero_shot_features())
-    seconds = time.perf_counter() - t0
+    dist = init_from_env(cfg.device)  # one process, or this rank of a torchrun job
+    try:
+        t0 = time.perf_counter()
+        experiment = Experiment(cfg, args.cache, dist=dist)
+        results = {cfg.model.variant: experiment.evaluate()}
+        if zero_shot:
+            results["zero-shot CLIP"] = experiment.evaluate(experiment.zero_shot_features())
+        if dist.is_main:
+            _report(args, cfg, experiment, results, time.perf_counter() - t0)
+    finally:
+        shutdown(dist)
+    return 0
+
+
+def _report(args: argparse.Namespace, cfg: ExperimentConfig, experiment, results: dict, seconds: float) -> None:
+    from csdn.reports import results_frame, write_report
+
     for per_protocol in results.values():
         for result in per_protocol.values():
             print(result.table(), end="\n\n")
     print(results_frame(results).to_string(index=False))
+    extra = {"profile": cfg.name, "seconds": seconds, "histories": experiment.histories,
+             "world_size": experiment.dist.world_size}
+    if cfg.skip_bad_images:
+        extra["skipped_images"] = experiment.skipped_images
+        if experiment.skipped_images:
+            print(f"\nskipped {len(experiment.skipped_images)} unreadable training image(s), listed in "
+                  f"{experiment.train_cache.directory / 'skipped.json'} and in the report", file=sys.stderr)
     folder = Path(args.reports) / cfg.name
-    written = write_report(folder, results, extra={"profile": cfg.name, "seconds": seconds,
-                                                   "histories": experiment.histories})
+    written = write_report(folder, results, extra=extra)
     print(f"\nfinished in {seconds:.1f}s; report: {', '.join(str(p) for p in written)}")
-    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -157,8 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int)
         p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
         p.add_argument("--reports", default="reports", help="folder for result tables and figures")
+        p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                       help="under torchrun: BatchNorm statistics over the global batch (default) or per process")
+        p.add_argument("--skip-bad-images", action="store_true",
+                       help="leave unreadable training images out (listed in the report) instead of stopping")
         if name == "eval":
             p.add_argument("--zero-shot", action="store_true", help="also evaluate the frozen CLIP")
+    from csdn.analysis.commands import add_commands
+
+    add_commands(sub)  # ablate, gap
     return parser
 
 
@@ -170,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.cache = args.cache or default_cache_root()
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as error:
+        # bad input, a checkpoint that does not fit, a non-finite loss: one clear line, no traceback
         print(f"csdn: {error}", file=sys.stderr)
         return 2
 

@@ -4,10 +4,15 @@ Every stage's result is cached on disk under the artifact cache, keyed by the co
 produced it (and the keys of the stages before it), so notebooks and the CLI share the work: a
 notebook run alone computes what it needs, a second one reuses it. A stage in progress holds a file
 lock (two processes needing it compute it once) and checkpoints every epoch (a killed run resumes).
+
+Under torchrun (a :class:`~csdn.train.distributed.DistContext` with several ranks) every rank builds the
+same Experiment: stages 1 and 3 train under DDP, only rank 0 writes the cache, and feature extraction
+splits the images over the ranks and gathers the features in order. The ranks share one cache folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -20,6 +25,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
 
 from csdn.artifacts import atomic_write_json, config_key
 from csdn.clip.loader import ClipBundle, ClipSource, load_clip, local_dir_source
@@ -27,6 +33,7 @@ from csdn.clip.pretrain import tiny_clip
 from csdn.config import ExperimentConfig
 from csdn.data.cache import ImageCache
 from csdn.data.images import CachedImages
+from csdn.data.protocol import DatasetError
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
 from csdn.data.sources import open_dataset
 from csdn.data.transforms import TransformConfig, test_transform
@@ -36,6 +43,7 @@ from csdn.model.network import CSDNNet
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import make_sii, text_prototypes
 from csdn.runtime import pick_device, seed_everything
+from csdn.train.distributed import DistContext
 from csdn.train.loop import LoopConfig
 from csdn.train.reid_stage import train_reid
 from csdn.train.text_stages import CachedFeatures, train_prompts, train_sii
@@ -45,13 +53,19 @@ DONE = "done.json"
 
 
 class Experiment:
-    """The cached, resumable pipeline of one :class:`~csdn.config.ExperimentConfig`."""
+    """The cached, resumable pipeline of one :class:`~csdn.config.ExperimentConfig`.
 
-    def __init__(self, cfg: ExperimentConfig, cache_root: Path, progress: bool = True) -> None:
+    ``dist`` is this process's place in a torchrun job (from :func:`csdn.train.distributed.init_from_env`);
+    by default one process on ``cfg.device``. Only rank 0 shows progress bars.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, cache_root: Path, progress: bool = True,
+                 dist: DistContext | None = None) -> None:
         self.cfg = cfg
         self.cache_root = Path(cache_root)
-        self.progress = progress
-        self.device = pick_device(cfg.device)
+        self.dist = dist or DistContext(device=pick_device(cfg.device))
+        self.progress = progress and self.dist.is_main
+        self.device = self.dist.device
 
     # -- data ---------------------------------------------------------------------------------------
 
@@ -83,12 +97,36 @@ class Experiment:
                                mean=tuple(self.clip.mean), std=tuple(self.clip.std))
 
     def image_cache(self, records: list[Record]) -> ImageCache:
-        """The uint8 cache of ``records`` at the network's input size."""
+        """The uint8 cache of ``records`` at the network's input size (an unreadable image is an error)."""
         return ImageCache.build(records, self.image_size, self.cache_root, progress=self.progress)
 
     @cached_property
     def train_cache(self) -> ImageCache:
-        return self.image_cache(self.train_records)
+        """The training images' cache; with ``cfg.skip_bad_images`` unreadable ones are left out."""
+        skip = self.cfg.skip_bad_images
+        try:
+            return ImageCache.build(self.train_records, self.image_size, self.cache_root, progress=self.progress,
+                                    skip_bad=skip)
+        except DatasetError as error:
+            if skip:
+                raise
+            raise DatasetError(f"{error}. To train without unreadable training images instead, set "
+                               "skip_bad_images=True (csdn train --skip-bad-images)") from error
+
+    @property
+    def skipped_images(self) -> list[dict]:
+        """Training images left out as unreadable (``{"index", "path", "reason"}``); empty unless skipping."""
+        return self.train_cache.skipped
+
+    def _extract(self, encode, images: Dataset, model: nn.Module, desc: str, **kw: Any) -> Tensor:
+        """:func:`extract_features` of ``images``, split over the ranks and gathered in order."""
+        d = self.dist
+        if not d.distributed or len(images) < d.world_size:
+            return extract_features(encode, images, device=self.device, progress=self.progress, model=model,
+                                    desc=desc, **kw)
+        local = extract_features(encode, Subset(images, list(d.shard(len(images)))), device=self.device,
+                                 progress=self.progress, model=model, desc=desc, **kw)
+        return d.gather_rows(local, len(images))
 
     # -- CLIP ---------------------------------------------------------------------------------------
 
@@ -119,20 +157,24 @@ class Experiment:
     @cached_property
     def clip_features(self) -> CachedFeatures:
         """Projected features of every training image from the frozen CLIP (no augmentation), cached."""
-        path = self.cache_root / "features" / f"clip-{self._key('clip-features')}.safetensors"
-        labels = torch.tensor([self.labels[r.pid] for r in self.train_records])
-        if not path.is_file():
+        records = self.train_cache.records  # the training records (less unreadable ones when skipping)
+        skipped = [entry["index"] for entry in self.train_cache.skipped]
+        key = self._key("clip-features", *([skipped] if skipped else []))
+        path = self.cache_root / "features" / f"clip-{key}.safetensors"
+        labels = torch.tensor([self.labels[r.pid] for r in records])
+        if not self.dist.agree(path.is_file()):
             visual = self.clip.visual().to(self.device)
-            feats = extract_features(lambda x: visual(x).projected, CachedImages(self.train_cache, transform=test_transform(self.transforms)),
-                                     normalize=False, device=self.device, progress=self.progress, model=visual,
-                                     desc="CLIP features")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique: safe under concurrency
-            os.close(fd)
-            save_file({"features": feats.contiguous()}, tmp)
-            os.replace(tmp, path)
+            images = CachedImages(self.train_cache, transform=test_transform(self.transforms))
+            feats = self._extract(lambda x: visual(x).projected, images, visual, "CLIP features", normalize=False)
+            if self.dist.is_main:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique: safe under concurrency
+                os.close(fd)
+                save_file({"features": feats.contiguous()}, tmp)
+                os.replace(tmp, path)
+            self.dist.barrier()
         feats = load_file(str(path))["features"]
-        vis = torch.tensor([r.modality == VISIBLE for r in self.train_records])
+        vis = torch.tensor([r.modality == VISIBLE for r in records])
         return CachedFeatures(feats[vis], labels[vis], feats[~vis], labels[~vis])
 
     # -- stages -------------------------------------------------------------------------------------
@@ -141,14 +183,18 @@ class Experiment:
         """Load stage ``name``'s cached result into ``module``, or train it (under a lock) and cache it."""
         run_dir = self.cache_root / "runs" / f"{name}-{key}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(run_dir) + ".lock"):
-            if not (run_dir / DONE).is_file():
+        d = self.dist  # several ranks: all train, rank 0 holds the lock and writes, all load the result
+        with FileLock(str(run_dir) + ".lock") if d.is_main else contextlib.nullcontext():
+            if not d.agree((run_dir / DONE).is_file()):
                 seed_everything(self.cfg.seed)
                 history = train(run_dir)
-                weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-                save_file(weights, str(run_dir / ".final.tmp"))
-                (run_dir / ".final.tmp").replace(run_dir / FINAL)
-                atomic_write_json(run_dir / DONE, {"history": history, "config_key": key})
+                if d.is_main:
+                    weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+                    save_file(weights, str(run_dir / ".final.tmp"))
+                    (run_dir / ".final.tmp").replace(run_dir / FINAL)
+                    atomic_write_json(run_dir / DONE, {"history": history, "config_key": key,
+                                                       "world_size": d.world_size})
+            d.barrier()
         module.load_state_dict(load_file(str(run_dir / FINAL)))
         self.histories[name] = json.loads((run_dir / DONE).read_text())["history"]
         return module.to(self.device)
@@ -160,6 +206,11 @@ class Experiment:
 
     def _loop(self, epochs: int, **kw: Any) -> LoopConfig:
         return LoopConfig(epochs=epochs, progress=self.progress, **kw)
+
+    def _meta(self, stage: str, key: str) -> dict[str, Any]:
+        """What a stage's checkpoints must match to be resumed (checked in this order, most telling first)."""
+        return {"arch": self.cfg.clip.arch, "dataset": self.cfg.data.dataset, "num_ids": self.num_ids,
+                "stage": stage, "key": key}
 
     @cached_property
     def stage1_key(self) -> str:
@@ -176,10 +227,10 @@ class Experiment:
         prompts = ModalityPrompts.build(self.num_ids, shared=m.shared_prompts, wording=m.prompt_wording,
                                         token_embedding=enc.token_embedding, tokenizer=self.clip.tokenizer,
                                         context_length=self.clip.context_length, n_ctx=m.n_ctx, generator=generator)
-        meta = {"stage": "stage1", "num_ids": self.num_ids, "key": self.stage1_key}
+        meta = self._meta("stage1", self.stage1_key)
         return self._run("stage1", self.stage1_key, prompts, lambda run_dir: train_prompts(
             prompts, enc, self.clip_features, self.cfg.stage1, run_dir, self._loop(self.cfg.stage1.epochs),
-            seed=self.cfg.seed, device=self.device, meta=meta))
+            seed=self.cfg.seed, device=self.device, meta=meta, dist=self.dist))
 
     @cached_property
     def prompt_text_features(self) -> dict[str, Tensor]:
@@ -190,16 +241,18 @@ class Experiment:
     def sii(self) -> nn.Module:
         """Stage 2: the trained SII fusion (untrained variants are returned as built)."""
         kind = self.cfg.model.sii_kind
-        sii = make_sii(kind, self.clip.embed_dim, heads=self.cfg.model.sii_heads)
+        dim = self.clip.embed_dim  # (lazy work first, so the initial weights depend on the seed alone)
+        torch.manual_seed(self.cfg.seed)
+        sii = make_sii(kind, dim, heads=self.cfg.model.sii_heads)
         if not any(p.requires_grad for p in sii.parameters()):
             return sii.to(self.device)
         key = config_key([self.stage1_key, kind, self.cfg.model.sii_heads, asdict(self.cfg.stage2)])
         t = self.prompt_text_features
-        meta = {"stage": "stage2", "num_ids": self.num_ids, "key": key}
+        meta = self._meta("stage2", key)
         torch.manual_seed(self.cfg.seed)
         return self._run("stage2", key, sii, lambda run_dir: train_sii(
             sii, t[VISIBLE], t[INFRARED], self.clip_features, self.cfg.stage2, run_dir,
-            self._loop(self.cfg.stage2.epochs), seed=self.cfg.seed, device=self.device, meta=meta))
+            self._loop(self.cfg.stage2.epochs), seed=self.cfg.seed, device=self.device, meta=meta, dist=self.dist))
 
     @cached_property
     def prototypes(self) -> dict[str, Tensor] | None:
@@ -218,18 +271,20 @@ class Experiment:
     @cached_property
     def network(self) -> CSDNNet:
         """Stage 3: the trained image network."""
+        # Everything lazy first (CLIP loading or pretraining, stages 1-2), so that the initial weights
+        # depend on the seed alone, not on which artifacts this process had to compute.
+        visual, prototypes, num_ids = self.clip.visual(), self.prototypes, self.num_ids
         torch.manual_seed(self.cfg.seed)
-        net = CSDNNet(self.clip.visual(), self.num_ids, modality_stems=self.cfg.model.modality_stems,
-                      gem_p=self.cfg.model.gem_p)
-        prototypes = self.prototypes
+        net = CSDNNet(visual, num_ids, modality_stems=self.cfg.model.modality_stems, gem_p=self.cfg.model.gem_p)
         labels = [self.labels[r.pid] for r in self.train_cache.records]
-        meta = {"stage": "stage3", "num_ids": self.num_ids, "key": self.stage3_key}
+        meta = self._meta("stage3", self.stage3_key)
         validate = self._validator(net) if self.cfg.select == "best_val" or self.cfg.validate_every else None
         loop = self._loop(self.cfg.stage3.epochs, validate_every=self.cfg.validate_every if validate else 0,
                           select=self.cfg.select)
         return self._run("stage3", self.stage3_key, net, lambda run_dir: train_reid(
             net, self.train_cache, labels, prototypes, self.cfg.stage3, self.transforms, run_dir, loop,
-            seed=self.cfg.seed, device=self.device, validate=validate, meta=meta))
+            seed=self.cfg.seed, device=self.device, validate=validate, meta=meta, dist=self.dist,
+            sync_bn=self.cfg.sync_bn))
 
     # -- features and evaluation --------------------------------------------------------------------
 
@@ -248,9 +303,8 @@ class Experiment:
                 if not rows:
                     continue
                 images = CachedImages(cache, transform=test_transform(self.transforms), indices=rows)
-                feats = extract_features(lambda x, m=modality: embed(x, m), images, self.cfg.eval.batch_size,
-                                         flip=flip, device=self.device, progress=self.progress, model=model,
-                                         desc=f"{modality} features")
+                feats = self._extract(lambda x, m=modality: embed(x, m), images, model, f"{modality} features",
+                                      batch_size=self.cfg.eval.batch_size, flip=flip)
                 out = torch.empty(len(records), feats.shape[1]) if out is None else out
                 out[rows] = feats
             return out

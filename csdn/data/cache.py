@@ -14,6 +14,11 @@ its record fields and the size. A changed file therefore gives a new key (never 
 moving the whole dataset to another folder reuses the cache. Contents are hashed in a first, fast pass
 (the key must be known before building), and hashed again as each file is decoded, so a file that
 changes in between is reported instead of cached.
+
+An unreadable or undecodable image stops the build with a :class:`DatasetError` naming it, unless the
+caller asks to skip bad files (``skip_bad=True``): the cache then holds the readable images only and
+lists the others, with the reason, in ``skipped.json`` (:attr:`ImageCache.skipped`). The key does not
+depend on that choice: a later build that does not skip reports the images such a cache lists.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ CACHE_FORMAT = 1  # bump when decoding or layout changes, so old caches are not 
 ARRAY_FILE = "images.npy"
 RECORDS_FILE = "records.json"
 META_FILE = "meta.json"
+SKIPPED_FILE = "skipped.json"
+UNREADABLE = "unreadable"  # the digest recorded for a file that cannot be read (skip_bad builds only)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -71,19 +78,23 @@ class ImageCache:
         cache_dir: str | Path,
         workers: int = 0,
         progress: bool = True,
+        skip_bad: bool = False,
     ) -> ImageCache:
         """Decode and resize ``records`` to ``size = (H, W)`` once under ``cache_dir/images/<key>``.
 
         Reuses the finished cache when the key matches. ``workers > 0`` hashes and decodes with that
         many threads (PIL releases the GIL while decoding). An unreadable or missing image raises a
-        :class:`DatasetError` naming it, and nothing is left in the cache.
+        :class:`DatasetError` naming it, and nothing is left in the cache. With ``skip_bad=True`` such
+        images are left out instead: the returned cache's ``records`` are the readable ones and
+        :attr:`skipped` lists the others (also written to ``skipped.json`` in the cache directory).
         """
         records = list(records)
         height, width = _check_size(size)
         if not records:
             raise ValueError("cannot build an image cache from an empty record list")
         paths = [os.path.abspath(r.path) for r in records]
-        digests = list(_parallel_map(_file_digest, paths, workers, "hash images" if progress else None))
+        digest = _digest_or_unreadable if skip_bad else _file_digest
+        digests = list(_parallel_map(digest, paths, workers, "hash images" if progress else None))
         root = _common_root(paths)
         key = config_key(
             {
@@ -96,13 +107,29 @@ class ImageCache:
         )
 
         def produce(tmp: Path) -> None:
-            _write_array(tmp / ARRAY_FILE, paths, digests, (height, width), workers, progress)
-            atomic_write_json(tmp / RECORDS_FILE, [asdict(r) for r in records])
-            meta = {"format": CACHE_FORMAT, "size": [height, width], "count": len(records), "root": root, "key": key}
+            skipped = _write_array(tmp / ARRAY_FILE, paths, digests, (height, width), workers, progress, skip_bad)
+            bad = {entry["index"] for entry in skipped}
+            kept = [r for i, r in enumerate(records) if i not in bad]
+            atomic_write_json(tmp / RECORDS_FILE, [asdict(r) for r in kept])
+            if skipped:
+                atomic_write_json(tmp / SKIPPED_FILE, skipped)
+            meta = {"format": CACHE_FORMAT, "size": [height, width], "count": len(kept), "root": root, "key": key}
             atomic_write_json(tmp / META_FILE, meta)
 
         directory = build_once(Path(cache_dir) / "images" / key, produce)
-        return cls(directory, records)
+        skipped = _load_skipped(directory)
+        if skipped and not skip_bad:
+            raise DatasetError(
+                f"{skipped[0]['reason']} ({len(skipped)} unreadable image(s) in all, listed in "
+                f"{directory / SKIPPED_FILE}; or build with skip_bad=True to leave them out)"
+            )
+        bad = {entry["index"] for entry in skipped}
+        return cls(directory, [r for i, r in enumerate(records) if i not in bad])
+
+    @property
+    def skipped(self) -> list[dict]:
+        """Images a ``skip_bad`` build left out: ``{"index", "path", "reason"}`` (index into its records)."""
+        return _load_skipped(self.directory)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -127,22 +154,58 @@ def decode_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def _write_array(
-    target: Path, paths: list[str], digests: list[str], size: tuple[int, int], workers: int, progress: bool
-) -> None:
+    target: Path, paths: list[str], digests: list[str], size: tuple[int, int], workers: int, progress: bool,
+    skip_bad: bool = False,
+) -> list[dict]:
+    """Decode into ``target`` in order; returns the skipped images (``skip_bad``), which the array omits."""
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
 
-    def decode(item: tuple[str, str]) -> np.ndarray:
+    def decode(item: tuple[str, str]) -> np.ndarray | str:
+        """The image, or (``skip_bad``) the reason it cannot be read, which names the path."""
         path, digest = item
-        data = _read_bytes(path)
+        try:
+            data = _read_bytes(path)
+        except DatasetError as error:
+            if skip_bad:
+                return str(error)
+            raise
         if _digest(data) != digest:
             raise DatasetError(f"{path}: the file changed while the image cache was being built; build it again")
-        return _decode_bytes(data, path, size)
+        try:
+            return _decode_bytes(data, path, size)
+        except DatasetError as error:
+            if skip_bad:
+                return str(error)
+            raise
 
+    skipped: list[dict] = []
     images = _parallel_map(decode, zip(paths, digests), workers, "decode images" if progress else None)
     for index, image in enumerate(images):
-        out[index] = image
+        if isinstance(image, str):
+            skipped.append({"index": index, "path": paths[index], "reason": image})
+        else:
+            out[index - len(skipped)] = image
     out.flush()
     del out
+    kept = len(paths) - len(skipped)
+    if kept == 0:
+        raise DatasetError(f"none of the {len(paths)} images could be read; the first: {skipped[0]['reason']}")
+    if skipped:
+        _truncate(target, kept)
+    return skipped
+
+
+def _truncate(target: Path, rows: int) -> None:
+    """Keep the first ``rows`` images of the array file ``target`` (copied in chunks, then renamed)."""
+    full = np.load(target, mmap_mode="r")
+    part = target.with_name(f".{target.name}.part")
+    out = np.lib.format.open_memmap(part, mode="w+", dtype=full.dtype, shape=(rows, *full.shape[1:]))
+    for start in range(0, rows, 1024):
+        stop = min(rows, start + 1024)
+        out[start:stop] = full[start:stop]
+    out.flush()
+    del out, full
+    os.replace(part, target)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -158,6 +221,18 @@ def _digest(data: bytes) -> str:
 
 def _file_digest(path: str) -> str:
     return _digest(_read_bytes(path))
+
+
+def _digest_or_unreadable(path: str) -> str:
+    try:
+        return _file_digest(path)
+    except DatasetError:
+        return UNREADABLE
+
+
+def _load_skipped(directory: Path) -> list[dict]:
+    path = directory / SKIPPED_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _decode_bytes(data: bytes, path: str, size: tuple[int, int]) -> np.ndarray:

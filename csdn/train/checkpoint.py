@@ -109,9 +109,12 @@ def save_checkpoint(
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints; remove temporary directories of writes that were killed."""
     dirs = sorted(p for p in ckpt_root.glob("epoch_*") if p.is_dir())
     for old in dirs[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob(".epoch_*"):  # one writer per run (the stage lock): none of these is live
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -123,18 +126,32 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return target if target.is_dir() else None
 
 
+# what a mismatch of a meta key most likely means, for the error message
+_MISMATCH_HINTS = {
+    "num_ids": "a checkpoint of another dataset or split (number of training identities)",
+    "arch": "a checkpoint of another architecture",
+    "dataset": "a checkpoint of another dataset",
+    "stage": "a checkpoint of another training stage",
+}
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, expect: dict[str, Any] | None = None) -> Checkpoint:
     """Load weights into ``model`` and return the checkpoint's states.
 
     ``expect`` maps meta keys (e.g. ``"arch"``, ``"num_ids"``) to the values this run needs; a mismatch,
-    a different package version, or weights that do not fit ``model`` raise :class:`CheckpointError`
-    naming the difference.
+    a different package version, weights that do not fit ``model``, or files that cannot be read (also
+    a ``train_state.pt`` that is not weights-only) raise :class:`CheckpointError` naming the difference.
+    Nothing is loaded into ``model`` unless every check passes.
     """
     path = Path(path)
+    fix = f"delete {path.parent.parent} to train this stage from scratch, or use the matching run"
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise CheckpointError(f"{path} is not a csdn checkpoint (no meta.json)")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{meta_file}: unreadable checkpoint metadata ({error}); {fix}") from error
     if meta.get("version") != __version__:
         raise CheckpointError(
             f"checkpoint {path} was written by csdn {meta.get('version')}, this is {__version__}; "
@@ -142,10 +159,14 @@ def load_checkpoint(path: Path, model: torch.nn.Module, expect: dict[str, Any] |
         )
     for key, value in (expect or {}).items():
         if meta.get(key) != value:
+            hint = _MISMATCH_HINTS.get(key, "a checkpoint of another run")
             raise CheckpointError(
-                f"checkpoint {path} has {key}={meta.get(key)!r} but this run needs {key}={value!r}"
+                f"checkpoint {path} has {key}={meta.get(key)!r} but this run needs {key}={value!r} ({hint}); {fix}"
             )
-    weights = load_file(str(path / "model.safetensors"))
+    try:
+        weights = load_file(str(path / "model.safetensors"))
+    except Exception as error:  # safetensors raises its own error types for truncated or foreign files
+        raise CheckpointError(f"{path / 'model.safetensors'}: unreadable weights ({error}); {fix}") from error
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
@@ -155,6 +176,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, expect: dict[str, Any] |
             f"checkpoint {path} does not fit this model (another architecture?): "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {mismatched[:5]}"
         )
+    try:
+        train_state = torch.load(path / "train_state.pt", weights_only=True, map_location="cpu")
+    except Exception as error:  # unpickling refused (not weights-only), truncated or missing file
+        raise CheckpointError(
+            f"{path / 'train_state.pt'}: cannot be loaded as a weights-only training state ({error}); {fix}"
+        ) from error
     model.load_state_dict(weights)
-    train_state = torch.load(path / "train_state.pt", weights_only=True, map_location="cpu")
     return Checkpoint(path=path, epoch=int(meta["epoch"]), meta=meta, train_state=train_state)

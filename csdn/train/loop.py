@@ -4,6 +4,9 @@ A stage supplies a :class:`StageState` (what trains and how one epoch goes); :fu
 from the last checkpoint (or epoch 0) to the end of the schedule. Model selection never looks at the test
 set: with a validation callback the loop can keep the best validation epoch, otherwise the final epoch is
 the result.
+
+Under several processes every rank runs the loop (and resumes from the same checkpoint), but only rank 0
+writes: checkpoints, ``history.json``, ``best.safetensors`` and the progress bar.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tqdm.auto import tqdm
 
 from csdn.artifacts import atomic_write_json
 from csdn.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from csdn.train.distributed import SINGLE, DistContext
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,17 +69,20 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
         )
 
 
-def run_epochs(stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool = True) -> list[dict[str, float]]:
+def run_epochs(stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool = True,
+               dist: DistContext = SINGLE) -> list[dict[str, float]]:
     """Train ``stage`` to the end of its schedule, resuming from ``run_dir``'s last checkpoint if any.
 
     Returns the per-epoch history (also written to ``run_dir/history.json``). With ``select="best_val"``
-    the best validation epoch's weights are loaded into ``stage.module`` at the end.
+    the best validation epoch's weights are loaded into ``stage.module`` at the end. With several
+    processes (``dist``) all ranks call this; only rank 0 writes.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     history, start = _resume(stage, run_dir) if resume else ([], 0)
+    dist.barrier()  # every rank has read the checkpoint before rank 0 may write (and prune) the next
     bar = tqdm(total=cfg.epochs * stage.steps_per_epoch, initial=start * stage.steps_per_epoch,
-               desc=stage.name, disable=not cfg.progress, leave=False)
+               desc=stage.name, disable=not (cfg.progress and dist.is_main), leave=False)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         stage.module.train()
@@ -85,13 +92,16 @@ def run_epochs(stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool =
                    "seconds": time.perf_counter() - t0}
         if stage.validate is not None and cfg.validate_every and (epoch + 1) % cfg.validate_every == 0:
             metrics.update({f"val_{k}": v for k, v in stage.validate(epoch).items()})
-            _keep_best(stage, run_dir, history, metrics)
+            if dist.is_main:
+                _keep_best(stage, run_dir, history, metrics)
         history.append(metrics)
         bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k.endswith("loss") or k == "val_score"})
-        atomic_write_json(run_dir / "history.json", history)
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-            _save(stage, run_dir, epoch + 1, history, cfg.keep_checkpoints)
+        if dist.is_main:
+            atomic_write_json(run_dir / "history.json", history)
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                _save(stage, run_dir, epoch + 1, history, cfg.keep_checkpoints)
     bar.close()
+    dist.barrier()  # rank 0's last checkpoint and best weights are on disk
     if cfg.select == "best_val" and (run_dir / "best.safetensors").is_file():
         from safetensors.torch import load_file
 

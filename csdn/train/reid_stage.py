@@ -4,6 +4,13 @@ Text prototypes are fixed (fused by SII, or each modality's own prompts when SII
 holds P identities x K visible images (two views each: plain and channel-exchanged) + K infrared images
 (channel-adaptive gray). Loss = ID cross-entropy on both heads + triplet on both features
 + HSE image-to-text cross-entropy, weighted per modality (released: 0.05 visible, 0.1 infrared).
+
+Augmentations are drawn per image from a seed of (run seed, epoch, step, view, position in the global
+batch), so a batch is the same whatever the number of processes or DataLoader workers. Under several
+processes (DDP) each rank trains on its identities of the global batch; ID and HSE losses are per-rank
+means of equal-sized shards (their DDP-averaged gradient is the global one) and the triplet terms see
+the gathered global batch, so an update equals the one-process update up to BatchNorm (global with
+``sync_bn``) and floating-point summation order.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -24,6 +33,7 @@ from csdn.data.transforms import TransformConfig, train_transform
 from csdn.losses import hse_loss, id_loss, triplet_hard, triplet_wrt
 from csdn.model.network import CSDNNet
 from csdn.runtime import autocast
+from csdn.train.distributed import SINGLE, DistContext, wrap_ddp
 from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 from csdn.train.schedule import make_scheduler
 
@@ -59,8 +69,29 @@ class ReIDStageConfig:
             raise ValueError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
 
 
+class BatchKey(NamedTuple):
+    """One step's sampler item plus what seeds its augmentations."""
+
+    visible: list[int]  # positions in the visible rows (this rank's share of the global batch)
+    infrared: list[int]  # positions in the infrared rows
+    seed: int  # the run's seed
+    epoch: int  # epoch of the step
+    step: int  # step within the epoch
+    offset: int  # position of this share's first image in the global batch
+
+
+def image_seed(key: BatchKey, view: int, position: int) -> int:
+    """The augmentation seed of image ``position`` (within the share) of ``view`` in the batch ``key``."""
+    entropy = [key.seed, key.epoch, key.step, view, key.offset + position]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+
 class PairedBatches(Dataset):
-    """Turns one sampler item ``(visible_indices, infrared_indices)`` into a whole augmented batch."""
+    """Turns one :class:`BatchKey` (or a bare ``(visible_indices, infrared_indices)``) into an augmented batch.
+
+    With a :class:`BatchKey` each image's augmentation is seeded by :func:`image_seed` (torch's global
+    generator is left as it was); a bare pair draws from torch's global generator.
+    """
 
     def __init__(self, cache: ImageCache, visible_rows: list[int], infrared_rows: list[int],
                  visible_labels: list[int], infrared_labels: list[int], tcfg: TransformConfig,
@@ -70,15 +101,24 @@ class PairedBatches(Dataset):
                          if exchange_view else None)
         self.infrared = CachedImages(cache, infrared_labels, train_transform(tcfg, "infrared"), infrared_rows)
 
-    def __getitem__(self, item: tuple[list[int], list[int]]) -> dict[str, Tensor]:
-        vis_idx, ir_idx = item
+    def __getitem__(self, item: BatchKey | tuple[list[int], list[int]]) -> dict[str, Tensor]:
+        key = item if isinstance(item, BatchKey) else None
+        vis_idx, ir_idx = item[0], item[1]
         views = [self.visible] + ([self.exchange] if self.exchange is not None else [])
-        vis = [torch.stack([torch.as_tensor(view[i][0]) for i in vis_idx]) for view in views]
+        with torch.random.fork_rng(devices=[], enabled=key is not None):
+            vis = [torch.stack([self._image(view, i, key, v, j) for j, i in enumerate(vis_idx)])
+                   for v, view in enumerate(views)]
+            ir = torch.stack([self._image(self.infrared, i, key, len(views), j) for j, i in enumerate(ir_idx)])
         labels_v = torch.tensor([self.visible.labels[i] for i in vis_idx])
-        ir = torch.stack([torch.as_tensor(self.infrared[i][0]) for i in ir_idx])
         labels_i = torch.tensor([self.infrared.labels[i] for i in ir_idx])
         return {"visible": torch.cat(vis), "visible_labels": labels_v.repeat(len(views)),
                 "infrared": ir, "infrared_labels": labels_i}
+
+    @staticmethod
+    def _image(images: CachedImages, index: int, key: BatchKey | None, view: int, position: int) -> Tensor:
+        if key is not None:
+            torch.random.default_generator.manual_seed(image_seed(key, view, position))
+        return torch.as_tensor(images[index][0])
 
 
 def make_optimizer(net: CSDNNet, cfg: ReIDStageConfig) -> torch.optim.Adam:
@@ -94,15 +134,22 @@ def make_optimizer(net: CSDNNet, cfg: ReIDStageConfig) -> torch.optim.Adam:
 
 
 def reid_losses(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
-                cfg: ReIDStageConfig) -> dict[str, Tensor]:
-    """The stage-3 loss terms of one batch whose first ``n_visible`` rows are visible images."""
+                cfg: ReIDStageConfig, gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    """The stage-3 loss terms of one batch whose first ``n_visible`` rows are visible images.
+
+    ``gather`` (e.g. :meth:`DistContext.gather_with_grad`) collects the features and labels of every
+    process's batch for the triplet terms, which compare samples across the batch.
+    """
+    gather = gather or (lambda x: x)
     triplet: Callable[[Tensor, Tensor], Tensor] = (
         triplet_wrt if cfg.triplet == "wrt" else (lambda f, y: triplet_hard(f, y, cfg.triplet_margin))
     )
+    all_labels = gather(labels)
     terms = {
         "id": id_loss(net_out.gem_logits, labels, cfg.label_smoothing)
         + id_loss(net_out.proj_logits, labels, cfg.label_smoothing),
-        "triplet": cfg.triplet_weight * (triplet(net_out.gem, labels) + triplet(net_out.proj, labels)),
+        "triplet": cfg.triplet_weight * (triplet(gather(net_out.gem), all_labels)
+                                         + triplet(gather(net_out.proj), all_labels)),
     }
     if prototypes is not None and (cfg.hse_visible > 0 or cfg.hse_infrared > 0):
         proj_v, proj_i = net_out.proj[:n_visible], net_out.proj[n_visible:]
@@ -124,23 +171,32 @@ def train_reid(
     device: torch.device = torch.device("cpu"),
     validate: Callable[[int], dict[str, float]] | None = None,
     meta: dict | None = None,
+    dist: DistContext = SINGLE,
+    sync_bn: bool = True,
 ) -> list[dict[str, float]]:
-    """Stage 3 on the training image cache (``labels[i]`` = contiguous label of cache row ``i``)."""
+    """Stage 3 on the training image cache (``labels[i]`` = contiguous label of cache row ``i``).
+
+    With several processes (``dist``), every rank calls this with the same arguments; the network is
+    trained under DDP (BatchNorm over the global batch with ``sync_bn``) and only rank 0 writes.
+    """
     net.to(device)
     protos = None if prototypes is None else {m: t.to(device).float() for m, t in prototypes.items()}
     records = cache.records
     vis_rows = [i for i, r in enumerate(records) if r.modality == VISIBLE]
     ir_rows = [i for i, r in enumerate(records) if r.modality == INFRARED]
     vis_labels, ir_labels = [labels[i] for i in vis_rows], [labels[i] for i in ir_rows]
-    sampler = CrossModalitySampler(vis_labels, ir_labels, cfg.ids_per_batch, cfg.instances, seed=seed)
+    sampler = CrossModalitySampler(vis_labels, ir_labels, cfg.ids_per_batch, cfg.instances, seed=seed,
+                                   rank=dist.rank, world_size=dist.world_size)
     batches = PairedBatches(cache, vis_rows, ir_rows, vis_labels, ir_labels, tcfg, cfg.channel_exchange_view)
+    model = wrap_ddp(net, dist, sync_bn)  # net itself in one process
     optimizer = make_optimizer(net, cfg)
     scheduler = make_scheduler(optimizer, "multistep", cfg.epochs, cfg.warmup_epochs, cfg.warmup_factor,
                                cfg.milestones, cfg.gamma)
 
     def train_epoch(epoch: int, tick: Callable[[], None]) -> dict[str, float]:
         sampler.set_epoch(epoch)
-        loader = DataLoader(batches, sampler=sampler, batch_size=None, num_workers=cfg.workers,
+        keys = [BatchKey(v, i, seed, epoch, step, sampler.offset) for step, (v, i) in enumerate(sampler)]
+        loader = DataLoader(batches, sampler=keys, batch_size=None, num_workers=cfg.workers,
                             pin_memory=device.type == "cuda")
         sums: dict[str, float] = {}
         steps = 0
@@ -148,19 +204,20 @@ def train_reid(
             x_v, x_i = batch["visible"].to(device, non_blocking=True), batch["infrared"].to(device, non_blocking=True)
             y = torch.cat([batch["visible_labels"], batch["infrared_labels"]]).to(device)
             with autocast(device, cfg.amp):
-                out = net([(x_v, VISIBLE), (x_i, INFRARED)])
-            terms = reid_losses(out, y, len(x_v), protos, cfg)
+                out = model([(x_v, VISIBLE), (x_i, INFRARED)])
+            terms = reid_losses(out, y, len(x_v), protos, cfg, gather=dist.gather_with_grad)
             loss = sum(terms.values())
-            check_finite(loss, f"stage 3 epoch {epoch + 1}")
+            logged = dist.mean(torch.stack([loss, *terms.values()]))  # the global batch's loss on every rank
+            check_finite(logged[0], f"stage 3 epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             steps += 1
-            for k, v in {"loss": loss, **{f"{k}_loss": t for k, t in terms.items()}}.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in zip(["loss", *(f"{k}_loss" for k in terms)], logged.tolist()):
+                sums[k] = sums.get(k, 0.0) + v
             tick()
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     stage = StageState("stage3 HSE+reID", net, optimizer, scheduler, train_epoch, len(sampler), validate=validate,
                        extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {})
-    return run_epochs(stage, run_dir, loop)
+    return run_epochs(stage, run_dir, loop, dist=dist)

@@ -7,6 +7,12 @@ of the batch against the texts of both learners (the released code).
 Stage 2 (SII) freezes the prompts, computes each identity's visible and infrared text features once,
 and trains only the fusion module with the same loss between fused texts and images of both modalities.
 Batches come from the cross-modality identity sampler: P identities x K visible + K infrared features.
+
+Under several processes, stage 1 runs under DDP: each rank encodes the prompts of its P / N identities
+of the global batch, and the contrastive loss is computed on the gathered global batch (texts with
+their gradient), so each update equals the one-process update up to floating-point summation order.
+Stage 2 (an MLP over P identity features) is too small to split: every rank runs the same global-batch
+steps and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from csdn.data.records import INFRARED, VISIBLE
 from csdn.data.sampler import CrossModalitySampler
 from csdn.losses import i2t_t2i_loss
 from csdn.model.prompts import ModalityPrompts
+from csdn.train.distributed import SINGLE, DistContext, wrap_ddp
 from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 from csdn.train.schedule import make_scheduler
 
@@ -63,9 +70,20 @@ def _setup(module: nn.Module, cfg: TextStageConfig, trainable: list[nn.Parameter
     return optimizer, scheduler
 
 
-def _sampler(feats: CachedFeatures, cfg: TextStageConfig, seed: int) -> CrossModalitySampler:
+def _sampler(feats: CachedFeatures, cfg: TextStageConfig, seed: int, dist: DistContext = SINGLE) -> CrossModalitySampler:
     return CrossModalitySampler(feats.visible_labels.tolist(), feats.infrared_labels.tolist(),
-                                cfg.ids_per_batch, cfg.instances, seed=seed)
+                                cfg.ids_per_batch, cfg.instances, seed=seed, rank=dist.rank, world_size=dist.world_size)
+
+
+class _PromptTexts(nn.Module):
+    """Both modalities' prompt texts in one forward call (DDP expects one forward per backward)."""
+
+    def __init__(self, prompts: ModalityPrompts) -> None:
+        super().__init__()
+        self.prompts = prompts
+
+    def forward(self, labels_v: Tensor, labels_i: Tensor, text_encoder: nn.Module) -> tuple[Tensor, Tensor]:
+        return self.prompts(labels_v, VISIBLE, text_encoder), self.prompts(labels_i, INFRARED, text_encoder)
 
 
 def _per_label(fn: Callable[[Tensor], Tensor], labels: Tensor) -> Tensor:
@@ -106,18 +124,23 @@ def train_prompts(
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
     meta: dict | None = None,
+    dist: DistContext = SINGLE,
 ) -> list[dict[str, float]]:
-    """Stage 1: train the prompt learners (text encoder frozen); returns the per-epoch history."""
+    """Stage 1: train the prompt learners (text encoder frozen); returns the per-epoch history.
+
+    With several processes (``dist``) every rank calls this with the same arguments (DDP, rank 0 writes).
+    """
     prompts.to(device)
     text_encoder.to(device)
     optimizer, scheduler = _setup(prompts, cfg, list(prompts.parameters()))
-    sampler = _sampler(feats, cfg, seed)
-
-    def texts(modality: str) -> Callable[[Tensor], Tensor]:
-        return lambda labels: prompts(labels, modality, text_encoder)
+    sampler = _sampler(feats, cfg, seed, dist)
+    texts = wrap_ddp(_PromptTexts(prompts), dist, sync_bn=False)
 
     def batch_loss(fv: Tensor, lv: Tensor, fi: Tensor, li: Tensor) -> Tensor:
-        tv, ti = _per_label(texts(VISIBLE), lv), _per_label(texts(INFRARED), li)
+        (uv, inv_v), (ui, inv_i) = torch.unique(lv, return_inverse=True), torch.unique(li, return_inverse=True)
+        tv, ti = texts(uv, ui, text_encoder)  # one text per distinct identity of this rank's share
+        gather = dist.gather_with_grad  # the global batch (identity in one process)
+        fv, lv, fi, li, tv, ti = (gather(x) for x in (fv, lv, fi, li, tv[inv_v], ti[inv_i]))
         if cfg.pairing == "private":
             return (i2t_t2i_loss(fv, lv, tv, lv, cfg.temperature) + i2t_t2i_loss(fi, li, ti, li, cfg.temperature))
         images, labels = torch.cat([fv, fi]), torch.cat([lv, li])
@@ -128,7 +151,7 @@ def train_prompts(
         _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device), len(sampler),
         extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {},
     )
-    return run_epochs(stage, run_dir, loop)
+    return run_epochs(stage, run_dir, loop, dist=dist)
 
 
 def train_sii(
@@ -142,8 +165,12 @@ def train_sii(
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
     meta: dict | None = None,
+    dist: DistContext = SINGLE,
 ) -> list[dict[str, float]]:
-    """Stage 2: train the SII fusion on fixed per-identity text features ``(num_ids, d)`` of both learners."""
+    """Stage 2: train the SII fusion on fixed per-identity text features ``(num_ids, d)`` of both learners.
+
+    With several processes every rank runs the same (unsplit) steps; ``dist`` only makes rank 0 the writer.
+    """
     sii.to(device)
     t_vis, t_ir = text_visible.to(device), text_infrared.to(device)
     optimizer, scheduler = _setup(sii, cfg, [p for p in sii.parameters() if p.requires_grad])
@@ -158,4 +185,4 @@ def train_sii(
         _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device), len(sampler),
         extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {},
     )
-    return run_epochs(stage, run_dir, loop)
+    return run_epochs(stage, run_dir, loop, dist=dist)
