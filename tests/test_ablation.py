@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import csdn.analysis.commands as commands
 from csdn.analysis.ablation import (
@@ -14,6 +15,7 @@ from csdn.analysis.ablation import (
     FULL_CSDN,
     VARIANTS,
     ZERO_SHOT,
+    check_distinct_run,
     describe_effects,
     effects,
     format_summary,
@@ -112,6 +114,15 @@ def test_run_ablation_input_checks():
         run_ablation(BASE, seeds=(0,))
 
 
+def test_distinct_configs_must_not_share_a_stage3_run():
+    seen = {}
+    check_distinct_run(seen, "k0", BASE)
+    check_distinct_run(seen, "k0", BASE)  # the same configuration again (e.g. a second ablation) is fine
+    check_distinct_run(seen, "k1", dataclasses.replace(BASE, seed=1))
+    with pytest.raises(RuntimeError, match="seeds 0 and 2"):
+        check_distinct_run(seen, "k0", dataclasses.replace(BASE, seed=2))
+
+
 def tidy(values: dict[str, list[float]], protocols=("all",)) -> pd.DataFrame:
     rows = [{"variant": v, "seed": s, "protocol": p, "R1": x, "mAP": x, "mINP": x}
             for v, xs in values.items() for s, x in enumerate(xs) for p in protocols]
@@ -202,3 +213,17 @@ def test_describe_effects_names_what_is_beyond_the_noise():
     assert "one seed only" in describe_effects(single)
     with pytest.raises(ValueError, match="not in the effects table"):
         describe_effects(table, "indoor")
+
+
+@pytest.mark.slow  # trains two smoke networks (random CLIP weights, no pretraining): about 10-30 s
+def test_csdn_without_hse_trains_exactly_the_stems_row(tmp_path: Path):
+    # the design claim behind "+stems (CSDN w/o HSE)": without HSE, prompts and SII never reach the images
+    from csdn.experiment import Experiment
+
+    base = dataclasses.replace(BASE, validate_every=0, clip=dataclasses.replace(BASE.clip, weights="random"))
+    no_hse = dataclasses.replace(base, stage3=dataclasses.replace(base.stage3, hse_visible=0.0, hse_infrared=0.0))
+    with_text = Experiment(no_hse, tmp_path, progress=False)
+    stems_row = Experiment(get_variant("+stems (CSDN w/o HSE)").apply(base), tmp_path, progress=False)
+    a, b = with_text.network.state_dict(), stems_row.network.state_dict()
+    assert "stage1" in with_text.histories  # the text side did train
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

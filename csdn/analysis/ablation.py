@@ -6,20 +6,17 @@ every row below is a complete, documented configuration. Runs go through :class:
 whose stage caches are keyed by configuration: stage 1 is shared by every variant with the same
 prompts (``+modality prompts`` and both ``+SII`` rows), the ``+SII (official)`` row *is* the profile's
 default run (a notebook or ``csdn train`` of the same seed is reused), and a second ablation reuses
-everything. The seed changes every stage's key, so seeds are independent runs.
+everything. The seed changes every stage's key, so seeds are independent runs. ::
 
-========================  ============  =====  ========  =======  =======  ===========================
-variant                   model         stems  SII       wording  pairing  text reaches the images by
-========================  ============  =====  ========  =======  =======  ===========================
-vision-only               vision-only   no     -         -        -        nothing (ID + triplet only)
-+stems (CSDN w/o HSE)     vision-only   yes    -         -        -        nothing
-clip-reid                 clip-reid     no     none      paper    private  i2t loss to shared prompts
-+modality prompts         csdn          yes    none      paper    private  HSE, own modality's prompts
-+SII (official)           csdn          yes    official  paper    private  HSE, fused prompts = CSDN
-+SII (attention)          csdn          yes    attention paper    private  HSE, fused prompts
-pairing all               csdn          yes    official  paper    all      HSE, fused prompts
-wording released          csdn          yes    official  released private  HSE, fused prompts
-========================  ============  =====  ========  =======  =======  ===========================
+    variant                model        stems  SII        wording   pairing  text reaches the images by
+    vision-only            vision-only  no     -          -         -        nothing (ID + triplet only)
+    +stems (CSDN w/o HSE)  vision-only  yes    -          -         -        nothing
+    clip-reid              clip-reid    no     -          paper     private  i2t loss to shared prompts
+    +modality prompts      csdn         yes    none       paper     private  HSE, own modality's prompts
+    +SII (official)        csdn         yes    official   paper     private  HSE, fused prompts (= CSDN)
+    +SII (attention)       csdn         yes    attention  paper     private  HSE, fused prompts
+    pairing all            csdn         yes    official   paper     all      HSE, fused prompts
+    wording released       csdn         yes    official   released  private  HSE, fused prompts
 
 **Where is "+HSE"?** The paper adds MPL, SII and HSE in turn. Here (as in the released code) stage 3
 starts from CLIP's image tower, not from anything stages 1-2 train, and HSE (the image-to-text
@@ -45,16 +42,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
-from tqdm.auto import tqdm
-
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from csdn.config import ExperimentConfig
 from csdn.data.records import Record
 from csdn.eval.protocols import ProtocolResult
 
 ZERO_SHOT = "zero-shot CLIP"  # the reference row: the frozen CLIP image tower, no training
-METRICS = ("R1", "R10", "mAP", "mINP")  # columns of the tidy run table, in percent
 Evaluate = Callable[[ExperimentConfig, bool], Mapping[str, ProtocolResult]]  # (cfg, zero_shot) -> results
 
 
@@ -142,14 +137,35 @@ def variants_frame(variants: Sequence[Variant] = VARIANTS) -> pd.DataFrame:
 
 def experiment_evaluator(cache_root: Path, progress: bool = False) -> Evaluate:
     """``(cfg, zero_shot) -> {protocol: ProtocolResult}`` by a cached :class:`~csdn.experiment.Experiment`:
-    the trained network, or with ``zero_shot`` the frozen CLIP image tower it starts from."""
+    the trained network, or with ``zero_shot`` the frozen CLIP image tower it starts from.
+
+    Refuses (RuntimeError) to evaluate two different configurations that map to one stage-3 cache entry,
+    since the second would silently reuse the first one's network (see :func:`check_distinct_run`).
+    """
     from csdn.experiment import Experiment
+
+    seen: dict[str, ExperimentConfig] = {}
 
     def evaluate(cfg: ExperimentConfig, zero_shot: bool) -> Mapping[str, ProtocolResult]:
         experiment = Experiment(cfg, cache_root, progress=progress)
+        if not zero_shot:
+            check_distinct_run(seen, experiment.stage3_key, cfg)
         return experiment.evaluate(experiment.zero_shot_features() if zero_shot else None)
 
     return evaluate
+
+
+def check_distinct_run(seen: dict[str, ExperimentConfig], stage3_key: str, cfg: ExperimentConfig) -> None:
+    """Record ``cfg`` under its stage-3 cache key in ``seen``; raise if another configuration has that key."""
+    other = seen.setdefault(stage3_key, cfg)
+    if other != cfg:
+        raise RuntimeError(
+            f"two different configurations (seeds {other.seed} and {cfg.seed}, model variant "
+            f"{cfg.model.variant!r}) share the stage-3 cache entry {stage3_key}: the second run would reuse "
+            "the first one's network. Experiment.stage3_key must depend on the data, the CLIP and the seed "
+            "for every variant (in csdn/experiment.py the vision-only key is the constant 'no-text' "
+            "without them)."
+        )
 
 
 def model_features(base: ExperimentConfig, name: str, records: Sequence[Record], cache_root: Path,
