@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # Notebooks run with the smoke profile under test; a fresh artifact cache per test run keeps it honest.
 NB_WORKERS ?= 2
 
-.PHONY: setup demo test test-unit test-notebooks lab bench clean
+.PHONY: setup demo test test-unit test-browser lab bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,13 @@ test: setup
 
 test-unit: setup
 	$(PY) -m pytest -q tests
+
+# The JupyterLab check of the inspector in headless Chromium (Debian's `chromium` package); it also runs
+# inside `make test` whenever Chromium and Playwright are both installed, and skips otherwise.
+test-browser: setup
+	$(PY) -m pip install --quiet --disable-pip-version-check "playwright>=1.40"
+	@command -v chromium >/dev/null || { echo "install Chromium first: apt-get install -y chromium"; exit 1; }
+	$(PY) -m pytest -q -m browser tests
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
