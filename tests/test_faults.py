@@ -173,15 +173,15 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     assert "csdn: non-finite loss (nan) in stage 3 epoch 2" in err and "last good checkpoint is kept" in err
     assert "Traceback" not in err
 
-    run = _run_dir(cache, "stage3")
+    experiment = Experiment(exploding, cache, progress=False)
+    run = cache / "runs" / f"stage3-{experiment.stage3_key}"
     assert not (run / DONE).exists() and not (run / FINAL).exists()
     last = latest_checkpoint(run)
     assert last.name == "epoch_0001"
     weights = load_file(str(last / "model.safetensors"))
     assert all(torch.isfinite(w.float()).all() for w in weights.values())
     assert len(json.loads((run / "history.json").read_text())) == 1  # epoch 1's metrics, nothing after
-    for stage in ("stage1", "stage2"):  # earlier stages untouched
-        assert (_run_dir(cache, stage) / DONE).is_file()
+    assert (cache / "runs" / f"stage1-{experiment.stage1_key}" / DONE).is_file()  # earlier stages: done
     assert _half_written(cache) == []
     assert not (tmp_path / "reports").exists()
 
@@ -258,7 +258,7 @@ def test_skip_bad_images_trains_without_them_and_writes_the_list(reference: Path
     experiment = Experiment(dataclasses.replace(smoke, skip_bad_images=True), cache, progress=False)
     assert len(experiment.train_cache) == len(experiment.train_records) - 2
     assert not {r.path for r in experiment.train_cache.records} & set(bad)
-    assert (_run_dir(cache, "stage3") / DONE).is_file()
+    assert (cache / "runs" / f"stage3-{experiment.stage3_key}" / DONE).is_file()
     # without skipping, the same cache reports the images it left out
     with pytest.raises(ValueError, match="not a readable image .*2 unreadable image"):
         Experiment(smoke, cache, progress=False).train_cache  # noqa: B018
