@@ -127,11 +127,13 @@ def _demo(root: str | None = None) -> ExperimentConfig:
         name="demo",
         data=DataConfig(synth=SynthConfig(), height=128, width=64),
         clip=ClipConfig(pretrain=PretrainConfig(image_size=(128, 64))),
-        stage1=TextStageConfig(epochs=20, warmup_epochs=2),
-        stage2=TextStageConfig(epochs=10, warmup_epochs=1),
-        stage3=ReIDStageConfig(epochs=16, warmup_epochs=2, milestones=(10, 14)),
+        # Shortened schedules so the whole demo fits ~15 minutes on 2 CPU cores; K=8 halves the text-encoder
+        # work per epoch of stages 1-2 (one prompt per identity and batch, N*2/K prompts per epoch).
+        stage1=TextStageConfig(epochs=8, warmup_epochs=1, instances=8),
+        stage2=TextStageConfig(epochs=5, warmup_epochs=1, instances=8),
+        stage3=ReIDStageConfig(epochs=6, warmup_epochs=1, milestones=(4,)),
         eval=EvalConfig(trials=10),
-        validate_every=4,
+        validate_every=2,
     )
 
 
