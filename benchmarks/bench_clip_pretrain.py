@@ -1,7 +1,7 @@
 """Training-step throughput (images/s) of the tiny CLIP architectures.
 
 For each architecture, times our pretraining step (augmentation, text trimmed to the batch's longest
-caption, multi-positive InfoNCE, fused AdamW) against a plain open_clip step in the same run (full-length
+caption, InfoNCE with attribute-agreement soft targets, fused AdamW) against a plain open_clip step in the same run (full-length
 text through ``model(image, text)``, open_clip's ``ClipLoss``, default AdamW) and prints medians and
 their ratio.
 
@@ -19,7 +19,14 @@ from open_clip.loss import ClipLoss
 
 from csdn.clip.adapt import TextEncoder
 from csdn.clip.loader import TINY_ARCHS, ClipSource, load_clip
-from csdn.clip.pretrain import _pool_groups, augment_batch, multi_positive_clip_loss
+from csdn.clip.pretrain import (
+    PretrainConfig,
+    attribute_agreement,
+    augment_batch,
+    pool_attributes,
+    pool_groups,
+    soft_clip_loss,
+)
 from csdn.data.synthetic import SynthConfig, clip_pool
 
 
@@ -42,13 +49,17 @@ def bench(arch: str, pool, batch: int, size: tuple[int, int], repeats: int) -> t
     text_tower = TextEncoder(model, bundle.tokenizer, frozen=False)
     images = torch.from_numpy(pool.images[:batch])
     tokens = bundle.tokenizer(pool.captions[:batch])
-    groups = _pool_groups(pool)[:batch]
+    groups = pool_groups(pool)[:batch]
+    codes, observable = (t[:batch] for t in pool_attributes(pool))
+    sharpness = PretrainConfig().attribute_targets
     generator = torch.Generator().manual_seed(0)
     plain_loss = ClipLoss()
 
     def ours():
         x = augment_batch(bundle.to_input(images), 1.0, generator)
-        loss = multi_positive_clip_loss(model.encode_image(x), text_tower.encode_tokens(tokens), groups, model.logit_scale)
+        positives = (groups[:, None] == groups[None, :]).float()
+        targets = torch.maximum(positives, torch.exp(sharpness * (attribute_agreement(codes, observable) - 1.0)))
+        loss = soft_clip_loss(model.encode_image(x), text_tower.encode_tokens(tokens), targets, model.logit_scale)
         fused.zero_grad(set_to_none=True)
         loss.backward()
         fused.step()
@@ -66,7 +77,7 @@ def bench(arch: str, pool, batch: int, size: tuple[int, int], repeats: int) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--batch", type=int, default=128, help="images per step (PretrainConfig default)")
+    parser.add_argument("--batch", type=int, default=PretrainConfig().batch_size, help="images per step")
     parser.add_argument("--size", type=int, nargs=2, default=(128, 64), help="input H W (demo size)")
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per measurement (median)")
     parser.add_argument("--archs", nargs="+", default=list(TINY_ARCHS))

@@ -16,6 +16,7 @@ from csdn.clip.loader import load_clip, local_dir_source
 from csdn.clip.pretrain import (
     PretrainConfig,
     _lr_factor,
+    attribute_agreement,
     augment_batch,
     multi_positive_clip_loss,
     pretrain_tiny_clip,
@@ -79,6 +80,17 @@ def test_loss_golden_values_by_hand():
     torch.testing.assert_close(shared, torch.tensor(math.log(1 + math.e) - 0.5))
 
 
+def test_attribute_agreement_by_hand():
+    codes = torch.tensor([[0, 0], [0, 1], [1, 1]])
+    everything = torch.ones(3, 2, dtype=torch.bool)
+    expected = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.5], [0.0, 0.5, 1.0]])
+    torch.testing.assert_close(attribute_agreement(codes, everything), expected)
+    # the third sample (say infrared) cannot show attribute 1: its pairs compare attribute 0 only
+    partial = torch.tensor([[True, True], [True, True], [True, False]])
+    expected = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(attribute_agreement(codes, partial), expected)
+
+
 def test_augmentation_is_seeded_shape_preserving_and_off_at_zero():
     x = torch.randn(4, 3, *SIZE)
     assert augment_batch(x, 0.0, torch.Generator().manual_seed(0)) is x
@@ -138,7 +150,8 @@ def test_pretraining_learns_saves_and_loads_back(tmp_path):
 
 
 def test_pretraining_is_deterministic(tmp_path):
-    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=1, batch_size=8, grayscale=0.5)
+    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=1, batch_size=8, grayscale=0.5,
+                         attribute_targets=8.0)
     first = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "a")
     second = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "b")
     assert first["loss"] == second["loss"]

@@ -1,9 +1,12 @@
 """Contrastive pretraining of the embedded tiny CLIP on the SynthVI captioned pool.
 
-The loss is CLIP's symmetric InfoNCE with one refinement for a small world where many images share a
-description: every image and caption of the same identity *and* modality in a batch counts as a
-positive (the targets are spread evenly over them), so duplicates are not pushed apart as negatives.
-The result is saved as an open_clip ``local-dir:`` folder (``open_clip_config.json`` + safetensors +
+The loss is CLIP's symmetric InfoNCE with soft targets suited to a small world where captions are
+generated from attributes: every image and caption of the same identity and modality is a positive,
+and (``attribute_targets`` > 0) a caption also claims a share ``exp(k * (agreement - 1))`` of every
+image whose attributes it matches, where agreement counts only what both modalities can show
+(infrared: no colours). Without it, colour words alone separate almost every pair in a batch and a
+tiny model never learns garments; ``attribute_targets=0`` is plain (multi-positive) CLIP. The result
+is saved as an open_clip ``local-dir:`` folder (``open_clip_config.json`` + safetensors +
 ``history.json``) and loaded back with :func:`csdn.clip.load_clip` like any other CLIP.
 """
 
@@ -41,12 +44,14 @@ class PretrainConfig:
 
     arch: str = "csdn-tiny-rn"  # one of TINY_ARCHS (any open_clip arch works, but only tiny ones are quick)
     image_size: tuple[int, int] = (128, 64)  # (H, W) input size; pool images are squash-resized to it
-    epochs: int = 30  # passes over the pool
-    batch_size: int = 128  # images (and their captions) per contrastive batch
-    lr: float = 1e-3  # peak AdamW learning rate
+    epochs: int = 20  # passes over the pool
+    batch_size: int = 64  # images (and their captions) per contrastive batch
+    lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 0.05  # AdamW weight decay on weight matrices (not on norms, biases, embeddings)
     warmup_epochs: float = 1.0  # linear warm-up length, then cosine decay to zero
     augment: float = 1.0  # augmentation strength 0..1: scale/shift jitter, flip, brightness/contrast
+    attribute_targets: float = 12.0  # sharpness of soft targets from attribute agreement (0 = identity
+    # positives only, as CLIP): a caption also partly matches images that share its attributes
     grayscale: float = 0.0  # chance per step that a visible image is shown in grayscale with a colour-free
     # caption (a consistent pair that forces colour-invariant shape cues: garments, bags, hair)
     seed: int = 0  # seeds initialisation, shuffling and augmentation
@@ -62,6 +67,19 @@ class PretrainConfig:
             raise ValueError(f"grayscale must lie in [0, 1], got {self.grayscale}")
 
 
+def soft_clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, targets: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE against soft targets: ``targets[i, j] >= 0`` says how well caption ``j``
+    describes image ``i`` (rows are normalised for image->text, columns for text->image)."""
+    image = F.normalize(image_features, dim=-1)
+    text = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp() * image @ text.t()
+    image_to_text = -((targets / targets.sum(dim=1, keepdim=True)) * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    text_to_image = -((targets / targets.sum(dim=0, keepdim=True)) * logits.log_softmax(dim=0)).sum(dim=0).mean()
+    return (image_to_text + text_to_image) / 2
+
+
 def multi_positive_clip_loss(
     image_features: torch.Tensor, text_features: torch.Tensor, groups: torch.Tensor, logit_scale: torch.Tensor
 ) -> torch.Tensor:
@@ -69,14 +87,19 @@ def multi_positive_clip_loss(
 
     With all groups distinct this is exactly CLIP's loss. Features need not be normalised.
     """
-    image = F.normalize(image_features, dim=-1)
-    text = F.normalize(text_features, dim=-1)
-    logits = logit_scale.exp() * image @ text.t()
     positives = (groups[:, None] == groups[None, :]).float()
-    targets = positives / positives.sum(dim=1, keepdim=True)
-    image_to_text = -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
-    text_to_image = -(targets * logits.t().log_softmax(dim=1)).sum(dim=1).mean()
-    return (image_to_text + text_to_image) / 2
+    return soft_clip_loss(image_features, text_features, positives, logit_scale)
+
+
+def attribute_agreement(codes: torch.Tensor, observable: torch.Tensor) -> torch.Tensor:
+    """Fraction of the attributes observable in both image ``i`` and caption ``j`` on which they agree.
+
+    ``codes`` (B, A) holds each sample's attribute values as integers; ``observable`` (B, A) marks the
+    attributes a sample's modality shows (infrared: no colours). Returns (B, B) in [0, 1].
+    """
+    both = (observable[:, None, :] & observable[None, :, :]).float()
+    same = (codes[:, None, :] == codes[None, :, :]).float()
+    return (both * same).sum(dim=-1) / both.sum(dim=-1).clamp_min(1.0)
 
 
 def augment_batch(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -133,7 +156,20 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _pool_groups(pool) -> torch.Tensor:
+def pool_attributes(pool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer attribute codes (N, A) and the attributes each image's modality shows (N, A)."""
+    from csdn.data.synthetic import COLOR_ATTRIBUTES
+
+    names = sorted(pool.attributes[0])
+    vocab = {name: {} for name in names}
+    codes = torch.tensor([[vocab[a].setdefault(attrs[a], len(vocab[a])) for a in names] for attrs in pool.attributes])
+    colour = torch.tensor([a in COLOR_ATTRIBUTES for a in names])
+    visible = torch.tensor([m == "visible" for m in pool.modalities])
+    observable = visible[:, None] | ~colour[None, :]
+    return codes, observable
+
+
+def pool_groups(pool) -> torch.Tensor:
     """One integer per image: its (identity, modality) group."""
     keys = [f"{pid}/{modality}" for pid, modality in zip(np.asarray(pool.pids).tolist(), pool.modalities)]
     index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
@@ -169,7 +205,9 @@ def pretrain_tiny_clip(
 
         plain_tokens = bundle.tokenizer([strip_colors(c, COLOR_WORDS) for c in pool.captions[:n]])
     images = torch.from_numpy(np.ascontiguousarray(pool.images[:n]))
-    groups = _pool_groups(pool)[:n]
+    groups = pool_groups(pool)[:n]
+    if cfg.attribute_targets > 0:
+        codes, observable = (t[:n] for t in pool_attributes(pool))
 
     steps_per_epoch = n // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
@@ -193,9 +231,12 @@ def pretrain_tiny_clip(
                 batch_images = torch.where(gray[:, None, None, None], to_grayscale(batch_images), batch_images)
                 batch_tokens = torch.where(gray[:, None], plain_tokens[idx], batch_tokens)
             x = augment_batch(bundle.to_input(batch_images), cfg.augment, generator)
-            loss = multi_positive_clip_loss(
-                model.encode_image(x), text_tower.encode_tokens(batch_tokens), groups[idx].to(x.device),
-                model.logit_scale,
+            positives = (groups[idx, None] == groups[None, idx]).float()
+            if cfg.attribute_targets > 0:
+                agreement = attribute_agreement(codes[idx], observable[idx])
+                positives = torch.maximum(positives, torch.exp(cfg.attribute_targets * (agreement - 1.0)))
+            loss = soft_clip_loss(
+                model.encode_image(x), text_tower.encode_tokens(batch_tokens), positives.to(x.device), model.logit_scale
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
