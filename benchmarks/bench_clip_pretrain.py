@@ -1,9 +1,10 @@
 """Training-step throughput (images/s) of the tiny CLIP architectures.
 
 For each architecture, times our pretraining step (augmentation, text trimmed to the batch's longest
-caption, InfoNCE with attribute-agreement soft targets, fused AdamW) against a plain open_clip step in the same run (full-length
-text through ``model(image, text)``, open_clip's ``ClipLoss``, default AdamW) and prints medians and
-their ratio.
+caption, InfoNCE with attribute-agreement soft targets, fused AdamW) against a plain open_clip step in
+the same run (full-length text through ``model(image, text)``, open_clip's ``ClipLoss``, default AdamW)
+and prints medians and their ratio. On a machine shared with other jobs, ``--threads 1`` is the
+stable figure (two OpenMP threads spin-wait when the cores are oversubscribed).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_clip_pretrain.py --threads 2
 """

@@ -118,7 +118,8 @@ def test_stem_copies_are_independent_and_parameters_are_partitioned(tiny_vit):
     visual = tiny_vit.visual()
     n_tower = sum(p.numel() for p in tiny_vit.model.visual.parameters())
     assert sum(p.numel() for p in visual.parameters()) == n_tower
-    assert sum(p.numel() for p in visual.stem.parameters()) + sum(p.numel() for p in visual.trunk.parameters()) == n_tower
+    n_stem = sum(p.numel() for p in visual.stem.parameters())
+    assert n_stem + sum(p.numel() for p in visual.trunk.parameters()) == n_tower
     private = copy.deepcopy(visual.stem)
     with torch.no_grad():
         next(private.parameters()).add_(1.0)

@@ -171,7 +171,8 @@ def test_tiny_clip_is_built_once_per_config(tmp_path, monkeypatch):
     again = tiny_clip(cfg, synth, tmp_path)
     assert first == again and len(calls) == 1
     assert (first / ".complete").is_file() and (first / "open_clip_model.safetensors").is_file()
-    other = tiny_clip(PretrainConfig(arch="csdn-tiny-vit", image_size=SIZE, epochs=1, batch_size=8, seed=1), synth, tmp_path)
+    reseeded = PretrainConfig(arch="csdn-tiny-vit", image_size=SIZE, epochs=1, batch_size=8, seed=1)
+    other = tiny_clip(reseeded, synth, tmp_path)
     assert other != first and len(calls) == 2
 
 

@@ -11,6 +11,8 @@ from csdn.clip.loader import (
     local_dir_source,
     save_local_dir,
 )
+from csdn.clip.pretrain import PretrainConfig, pretrain_tiny_clip, tiny_clip
+from csdn.clip.zeroshot import similarity_matrix, zero_shot_attributes
 
 __all__ = [
     "TINY_ARCHS",
@@ -19,10 +21,15 @@ __all__ = [
     "ClipSource",
     "ClipVisual",
     "ClipWeightsUnavailable",
+    "PretrainConfig",
     "TextEncoder",
     "VisualFeatures",
     "adapt_visual",
     "load_clip",
     "local_dir_source",
+    "pretrain_tiny_clip",
     "save_local_dir",
+    "similarity_matrix",
+    "tiny_clip",
+    "zero_shot_attributes",
 ]

@@ -250,7 +250,9 @@ class TextEncoder(nn.Module):
     def __init__(self, model: CLIP, tokenizer=None, frozen: bool = True):
         super().__init__()
         if not isinstance(model, CLIP):
-            raise ValueError(f"TextEncoder needs an open_clip CLIP with the built-in text tower, got {type(model).__name__}")
+            raise ValueError(
+                f"TextEncoder needs an open_clip CLIP with the built-in text tower, got {type(model).__name__}"
+            )
         self.token_embedding = model.token_embedding
         self.positional_embedding = model.positional_embedding
         self.transformer = model.transformer
@@ -283,7 +285,7 @@ class TextEncoder(nn.Module):
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids (N, context_length) of ``texts`` with the tower's tokenizer."""
         if self.tokenizer is None:
-            raise ValueError("this TextEncoder was built without a tokenizer; pass one to TextEncoder(model, tokenizer)")
+            raise ValueError("this TextEncoder has no tokenizer; pass one to TextEncoder(model, tokenizer)")
         return self.tokenizer(list(texts))
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

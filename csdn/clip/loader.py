@@ -249,8 +249,9 @@ def _mismatch_message(path: Path, arch: str, state: dict, found: tuple[list[str]
 def _fit_scalars(model: CLIP, state: dict[str, torch.Tensor]) -> None:
     for key in ("logit_scale", "logit_bias"):
         param = getattr(model, key, None)
-        if key in state and param is not None and state[key].shape != param.shape and state[key].numel() == param.numel():
-            state[key] = state[key].reshape(param.shape)
+        if key in state and param is not None and state[key].shape != param.shape:
+            if state[key].numel() == param.numel():  # scalar vs 1-element tensor
+                state[key] = state[key].reshape(param.shape)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -312,7 +313,8 @@ def _tag_weights(arch: str, tag: str, cache_dir: str | None) -> Path:
     try:
         return Path(open_clip.download_pretrained(open_clip.get_pretrained_cfg(arch, tag), cache_dir=cache_dir))
     except Exception as error:
-        raise ClipWeightsUnavailable(f"could not download CLIP weights {arch}/{tag}: {error}. " + _alternatives(arch)) from error
+        message = f"could not download CLIP weights {arch}/{tag}: {error}. "
+        raise ClipWeightsUnavailable(message + _alternatives(arch)) from error
 
 
 def registered_config(arch: str) -> dict[str, Any]:
@@ -338,7 +340,7 @@ def read_local_dir(folder: str | Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise FileNotFoundError(f"local-dir folder not found: {folder}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: a local-dir: folder needs open_clip's {CONFIG_FILE} with 'model_cfg'")
+        raise FileNotFoundError(f"{path} is missing: a local-dir: folder needs open_clip's {CONFIG_FILE}")
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -396,9 +398,10 @@ def _plan_local_dir(source: ClipSource, folder: Path) -> _Plan:
     cfg = config["model_cfg"]
     known = open_clip.get_model_config(source.arch)
     if known is not None and _structure(known) != _structure(cfg):
+        recorded = config.get("csdn", {}).get("arch", "unknown")
         raise CheckpointMismatchError(
             f"{folder / CONFIG_FILE} describes a different architecture than {source.arch!r}; "
-            f"pass the folder's own architecture as ClipSource(arch=...) (recorded: {config.get('csdn', {}).get('arch', 'unknown')})"
+            f"pass the folder's own architecture as ClipSource(arch=...) (recorded: {recorded})"
         )
     weights = _local_dir_weights(folder)
     state, _ = read_state_dict(weights)
@@ -513,7 +516,10 @@ def save_local_dir(bundle: ClipBundle, folder: str | Path, extra: dict[str, Any]
             "size": [height, width], "mean": list(bundle.mean), "std": list(bundle.std),
             "interpolation": "bilinear", "resize_mode": "squash",
         },
-        "csdn": {"arch": bundle.source.arch, "image_size": [height, width], "last_stride": bundle.last_stride, **(extra or {})},
+        "csdn": {
+            "arch": bundle.source.arch, "image_size": [height, width], "last_stride": bundle.last_stride,
+            **(extra or {}),
+        },
     }
     atomic_write_json(folder / CONFIG_FILE, config)
     return folder

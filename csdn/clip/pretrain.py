@@ -256,7 +256,8 @@ def pretrain_tiny_clip(
                  history["seconds"][-1])
     total = time.perf_counter() - start
     history.update(
-        arch=cfg.arch, epochs=cfg.epochs, total_seconds=total, images_per_second=steps_per_epoch * cfg.batch_size * cfg.epochs / total,
+        arch=cfg.arch, epochs=cfg.epochs, total_seconds=total,
+        images_per_second=steps_per_epoch * cfg.batch_size * cfg.epochs / total,
         n_images=n, n_infrared=sum(m == "infrared" for m in pool.modalities[:n]), threads=torch.get_num_threads(),
         load_average=os.getloadavg()[0], config=asdict(cfg),
     )
