@@ -157,7 +157,8 @@ def test_gap_command_writes_tables_and_projections(tmp_path: Path, monkeypatch, 
     monkeypatch.setattr(commands, "collect_features", fake_features)
     parser = argparse.ArgumentParser()
     commands.add_commands(parser.add_subparsers())
-    args = parser.parse_args(["gap", "--profile", "smoke", "--methods", "t-SNE", "--reports", str(tmp_path / "reports")])
+    args = parser.parse_args(["gap", "--profile", "smoke", "--methods", "t-SNE",
+                              "--reports", str(tmp_path / "reports")])
     args.cache = tmp_path / "cache"
     assert args.func(args) == 0
     folder = tmp_path / "reports" / "smoke" / "gap"

@@ -233,12 +233,14 @@ def summarize(runs: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP")
     return out
 
 
-def format_summary(summary: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP"), digits: int = 1) -> pd.DataFrame:
+def format_summary(summary: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP"),
+                   digits: int = 1) -> pd.DataFrame:
     """``summarize``'s table as ``"mean ± std"`` strings, one row per variant, one column per (protocol, metric)."""
     cells = pd.DataFrame(index=summary.index)
     for metric in metrics:
         mean, std = summary[f"{metric} mean"], summary[f"{metric} std"]
-        cells[metric] = [f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, std)]
+        cells[metric] = [f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+                         for m, s in zip(mean, std)]
     table = cells.unstack("protocol")
     table = table.reindex(list(dict.fromkeys(summary.index.get_level_values("variant"))))
     table.columns = [f"{protocol} {metric}" for metric, protocol in table.columns]
@@ -269,7 +271,10 @@ def effects(runs: pd.DataFrame, metric: str = "mAP", comparisons: Sequence[tuple
             n, delta = len(diff), float(diff.mean())
             sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
             ci = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
-            verdict = "one seed" if n < 2 else ("within noise" if abs(delta) <= ci else "helps" if delta > 0 else "hurts")
+            if n < 2:
+                verdict = "one seed"
+            else:
+                verdict = "within noise" if abs(delta) <= ci else "helps" if delta > 0 else "hurts"
             rows.append({"effect": effect, "variant": variant, "reference": reference, "protocol": protocol,
                          "seeds": n, f"{metric} delta": delta, "sd": sd, "ci": ci, "verdict": verdict})
     return pd.DataFrame(rows)
@@ -283,7 +288,8 @@ def describe_effects(table: pd.DataFrame, protocol: str | None = None) -> str:
     protocol = protocol or table["protocol"].iloc[0]
     rows = table[table["protocol"] == protocol]
     if rows.empty:
-        raise ValueError(f"protocol {protocol!r} is not in the effects table; choose one of {list(dict.fromkeys(table['protocol']))}")
+        choices = list(dict.fromkeys(table["protocol"]))
+        raise ValueError(f"protocol {protocol!r} is not in the effects table; choose one of {choices}")
     metric = next(c for c in rows.columns if c.endswith(" delta")).removesuffix(" delta")
     n = int(rows["seeds"].min())
     if n < 2:

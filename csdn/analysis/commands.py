@@ -125,7 +125,8 @@ def write_ablation_report(folder: Path, runs: pd.DataFrame, command: str, second
     variants = [v for v in VARIANTS if v.name in set(runs["variant"])]
     effect = effects(runs, "mAP")
     lines = [f"# Ablation ({len(seeds)} seed{'s' * (len(seeds) != 1)}: {seeds})", "",
-             f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s (stages already in the cache are loaded, not retrained)",
+             f"Command: `{command}`  ",
+             f"Wall time: {seconds:.0f} s (stages already in the cache are loaded, not retrained)",
              "", "## R1 / mAP / mINP (%), mean ± sample sd over seeds", "",
              format_summary(summary).to_markdown(), "",
              "## Effects on mAP (paired by seed; ci = half-width of the 95% Student-t interval)", "",
@@ -157,7 +158,8 @@ def cmd_gap(args: argparse.Namespace) -> int:
                               title=f"{base.name}: test features (colour: modality, marker: identity)")
     seconds = time.perf_counter() - t0
     methods = None if projection.methods == METHODS else args.methods
-    command = _command("gap", args, {"--data": args.data, "--clip": args.clip, "--seed": args.seed, "--methods": methods})
+    command = _command("gap", args, {"--data": args.data, "--clip": args.clip, "--seed": args.seed,
+                                     "--methods": methods})
     folder = Path(args.reports) / base.name / "gap"
     written = write_gap_report(folder, table, {"gap.png": plot_gap(table, title=f"{base.name}: modality gap"),
                                                "projections.png": figure}, command, seconds)

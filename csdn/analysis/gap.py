@@ -128,7 +128,8 @@ def modality_classifier_accuracy(
     return float(cross_val_score(classifier, x, y, cv=cv, scoring="accuracy", **extra).mean())
 
 
-def nearest_neighbour_accuracy(features: Features, pids: Sequence[int], modalities: Sequence[str]) -> tuple[float, float]:
+def nearest_neighbour_accuracy(features: Features, pids: Sequence[int],
+                               modalities: Sequence[str]) -> tuple[float, float]:
     """``(intra, cross)``: how often a feature's nearest neighbour (Euclidean) shares its identity.
 
     Intra searches the same modality without the feature itself; cross searches the other modality.

@@ -156,7 +156,8 @@ def plot_gap(table: pd.DataFrame, title: str | None = None) -> Figure:
     accuracy (dashed line: chance), and nearest-neighbour identity accuracy within and across modalities."""
     needed = {"centroid ratio", "modality clf acc (%)", "NN intra (%)", "NN cross (%)"}
     if not needed <= set(table.columns):
-        raise ValueError(f"the gap table lacks columns {sorted(needed - set(table.columns))} (expected gap_table's output)")
+        missing = sorted(needed - set(table.columns))
+        raise ValueError(f"the gap table lacks columns {missing} (expected gap_table's output)")
     models = list(table.index)
     frame = table.reset_index(names="model")
     nn = frame.melt(id_vars="model", value_vars=["NN intra (%)", "NN cross (%)"], var_name="search", value_name="NN")
