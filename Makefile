@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 # huggingface_hub reads this once at import: it must be in the environment before Python starts.
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-# Notebooks run with the smoke profile under test; a fresh artifact cache per test run keeps it honest.
+# Notebooks run with the smoke profile under test, two at a time with one thread each (two threads per
+# process on two cores spin-wait); a fresh artifact cache per test run keeps it honest.
 NB_WORKERS ?= 2
 
 .PHONY: setup demo test test-unit test-browser lab bench clean
@@ -25,7 +26,7 @@ test: setup
 	@cache=$${CSDN_TEST_CACHE:-$$(mktemp -d -t csdn-test-cache.XXXXXX)}; \
 	echo "artifact cache for this test run: $$cache"; \
 	CSDN_CACHE=$$cache $(PY) -m pytest -q tests && \
-	CSDN_CACHE=$$cache CSDN_PROFILE=smoke $(PY) -m pytest -q --nbmake --nbmake-timeout=600 -n $(NB_WORKERS) notebooks/
+	CSDN_CACHE=$$cache CSDN_PROFILE=smoke OMP_NUM_THREADS=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 -n $(NB_WORKERS) notebooks/
 
 test-unit: setup
 	$(PY) -m pytest -q tests
