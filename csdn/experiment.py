@@ -264,7 +264,7 @@ class Experiment:
 
     @cached_property
     def stage3_key(self) -> str:
-        upstream = self.stage1_key if self.cfg.model.uses_text else "no-text"
+        upstream = self.stage1_key if self.cfg.model.uses_text else self._key("no-text")
         return config_key([upstream, asdict(self.cfg.model), asdict(self.cfg.stage2), asdict(self.cfg.stage3),
                            self.cfg.select])
 

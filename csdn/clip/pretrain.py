@@ -268,8 +268,11 @@ def pretrain_tiny_clip(
 
 
 def tiny_clip_key(cfg: PretrainConfig, synth) -> str:
-    """Cache key of a tiny CLIP: the pretraining and SynthVI configs that produce it."""
-    return config_key({"pretrain": asdict(cfg), "synth": asdict(synth), "format": 1})
+    """Cache key of a tiny CLIP: the pretraining and SynthVI configs and the architecture's JSON config."""
+    from csdn.clip.loader import registered_config
+
+    return config_key({"pretrain": asdict(cfg), "synth": asdict(synth), "arch": registered_config(cfg.arch),
+                       "format": 1})
 
 
 def tiny_clip(cfg: PretrainConfig, synth, cache_root: Path) -> Path:
