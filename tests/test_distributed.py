@@ -180,7 +180,9 @@ def _copy_cache(src: Path, dst: Path, keep: tuple[str, ...]) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("runs", "features"))
     for name in keep:
         for path in glob.glob(str(src / name)):
-            (shutil.copytree if Path(path).is_dir() else shutil.copy)(path, dst / Path(path).relative_to(src))
+            target = dst / Path(path).relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)  # glob may list a run's .lock file before its folder
+            (shutil.copytree if Path(path).is_dir() else shutil.copy)(path, target)
     return dst
 
 
