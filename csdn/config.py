@@ -131,9 +131,9 @@ def _demo(root: str | None = None) -> ExperimentConfig:
         # work per epoch of stages 1-2 (one prompt per identity and batch, N*2/K prompts per epoch).
         stage1=TextStageConfig(epochs=8, warmup_epochs=1, instances=8),
         stage2=TextStageConfig(epochs=5, warmup_epochs=1, instances=8),
-        stage3=ReIDStageConfig(epochs=6, warmup_epochs=1, milestones=(4,)),
+        stage3=ReIDStageConfig(epochs=30, warmup_epochs=3, milestones=(20, 26)),  # ~6 s per epoch on 2 cores
         eval=EvalConfig(trials=10),
-        validate_every=2,
+        validate_every=5,
     )
 
 
