@@ -80,3 +80,14 @@ def test_model_config_variants() -> None:
     assert not ModelConfig(variant="vision-only").uses_text
     with pytest.raises(ValueError, match="variant"):
         ModelConfig(variant="csdn++")
+
+
+def test_backbone_trains_even_when_the_source_clip_is_frozen(visual) -> None:
+    visual.requires_grad_(False)
+    try:
+        net = CSDNNet(visual, num_ids=3)
+        assert all(p.requires_grad for p in net.trunk.parameters())
+        assert all(p.requires_grad for p in net.stem_for(VISIBLE).parameters())
+        assert all(p.requires_grad for p in net.stem_for(INFRARED).parameters())
+    finally:
+        visual.requires_grad_(True)

@@ -106,6 +106,9 @@ class CSDNNet(nn.Module):
         self.stems = nn.ModuleDict(stems) if modality_stems else None
         self.stem = None if modality_stems else stems[VISIBLE]
         self.trunk = copy.deepcopy(visual.trunk)
+        # The copies train even when the CLIP they come from is frozen (the Experiment keeps a frozen reference).
+        for module in (*stems.values(), self.trunk):
+            module.requires_grad_(True)
         self.trunk_dim, self.embed_dim = visual.trunk_dim, visual.embed_dim
         # ResNet feature maps are post-ReLU, so GeM applies; ViT tokens after ln_post are signed, so the
         # ViT head uses the class token instead (as CLIP-ReID's ViT does).
