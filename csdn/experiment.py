@@ -159,7 +159,8 @@ class Experiment:
         """Projected features of every training image from the frozen CLIP (no augmentation), cached."""
         records = self.train_cache.records  # the training records (less unreadable ones when skipping)
         skipped = [entry["index"] for entry in self.train_cache.skipped]
-        key = self._key("clip-features", *([skipped] if skipped else []))
+        # Frozen-CLIP features depend on the data and the CLIP, not on the run seed: shared across seeds.
+        key = config_key([asdict(self.cfg.data), asdict(self.cfg.clip), "clip-features", *([skipped] if skipped else [])])
         path = self.cache_root / "features" / f"clip-{key}.safetensors"
         labels = torch.tensor([self.labels[r.pid] for r in records])
         if not self.dist.agree(path.is_file()):
