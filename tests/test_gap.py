@@ -62,6 +62,14 @@ def test_linear_classifier_is_at_chance_on_identical_distributions():
     assert abs(accuracy - 0.5) < 0.08
 
 
+def test_classifier_chance_is_half_even_with_unequal_modality_counts():
+    # 3 visible per infrared from one distribution: always answering "visible" has plain accuracy 0.75,
+    # so a score near 0.75 would read as a gap that is not there; balanced accuracy keeps chance at 0.5
+    x = np.random.default_rng(2).normal(size=(400, 4))
+    accuracy = modality_classifier_accuracy(x, [V] * 300 + [I] * 100, folds=5, seed=0)
+    assert abs(accuracy - 0.5) < 0.08
+
+
 def test_classifier_needs_enough_features_per_modality():
     with pytest.raises(ValueError, match="at least 5 features per modality"):
         modality_classifier_accuracy(np.zeros((6, 2)), [V] * 3 + [I] * 3, folds=5)

@@ -175,7 +175,7 @@ def write_gap_report(folder: Path, table: pd.DataFrame, figures: dict[str, Figur
     folder = Path(folder)
     lines = ["# Modality gap of the test features", "", f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s", "",
              "centroid ratio: distance between the modality centroids / RMS distance to the own centroid; "
-             "modality clf acc: 5-fold (identity-grouped) linear classifier, 50% = inseparable; "
+             "modality clf acc: balanced accuracy of a 5-fold (identity-grouped) linear classifier, 50% = inseparable; "
              "NN intra / cross: nearest neighbour in the same / other modality has the same identity.", "",
              table.round(3).to_markdown(), "", *[f"![{name}]({name})" for name in figures], ""]
     written = [folder / "gap.md", folder / "gap.csv"]

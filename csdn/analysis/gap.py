@@ -7,9 +7,10 @@ identity):
   within-modality spread, the root-mean-square distance of a feature to its own modality's centroid.
   0 means the two clouds share a centre; above 1 the centres are further apart than a typical feature
   is from its own centre.
-- **modality classifier accuracy**: cross-validated accuracy of a linear classifier (standardised
-  features, logistic regression) that predicts the modality. 0.5 (balanced classes) means a linear
-  model cannot tell the modalities apart; 1.0 means they are linearly separable. Folds keep each
+- **modality classifier accuracy**: cross-validated *balanced* accuracy (the mean of the per-modality
+  recalls) of a linear classifier (standardised features, logistic regression) that predicts the
+  modality. 0.5 means a linear model cannot tell the modalities apart, whatever the two counts are
+  (plain accuracy would reward always answering the larger modality); 1.0 means they are linearly separable. Folds keep each
   identity on one side when identities are given, so the classifier cannot key on a person.
 - **nearest-neighbour identity accuracy**: the fraction of features whose nearest neighbour has the same
   identity, searched among the *other* modality (cross) and among the *same* modality (intra, the
@@ -57,7 +58,7 @@ class GapMetrics:
     centroid_distance: float  # distance between the visible and infrared centroids
     spread: float  # RMS distance of a feature to its own modality's centroid
     centroid_ratio: float  # centroid_distance / spread
-    modality_accuracy: float  # cross-validated linear modality-classifier accuracy (0.5: inseparable)
+    modality_accuracy: float  # cross-validated balanced accuracy of a linear modality classifier (0.5: inseparable)
     nn_intra: float  # nearest neighbour in the same modality has the same identity (fraction)
     nn_cross: float  # nearest neighbour in the other modality has the same identity (fraction)
     n_visible: int  # visible features measured
@@ -106,7 +107,8 @@ def modality_classifier_accuracy(
     groups: Sequence[int] | None = None,
     max_iter: int = 2000,
 ) -> float:
-    """Mean cross-validated accuracy of a linear (logistic-regression) modality classifier.
+    """Mean cross-validated balanced accuracy of a linear (logistic-regression) modality classifier
+    (0.5 = chance for any pair of modality counts).
 
     With ``groups`` (e.g. identities) every group stays within one fold (stratified group k-fold).
     """
@@ -125,7 +127,7 @@ def modality_classifier_accuracy(
         if len(set(groups)) < folds:
             raise ValueError(f"{folds}-fold group cross-validation needs >= {folds} groups, got {len(set(groups))}")
         cv, extra = StratifiedGroupKFold(folds, shuffle=True, random_state=seed), {"groups": np.asarray(groups)}
-    return float(cross_val_score(classifier, x, y, cv=cv, scoring="accuracy", **extra).mean())
+    return float(cross_val_score(classifier, x, y, cv=cv, scoring="balanced_accuracy", **extra).mean())
 
 
 def nearest_neighbour_accuracy(features: Features, pids: Sequence[int],
