@@ -127,11 +127,12 @@ def _demo(root: str | None = None) -> ExperimentConfig:
         name="demo",
         data=DataConfig(synth=SynthConfig(), height=128, width=64),
         clip=ClipConfig(pretrain=PretrainConfig(image_size=(128, 64))),
-        # Shortened schedules so the whole demo fits ~15 minutes on 2 CPU cores; K=8 halves the text-encoder
-        # work per epoch of stages 1-2 (one prompt per identity and batch, N*2/K prompts per epoch).
+        # Shortened schedules so a cold demo fits in 15 minutes on 2 CPU cores (measured: 9 min 34 s); K=8
+        # halves the text-encoder work per epoch of stages 1-2 (one prompt per identity and batch, N*2/K
+        # prompts per epoch).
         stage1=TextStageConfig(epochs=8, warmup_epochs=1, instances=8),
         stage2=TextStageConfig(epochs=5, warmup_epochs=1, instances=8),
-        stage3=ReIDStageConfig(epochs=30, warmup_epochs=3, milestones=(20, 26)),  # ~6 s per epoch on 2 cores
+        stage3=ReIDStageConfig(epochs=30, warmup_epochs=3, milestones=(20, 26)),  # ~12 s per epoch on 2 cores
         eval=EvalConfig(trials=10),
         validate_every=5,
     )

@@ -160,7 +160,8 @@ class Experiment:
         records = self.train_cache.records  # the training records (less unreadable ones when skipping)
         skipped = [entry["index"] for entry in self.train_cache.skipped]
         # Frozen-CLIP features depend on the data and the CLIP, not on the run seed: shared across seeds.
-        key = config_key([asdict(self.cfg.data), asdict(self.cfg.clip), "clip-features", *([skipped] if skipped else [])])
+        key = config_key([asdict(self.cfg.data), asdict(self.cfg.clip), "clip-features",
+                          *([skipped] if skipped else [])])
         path = self.cache_root / "features" / f"clip-{key}.safetensors"
         labels = torch.tensor([self.labels[r.pid] for r in records])
         if not self.dist.agree(path.is_file()):

@@ -10,8 +10,9 @@ identity):
 - **modality classifier accuracy**: cross-validated *balanced* accuracy (the mean of the per-modality
   recalls) of a linear classifier (standardised features, logistic regression) that predicts the
   modality. 0.5 means a linear model cannot tell the modalities apart, whatever the two counts are
-  (plain accuracy would reward always answering the larger modality); 1.0 means they are linearly separable. Folds keep each
-  identity on one side when identities are given, so the classifier cannot key on a person.
+  (plain accuracy would reward always answering the larger modality); 1.0 means they are linearly
+  separable. Folds keep each identity on one side when identities are given, so the classifier cannot
+  key on a person.
 - **nearest-neighbour identity accuracy**: the fraction of features whose nearest neighbour has the same
   identity, searched among the *other* modality (cross) and among the *same* modality (intra, the
   feature itself excluded). A feature whose identity has no other image in the searched set is skipped.
