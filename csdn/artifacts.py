@@ -20,6 +20,11 @@ from typing import Any
 from filelock import FileLock
 
 COMPLETE_MARKER = ".complete"
+# Version of the code that produces trained artifacts (tiny CLIP, frozen-CLIP features, stages 1-3). It is
+# part of every one of their cache keys: bump it whenever a change could alter a trained result, so that
+# an existing cache never serves the old code's results. 2: shared stem in one call, MSEL, first-view HSE,
+# cosine text-side options, stage-3 augmentation settings, training diagnostics.
+TRAINING_CODE_VERSION = 2
 
 
 def default_cache_root() -> Path:

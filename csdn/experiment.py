@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from csdn.artifacts import atomic_write_json, config_key
+from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, config_key
 from csdn.clip.loader import ClipBundle, ClipSource, load_clip, local_dir_source
 from csdn.clip.pretrain import tiny_clip
 from csdn.config import ExperimentConfig
@@ -93,8 +93,8 @@ class Experiment:
 
     @cached_property
     def transforms(self) -> TransformConfig:
-        return TransformConfig(height=self.cfg.data.height, width=self.cfg.data.width,
-                               mean=tuple(self.clip.mean), std=tuple(self.clip.std))
+        """Test and stage-3 training transforms: the input size, CLIP's normalisation, stage 3's augmentation."""
+        return self.cfg.stage3.transforms(self.cfg.data.height, self.cfg.data.width, self.clip.mean, self.clip.std)
 
     def image_cache(self, records: list[Record]) -> ImageCache:
         """The uint8 cache of ``records`` at the network's input size (an unreadable image is an error)."""
@@ -152,7 +152,9 @@ class Experiment:
         return self.clip.text_encoder().to(self.device)
 
     def _key(self, *parts: Any) -> str:
-        return config_key([asdict(self.cfg.data), asdict(self.cfg.clip), self.cfg.seed, *parts])
+        """The cache key of a trained artifact: data, CLIP, seed, the training code's version and ``parts``."""
+        return config_key([asdict(self.cfg.data), asdict(self.cfg.clip), self.cfg.seed, TRAINING_CODE_VERSION,
+                           *parts])
 
     @cached_property
     def clip_features(self) -> CachedFeatures:
@@ -160,7 +162,7 @@ class Experiment:
         records = self.train_cache.records  # the training records (less unreadable ones when skipping)
         skipped = [entry["index"] for entry in self.train_cache.skipped]
         # Frozen-CLIP features depend on the data and the CLIP, not on the run seed: shared across seeds.
-        key = config_key([asdict(self.cfg.data), asdict(self.cfg.clip), "clip-features",
+        key = config_key([asdict(self.cfg.data), asdict(self.cfg.clip), "clip-features", TRAINING_CODE_VERSION,
                           *([skipped] if skipped else [])])
         path = self.cache_root / "features" / f"clip-{key}.safetensors"
         labels = torch.tensor([self.labels[r.pid] for r in records])

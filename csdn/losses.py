@@ -36,6 +36,7 @@ def supcon_loss(
     labels_a: Tensor,
     labels_b: Tensor,
     temperature: float = 1.0,
+    cosine: bool = False,
 ) -> Tensor:
     """Supervised contrastive loss of anchors (rows) against the other side (columns), as CLIP-ReID's SupConLoss.
 
@@ -43,7 +44,7 @@ def supcon_loss(
     mean, over the columns ``j`` with ``labels_b[j] == labels_a[i]``, of ``log_softmax(logits[i])[j]``;
     the result is the mean over anchors. Raw dot products (no normalisation) and temperature 1 are what
     CLIP-ReID and CSDN use. The i2t and t2i directions are two calls with the arguments swapped
-    (see :func:`i2t_t2i_loss`). Every anchor needs at least one positive column (the released code would
+    (see :func:`i2t_t2i_loss`). ``cosine=True`` L2-normalises both sides first. Every anchor needs at least one positive column (the released code would
     silently return NaN); a ValueError names the offending rows otherwise.
     """
     _check_features_labels("supcon_loss (anchors)", features, labels_a)
@@ -52,8 +53,6 @@ def supcon_loss(
         raise ValueError(
             f"supcon_loss: anchor dim {features.shape[1]} != column dim {prototypes_features.shape[1]}"
         )
-    if temperature <= 0:
-        raise ValueError(f"supcon_loss: temperature must be > 0, got {temperature}")
     positives = (labels_a[:, None] == labels_b[None, :]).to(features.dtype)
     n_pos = positives.sum(dim=1)
     if bool((n_pos == 0).any()):
@@ -62,7 +61,7 @@ def supcon_loss(
             f"supcon_loss: anchor rows {rows[:10]} have no column with the same label; "
             "build the other side from the anchors' labels"
         )
-    log_prob = torch.log_softmax(features @ prototypes_features.T / temperature, dim=1)
+    log_prob = torch.log_softmax(similarity_logits(features, prototypes_features, temperature, cosine), dim=1)
     mean_log_prob_pos = (positives * log_prob).sum(dim=1) / n_pos
     return -mean_log_prob_pos.mean()
 
@@ -73,10 +72,11 @@ def i2t_t2i_loss(
     text_feats: Tensor,
     text_labels: Tensor,
     temperature: float = 1.0,
+    cosine: bool = False,
 ) -> Tensor:
     """Image-to-text plus text-to-image supervised contrastive loss (the stage-1 and stage-2 objective)."""
-    i2t = supcon_loss(image_feats, text_feats, image_labels, text_labels, temperature)
-    t2i = supcon_loss(text_feats, image_feats, text_labels, image_labels, temperature)
+    i2t = supcon_loss(image_feats, text_feats, image_labels, text_labels, temperature, cosine)
+    t2i = supcon_loss(text_feats, image_feats, text_labels, image_labels, temperature, cosine)
     return i2t + t2i
 
 
@@ -97,13 +97,29 @@ def id_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Ten
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
-def hse_loss(image_proj_feats: Tensor, text_prototypes: Tensor, labels: Tensor) -> Tensor:
-    """High-level Semantic Embedding loss: ``CE(image_proj_feats @ text_prototypes.T, labels)``.
+def similarity_logits(a: Tensor, b: Tensor, temperature: float = 1.0, cosine: bool = False) -> Tensor:
+    """``a @ b.T / temperature``; with ``cosine=True`` both sides are L2-normalised first.
+
+    Raw dot products at temperature 1 are what the released code uses in stages 1-3; cosine logits
+    with a CLIP-like temperature cannot be lowered by shrinking the features (see ``hse_loss``).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if cosine:
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    return a @ b.T / temperature
+
+
+def hse_loss(image_proj_feats: Tensor, text_prototypes: Tensor, labels: Tensor, temperature: float = 1.0,
+             cosine: bool = False) -> Tensor:
+    """High-level Semantic Embedding loss: ``CE(image_proj_feats @ text_prototypes.T / temperature, labels)``.
 
     ``text_prototypes`` is ``(num_ids, d)``: one frozen (fused) text feature per training identity, row =
-    label. As in the released CSDN code (and CLIP-ReID's stage-2 i2t loss) the logits are raw dot products
-    of the un-normalised projected image features and text features, with no temperature and no label
-    smoothing. The stage-3 weights (0.05 visible, 0.1 infrared) are applied by the caller.
+    label. As in the released CSDN code (and CLIP-ReID's stage-2 i2t loss) the default logits are raw dot
+    products of the un-normalised projected image features and text features, with no temperature and no
+    label smoothing. With raw logits a wrongly placed feature can lower the loss towards ``ln(num_ids)``
+    by shrinking its norm; ``cosine=True`` (with a CLIP-like ``temperature`` such as 0.07) removes that
+    escape. The stage-3 weights (0.05 visible, 0.1 infrared) are applied by the caller.
     """
     _check_features_labels("hse_loss", image_proj_feats, labels)
     if text_prototypes.dim() != 2 or text_prototypes.shape[1] != image_proj_feats.shape[1]:
@@ -116,7 +132,7 @@ def hse_loss(image_proj_feats: Tensor, text_prototypes: Tensor, labels: Tensor) 
             f"hse_loss: labels must lie in [0, {text_prototypes.shape[0]}) (one prototype per identity), "
             f"got range [{int(labels.min())}, {int(labels.max())}]"
         )
-    return F.cross_entropy(image_proj_feats @ text_prototypes.T, labels)
+    return F.cross_entropy(similarity_logits(image_proj_feats, text_prototypes, temperature, cosine), labels)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -177,3 +193,43 @@ def triplet_hard(features: Tensor, labels: Tensor, margin: float = 0.3, normaliz
     hardest_positive = dist.masked_fill(~is_pos, float("-inf")).amax(dim=1)
     hardest_negative = dist.masked_fill(~is_neg, float("inf")).amin(dim=1)
     return F.relu(hardest_positive - hardest_negative + margin).mean()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Modality-shared enhancement (MSEL), stage 3 of the latest release
+# --------------------------------------------------------------------------------------------------------
+
+
+def msel_loss(visible: Tensor, visible_labels: Tensor, infrared: Tensor, infrared_labels: Tensor,
+              normalize: bool = False) -> Tensor:
+    """The latest release's MSEL term on one feature (GeM or projected) of a cross-modality batch.
+
+    For every image: ``cross`` = its mean Euclidean distance to the same-identity images of the *other*
+    modality, ``intra`` = its mean distance to the *other* same-identity images of its own modality; the
+    loss is ``(mean over visible of (cross - intra)^2 + mean over infrared of (cross - intra)^2) / 2``.
+    The release computes it on the first visible view and the infrared images of a P x K batch (equal K
+    per modality; its top-k trick drops the zero self-distance); here the masks are explicit, so any
+    batch in which every identity has at least two images per modality works. Raw features by default
+    (the release's ``feat_norm='no'``); ``normalize=True`` L2-normalises first.
+    """
+    _check_features_labels("msel_loss (visible)", visible, visible_labels)
+    _check_features_labels("msel_loss (infrared)", infrared, infrared_labels)
+    if normalize:
+        visible, infrared = F.normalize(visible, dim=1), F.normalize(infrared, dim=1)
+    same_v = visible_labels[:, None] == visible_labels[None, :]
+    same_i = infrared_labels[:, None] == infrared_labels[None, :]
+    cross_vi = visible_labels[:, None] == infrared_labels[None, :]
+    eye_v = torch.eye(len(visible_labels), dtype=torch.bool, device=visible.device)
+    eye_i = torch.eye(len(infrared_labels), dtype=torch.bool, device=infrared.device)
+    intra_v, intra_i = same_v & ~eye_v, same_i & ~eye_i
+    if not (bool(intra_v.any(1).all()) and bool(intra_i.any(1).all())
+            and bool(cross_vi.any(1).all()) and bool(cross_vi.any(0).all())):
+        raise ValueError("msel_loss: every identity needs at least two images in each modality of the batch")
+
+    def masked_mean(dist: Tensor, mask: Tensor) -> Tensor:
+        return (dist * mask).sum(1) / mask.sum(1)
+
+    d_vi = pairwise_euclidean(visible, infrared)
+    gap_v = masked_mean(d_vi, cross_vi) - masked_mean(pairwise_euclidean(visible, visible), intra_v)
+    gap_i = masked_mean(d_vi.T, cross_vi.T) - masked_mean(pairwise_euclidean(infrared, infrared), intra_i)
+    return (gap_v.pow(2).mean() + gap_i.pow(2).mean()) / 2

@@ -9,6 +9,7 @@ from csdn.losses import (
     hse_loss,
     i2t_t2i_loss,
     id_loss,
+    msel_loss,
     pairwise_euclidean,
     supcon_loss,
     triplet_hard,
@@ -153,3 +154,74 @@ def test_triplet_rejects_single_identity_and_bad_shapes(loss):
         loss(X, lab([0, 1]))
     with pytest.raises(ValueError, match=r"features must be \(N, d\)"):
         loss(X.flatten(), LX)
+
+
+# ---- MSEL (latest release) ---------------------------------------------------------------------------
+
+
+def test_msel_hand_computed_one_identity():
+    # 1-D features, so distances are |a - b|. Visible 0, 2; infrared 5, 9 (one identity).
+    # visible: 0 -> cross (5 + 9)/2 = 7, intra 2, gap 5; 2 -> cross (3 + 7)/2 = 5, intra 2, gap 3 => mean 17
+    # infrared: 5 -> cross (5 + 3)/2 = 4, intra 4, gap 0; 9 -> cross (9 + 7)/2 = 8, intra 4, gap 4 => mean 8
+    v, i = torch.tensor([[0.0], [2.0]], dtype=torch.float64), torch.tensor([[5.0], [9.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0])
+    assert msel_loss(v, y, i, y).item() == pytest.approx((17 + 8) / 2, abs=1e-9)
+
+
+def test_msel_identities_do_not_mix():
+    # a second identity far away, with all of its images at one point, adds gaps of 0
+    v = torch.tensor([[0.0], [2.0], [100.0], [100.0]], dtype=torch.float64)
+    i = torch.tensor([[5.0], [9.0], [100.0], [100.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1])
+    assert msel_loss(v, y, i, y).item() == pytest.approx(((25 + 9) / 4 + 16 / 4) / 2, abs=1e-5)
+
+
+def _msel_topk_reference(feats: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The release's formulation, restated: rows [visible P*K; infrared P*K] in the same label order, the
+    own-modality mean over the k-1 largest same-identity distances (the self distance is the smallest)."""
+    n = len(labels)
+    d = torch.cdist(feats, feats)
+    pos = labels[:, None] == labels[None, :]
+    out = []
+    for own, other in ((slice(0, n), slice(n, 2 * n)), (slice(n, 2 * n), slice(0, n))):
+        intra = (d[own, own] * pos).topk(k - 1, dim=1).values.mean(1)
+        cross = d[own, other][pos].view(n, -1).mean(1)
+        out.append((cross - intra).pow(2).mean())
+    return sum(out) / 2
+
+
+def test_msel_matches_the_release_formulation_on_a_pk_batch():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(3)  # P = 4 identities x K = 3
+    v, i = torch.randn(12, 8, generator=g, dtype=torch.float64), torch.randn(12, 8, generator=g, dtype=torch.float64)
+    expected = _msel_topk_reference(torch.cat([v, i]), labels, k=3)
+    assert msel_loss(v, labels, i, labels).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_msel_normalize_and_gradient():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(2).repeat_interleave(2)
+    v = torch.randn(4, 5, generator=g, requires_grad=True)
+    i = torch.randn(4, 5, generator=g)
+    scaled = msel_loss(v * 10, labels, i * 10, labels, normalize=True)
+    assert scaled.item() == pytest.approx(msel_loss(v, labels, i, labels, normalize=True).item(), rel=1e-5)
+    msel_loss(v, labels, i, labels).backward()
+    assert torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
+
+
+def test_msel_needs_two_images_per_identity_and_modality():
+    with pytest.raises(ValueError, match="two images"):
+        msel_loss(torch.randn(2, 3), torch.tensor([0, 1]), torch.randn(2, 3), torch.tensor([0, 1]))
+
+
+def test_hse_cosine_cannot_be_lowered_by_shrinking_features():
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    wrong = torch.tensor([[0.0, 5.0]])  # an image of identity 0 placed on identity 1's prototype
+    y = torch.tensor([0])
+    # raw logits: shrinking the wrong feature lowers the loss towards ln 2 (the collapse)
+    assert hse_loss(wrong * 0.01, protos, y) < hse_loss(wrong, protos, y)
+    # cosine logits: the scale of the feature does not matter
+    assert hse_loss(wrong * 0.01, protos, y, 0.1, cosine=True).item() == pytest.approx(
+        hse_loss(wrong, protos, y, 0.1, cosine=True).item())
+    expected = math.log(1 + math.exp(10.0))  # logits (0, 10): -log softmax_0
+    assert hse_loss(wrong, protos, y, 0.1, cosine=True).item() == pytest.approx(expected, rel=1e-6)

@@ -91,3 +91,47 @@ def test_backbone_trains_even_when_the_source_clip_is_frozen(visual) -> None:
         assert all(p.requires_grad for p in net.stem_for(INFRARED).parameters())
     finally:
         visual.requires_grad_(True)
+
+
+def _count_stem_batchnorm_calls(net: CSDNNet, parts) -> list[int]:
+    """Batch sizes seen by the first BatchNorm of the stem(s), one entry per forward call."""
+    seen: list[int] = []
+    stems = {id(net.stem_for(m)): net.stem_for(m) for m in (VISIBLE, INFRARED)}
+    hooks = [next(m for m in stem.modules() if isinstance(m, torch.nn.BatchNorm2d))
+             .register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+             for stem in stems.values()]
+    net.train()
+    net(parts)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_shared_stem_runs_once_over_both_modalities() -> None:
+    """A shared stem's BatchNorm normalises visible and infrared with one set of statistics (one call)."""
+    torch.manual_seed(0)
+    visual = load_clip(ClipSource(arch="csdn-tiny-rn", image_size=(64, 32))).visual()
+    net = CSDNNet(visual, num_ids=5, modality_stems=False)
+    parts = [(torch.randn(4, 3, 64, 32), VISIBLE), (torch.randn(3, 3, 64, 32) * 3, INFRARED)]
+    assert _count_stem_batchnorm_calls(net, parts) == [7]
+    # separate stems: one call each, on its own modality
+    assert _count_stem_batchnorm_calls(CSDNNet(visual, num_ids=5), parts) == [4, 3]
+
+
+def test_shared_stem_training_output_does_not_depend_on_modality_split() -> None:
+    """With one stem, cutting the same images into visible/infrared parts differently changes nothing."""
+    torch.manual_seed(0)
+    visual = load_clip(ClipSource(arch="csdn-tiny-rn", image_size=(64, 32))).visual()
+    net = CSDNNet(visual, num_ids=5, modality_stems=False).train()
+    x = torch.randn(6, 3, 64, 32)
+    a = net([(x[:2], VISIBLE), (x[2:], INFRARED)]).proj
+    b = net([(x[:5], VISIBLE), (x[5:], INFRARED)]).proj
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("variant, stems, text", [
+    ("csdn", True, True), ("clip-reid", False, True), ("vision-only", False, False),
+    ("vision-only-stems", True, False)])
+def test_variant_name_decides_the_network(variant, stems, text) -> None:
+    cfg = ModelConfig(variant=variant)
+    assert cfg.modality_stems is stems and cfg.uses_text is text

@@ -8,22 +8,22 @@ prompts (``+modality prompts`` and both ``+SII`` rows), the ``+SII (official)`` 
 default run (a notebook or ``csdn train`` of the same seed is reused), and a second ablation reuses
 everything. The seed changes every stage's key, so seeds are independent runs. ::
 
-    variant                model        stems  SII        wording   pairing  text reaches the images by
-    vision-only            vision-only  no     -          -         -        nothing (ID + triplet only)
-    +stems (CSDN w/o HSE)  vision-only  yes    -          -         -        nothing
-    clip-reid              clip-reid    no     -          paper     private  i2t loss to shared prompts
-    +modality prompts      csdn         yes    none       paper     private  HSE, own modality's prompts
-    +SII (official)        csdn         yes    official   paper     private  HSE, fused prompts (= CSDN)
-    +SII (attention)       csdn         yes    attention  paper     private  HSE, fused prompts
-    pairing all            csdn         yes    official   paper     all      HSE, fused prompts
-    wording released       csdn         yes    official   released  private  HSE, fused prompts
+    variant                model              stems  SII        wording   pairing  text reaches the images by
+    vision-only            vision-only        no     -          -         -        nothing (ID + triplet only)
+    +stems (CSDN w/o HSE)  vision-only-stems  yes    -          -         -        nothing
+    clip-reid              clip-reid          no     -          paper     private  i2t loss to shared prompts
+    +modality prompts      csdn               yes    none       paper     private  HSE, own modality's prompts
+    +SII (official)        csdn               yes    official   paper     private  HSE, fused prompts (= CSDN)
+    +SII (attention)       csdn               yes    attention  paper     private  HSE, fused prompts
+    pairing all            csdn               yes    official   paper     all      HSE, fused prompts
+    wording released       csdn               yes    official   released  private  HSE, fused prompts
 
 **Where is "+HSE"?** The paper adds MPL, SII and HSE in turn. Here (as in the released code) stage 3
 starts from CLIP's image tower, not from anything stages 1-2 train, and HSE (the image-to-text
 cross-entropy against the frozen text prototypes) is the *only* path from the text side to the image
 network. A row "modality prompts + SII, without HSE" therefore trains exactly the network of
 ``+stems (CSDN w/o HSE)``: stages 1-2 would run and be thrown away (same seed, same initialisation,
-same batches). So that row is computed as the vision-only model with modality stems, and HSE's effect
+same batches). So that row is the ``vision-only-stems`` variant, and HSE's effect
 is measured as ``+SII (official)`` (full CSDN) against ``+stems (CSDN w/o HSE)``; MPL and SII are
 measured *with* HSE on, each against the row before it (see :data:`COMPARISONS`). CLIP-ReID's
 image-to-text loss uses the same HSE term and weights, against one shared prompt learner.
@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from csdn.config import ExperimentConfig
 from csdn.data.records import Record
 from csdn.eval.protocols import ProtocolResult
+from csdn.model.network import ModelConfig
 
 ZERO_SHOT = "zero-shot CLIP"  # the reference row: the frozen CLIP image tower, no training
 Evaluate = Callable[[ExperimentConfig, bool], Mapping[str, ProtocolResult]]  # (cfg, zero_shot) -> results
@@ -59,44 +60,41 @@ class Variant:
 
     name: str  # row name in tables and figures
     what: str  # one-line description
-    variant: str  # ModelConfig.variant: "csdn", "clip-reid" or "vision-only"
-    modality_stems: bool  # separate visible / infrared stems
+    variant: str  # ModelConfig.variant (it decides the stems): "csdn", "clip-reid", "vision-only", ...
     sii: str = "none"  # ModelConfig.sii (only the csdn variant fuses)
     prompt_wording: str = "paper"  # ModelConfig.prompt_wording: "paper" or "released"
     pairing: str = "private"  # stage-1 TextStageConfig.pairing: "private" or "all"
 
     @property
     def uses_text(self) -> bool:
-        return self.variant != "vision-only"
+        return ModelConfig(variant=self.variant).uses_text
 
     def apply(self, base: ExperimentConfig, seed: int | None = None) -> ExperimentConfig:
         """``base`` with this variant's switches (and ``seed`` when given); everything else is kept."""
         if self.uses_text and base.stage3.hse_visible <= 0 and base.stage3.hse_infrared <= 0:
             raise ValueError(f"variant {self.name!r} uses text, but the base config disables HSE "
                              "(stage3.hse_visible = hse_infrared = 0), the only path from text to images")
-        model = dataclasses.replace(base.model, variant=self.variant, modality_stems=self.modality_stems,
-                                    sii=self.sii, prompt_wording=self.prompt_wording)
+        model = dataclasses.replace(base.model, variant=self.variant, sii=self.sii, prompt_wording=self.prompt_wording)
         stage1 = dataclasses.replace(base.stage1, pairing=self.pairing)
         return dataclasses.replace(base, model=model, stage1=stage1, seed=base.seed if seed is None else seed)
 
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("vision-only", "CLIP image tower trained with ID + triplet losses, one shared stem, no text",
-            "vision-only", modality_stems=False),
+            "vision-only"),
     Variant("+stems (CSDN w/o HSE)", "vision-only with modality-specific stems: the CSDN network without HSE "
-            "(prompts and SII without HSE never reach it)", "vision-only", modality_stems=True),
+            "(prompts and SII without HSE never reach it)", "vision-only-stems"),
     Variant("clip-reid", "CLIP-ReID: one shared prompt learner, image-to-text loss (HSE weights) against it, "
-            "one shared stem", "clip-reid", modality_stems=False),
+            "one shared stem", "clip-reid"),
     Variant("+modality prompts", "two modality prompt learners + stems; each modality's images aligned to its "
-            "own prompts (no fusion)", "csdn", modality_stems=True),
+            "own prompts (no fusion)", "csdn"),
     Variant("+SII (official)", "full CSDN: released SII fusion t_vis + W_c tanh(W_v t_ir), HSE to the fused "
-            "prototypes", "csdn", modality_stems=True, sii="official"),
-    Variant("+SII (attention)", "full CSDN with a genuine multi-head attention SII", "csdn", modality_stems=True,
-            sii="attention"),
+            "prototypes", "csdn", sii="official"),
+    Variant("+SII (attention)", "full CSDN with a genuine multi-head attention SII", "csdn", sii="attention"),
     Variant("pairing all", "full CSDN, stage 1 with every image against both learners' texts (released code)",
-            "csdn", modality_stems=True, sii="official", pairing="all"),
+            "csdn", sii="official", pairing="all"),
     Variant("wording released", "full CSDN with the released prompt 'A photo of a X X X X person.'", "csdn",
-            modality_stems=True, sii="official", prompt_wording="released"),
+            sii="official", prompt_wording="released"),
 )
 FULL_CSDN = "+SII (official)"
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from csdn.artifacts import atomic_write_json, build_once, config_key
+from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, build_once, config_key
 from csdn.clip.adapt import TextEncoder
 from csdn.clip.loader import TINY_ARCHS, ClipBundle, ClipSource, load_clip, save_local_dir
 from csdn.runtime import seed_everything
@@ -268,11 +268,12 @@ def pretrain_tiny_clip(
 
 
 def tiny_clip_key(cfg: PretrainConfig, synth) -> str:
-    """Cache key of a tiny CLIP: the pretraining and SynthVI configs and the architecture's JSON config."""
+    """Cache key of a tiny CLIP: the pretraining and SynthVI configs, the architecture's JSON config and the
+    training code's version."""
     from csdn.clip.loader import registered_config
 
     return config_key({"pretrain": asdict(cfg), "synth": asdict(synth), "arch": registered_config(cfg.arch),
-                       "format": 1})
+                       "format": 1, "code": TRAINING_CODE_VERSION})
 
 
 def tiny_clip(cfg: PretrainConfig, synth, cache_root: Path) -> Path:

@@ -4,7 +4,17 @@ Head (a): GeM-pooled trunk feature map (ViT: the class token) -> BatchNorm1d (BN
 Head (b): the trunk's projected CLIP feature (attention pool / ViT projection) -> BatchNorm1d -> Linear.
 The inference feature is ``concat(L2norm(BN(GeM feature)), L2norm(projected feature))``.
 
-``modality_stems=False`` gives one shared stem (the CLIP-ReID and vision-only baselines).
+``modality_stems=False`` gives one shared stem (the CLIP-ReID and vision-only baselines). A shared stem
+runs once over the concatenated visible + infrared batch, so its BatchNorms normalise both modalities
+with one set of batch statistics in training, as their running statistics do at test (as in AGW).
+
+Each variant name denotes one network everywhere (CLI, notebooks, ablation, README):
+
+    variant             stems          text (prompts, SII, HSE)
+    csdn                per modality   modality prompts, SII, HSE
+    clip-reid           shared         one shared prompt learner, HSE, no SII
+    vision-only         shared         none
+    vision-only-stems   per modality   none (the CSDN network without text)
 """
 
 from __future__ import annotations
@@ -20,15 +30,15 @@ from torch import Tensor, nn
 from csdn.clip.adapt import RESNET, ClipVisual
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE
 
-VARIANTS = ("csdn", "clip-reid", "vision-only")
+VARIANTS = ("csdn", "clip-reid", "vision-only", "vision-only-stems")
+_STEMS = {"csdn": True, "clip-reid": False, "vision-only": False, "vision-only-stems": True}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """What the network and its text side are made of (the variant picks sensible defaults)."""
 
-    variant: str = "csdn"  # "csdn", "clip-reid" (shared prompts, no SII, one stem) or "vision-only" (no text)
-    modality_stems: bool = True  # separate copies of the CLIP stem for visible and infrared images
+    variant: str = "csdn"  # "csdn", "clip-reid", "vision-only" or "vision-only-stems" (see the module docstring)
     prompt_wording: str = "paper"  # "paper" ("A visible/An infrared photo of ...") or "released" ("A photo of ...")
     n_ctx: int = 4  # learnable context tokens per identity and modality
     sii: str = "official"  # SII variant: "official", "attention", "mean" or "none"
@@ -40,9 +50,14 @@ class ModelConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
 
     @property
+    def modality_stems(self) -> bool:
+        """Separate stems for visible and infrared images (csdn, vision-only-stems) or one shared stem."""
+        return _STEMS[self.variant]
+
+    @property
     def uses_text(self) -> bool:
-        """False for the vision-only baseline (no prompts, no SII, no HSE)."""
-        return self.variant != "vision-only"
+        """False for the vision-only baselines (no prompts, no SII, no HSE)."""
+        return not self.variant.startswith("vision-only")
 
     @property
     def shared_prompts(self) -> bool:
@@ -128,7 +143,13 @@ class CSDNNet(nn.Module):
 
         Returns the GeM feature and the projected feature, rows in the order of ``parts``.
         """
-        hidden = torch.cat([self.stem_for(m)(x) for x, m in parts if len(x)])
+        parts = [(x, m) for x, m in parts if len(x)]
+        if self.stems is None:  # one stem: one call, one set of BatchNorm statistics for both modalities
+            for _, m in parts:
+                self.stem_for(m)  # validates the modality names
+            hidden = self.stem(torch.cat([x for x, _ in parts]))
+        else:
+            hidden = torch.cat([self.stem_for(m)(x) for x, m in parts])
         features = self.trunk(hidden)
         pooled = self.gem(features.feature_map.float()) if self.pool_with_gem else features.pooled.float()
         return pooled, features.projected.float()

@@ -3,7 +3,12 @@
 Text prototypes are fixed (fused by SII, or each modality's own prompts when SII is ``none``). Each batch
 holds P identities x K visible images (two views each: plain and channel-exchanged) + K infrared images
 (channel-adaptive gray). Loss = ID cross-entropy on both heads + triplet on both features
-+ HSE image-to-text cross-entropy, weighted per modality (released: 0.05 visible, 0.1 infrared).
++ HSE image-to-text cross-entropy of the first visible view and the infrared images, weighted per modality
+(released: 0.05 visible, 0.1 infrared) + MSEL on both features (latest release: weight 1).
+
+Every epoch's history also records training diagnostics, so a run shows at a glance whether it learns:
+ID accuracy of both heads on the training batches, mean feature norms per modality, the unweighted HSE
+cross-entropy and image-to-own-text top-1 per modality, and the unweighted MSEL terms.
 
 Augmentations are drawn per image from a seed of (run seed, epoch, step, view, position in the global
 batch), so a batch is the same whatever the number of processes or DataLoader workers. Under several
@@ -30,7 +35,7 @@ from csdn.data.images import CachedImages
 from csdn.data.records import INFRARED, VISIBLE
 from csdn.data.sampler import CrossModalitySampler
 from csdn.data.transforms import TransformConfig, train_transform
-from csdn.losses import hse_loss, id_loss, triplet_hard, triplet_wrt
+from csdn.losses import hse_loss, id_loss, msel_loss, similarity_logits, triplet_hard, triplet_wrt
 from csdn.model.network import CSDNNet
 from csdn.runtime import autocast
 from csdn.train.distributed import SINGLE, DistContext, wrap_ddp
@@ -58,8 +63,15 @@ class ReIDStageConfig:
     triplet_margin: float = 0.3  # margin of the hard-mining triplet
     triplet_weight: float = 0.15  # weight of each triplet term (released code)
     label_smoothing: float = 0.0  # ID loss label smoothing (released: none)
-    hse_visible: float = 0.05  # HSE weight for visible images (0 disables)
+    hse_visible: float = 0.05  # HSE weight for visible images (first view; 0 disables)
     hse_infrared: float = 0.1  # HSE weight for infrared images (0 disables)
+    hse_cosine: bool = False  # HSE on cosine similarities (released: raw dot products, which can collapse)
+    hse_temperature: float = 1.0  # HSE logits are divided by this (released: 1; with cosine e.g. 0.07)
+    msel_weight: float = 1.0  # MSEL weight on each of the GeM and projected features (latest release 1;
+    # the earlier release 4ceb172 has none: 0)
+    msel_normalize: bool = False  # MSEL on L2-normalised features (released: raw features)
+    pad: int = 10  # training augmentation: zero padding before the random crop (released: 10 at 288x144)
+    erasing_p: float = 0.5  # training augmentation: probability of channel random erasing (released: 0.5)
     channel_exchange_view: bool = True  # each visible image also gives a channel-exchanged second view
     amp: bool = True  # autocast on CUDA
     workers: int = 0  # DataLoader worker processes building batches
@@ -67,6 +79,19 @@ class ReIDStageConfig:
     def __post_init__(self) -> None:
         if self.triplet not in TRIPLETS:
             raise ValueError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
+        if self.hse_temperature <= 0 or self.msel_weight < 0:
+            raise ValueError(f"need hse_temperature > 0 and msel_weight >= 0, got {self.hse_temperature}, "
+                             f"{self.msel_weight}")
+
+    @property
+    def views(self) -> int:
+        """Views per visible image in a batch (2 with the channel-exchanged view)."""
+        return 2 if self.channel_exchange_view else 1
+
+    def transforms(self, height: int, width: int, mean, std) -> TransformConfig:
+        """The training transforms at the network's input size, with this stage's augmentation strength."""
+        return TransformConfig(height=height, width=width, mean=tuple(mean), std=tuple(std), pad=self.pad,
+                               erasing_p=self.erasing_p)
 
 
 class BatchKey(NamedTuple):
@@ -133,9 +158,20 @@ def make_optimizer(net: CSDNNet, cfg: ReIDStageConfig) -> torch.optim.Adam:
     )
 
 
+class BatchRows(NamedTuple):
+    """Where the modalities sit in a stage-3 batch: ``[visible view 1 | view 2 ... | infrared]``."""
+
+    first_view: slice  # the first (plain) visible view: HSE and MSEL use these rows
+    infrared: slice  # the infrared images
+
+    @classmethod
+    def of(cls, n_visible: int, n_rows: int, views: int) -> BatchRows:
+        return cls(slice(0, n_visible // views), slice(n_visible, n_rows))
+
+
 def reid_losses(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
                 cfg: ReIDStageConfig, gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """The stage-3 loss terms of one batch whose first ``n_visible`` rows are visible images.
+    """The stage-3 loss terms (weighted) of one batch whose first ``n_visible`` rows are visible images.
 
     ``gather`` (e.g. :meth:`DistContext.gather_with_grad`) collects the features and labels of every
     process's batch for the triplet terms, which compare samples across the batch.
@@ -151,11 +187,56 @@ def reid_losses(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, T
         "triplet": cfg.triplet_weight * (triplet(gather(net_out.gem), all_labels)
                                          + triplet(gather(net_out.proj), all_labels)),
     }
+    rows = BatchRows.of(n_visible, len(labels), cfg.views)
     if prototypes is not None and (cfg.hse_visible > 0 or cfg.hse_infrared > 0):
-        proj_v, proj_i = net_out.proj[:n_visible], net_out.proj[n_visible:]
-        terms["hse"] = (cfg.hse_visible * hse_loss(proj_v, prototypes[VISIBLE], labels[:n_visible])
-                        + cfg.hse_infrared * hse_loss(proj_i, prototypes[INFRARED], labels[n_visible:]))
+        hse = hse_terms(net_out.proj, labels, rows, prototypes, cfg)
+        terms["hse"] = cfg.hse_visible * hse[VISIBLE] + cfg.hse_infrared * hse[INFRARED]
+    if cfg.msel_weight > 0:
+        msel = msel_terms(net_out, labels, rows, cfg)
+        terms["msel"] = cfg.msel_weight * (msel["gem"] + msel["proj"])
     return terms
+
+
+def hse_terms(proj: Tensor, labels: Tensor, rows: BatchRows, prototypes: dict[str, Tensor],
+              cfg: ReIDStageConfig) -> dict[str, Tensor]:
+    """Unweighted HSE cross-entropy per modality (first visible view, infrared)."""
+    return {m: hse_loss(proj[r], prototypes[m], labels[r], cfg.hse_temperature, cfg.hse_cosine)
+            for m, r in ((VISIBLE, rows.first_view), (INFRARED, rows.infrared))}
+
+
+def msel_terms(net_out, labels: Tensor, rows: BatchRows, cfg: ReIDStageConfig) -> dict[str, Tensor]:
+    """Unweighted MSEL of the GeM and the projected feature (first visible view against infrared)."""
+    v, i = rows.first_view, rows.infrared
+    return {name: msel_loss(f[v], labels[v], f[i], labels[i], cfg.msel_normalize)
+            for name, f in (("gem", net_out.gem), ("proj", net_out.proj))}
+
+
+@torch.no_grad()
+def batch_diagnostics(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
+                      cfg: ReIDStageConfig) -> dict[str, float]:
+    """What shows whether stage 3 learns, on one training batch (summed over batches, then averaged).
+
+    ``acc_gem`` / ``acc_proj``: ID accuracy of the two heads; ``norm_{gem,proj}_{visible,infrared}``: mean
+    feature norms; with text prototypes ``hse_ce_<m>`` (unweighted HSE cross-entropy) and ``i2t_top1_<m>``
+    (the own identity's prototype is the most similar); ``msel_gem`` / ``msel_proj`` (unweighted).
+    """
+    rows = BatchRows.of(n_visible, len(labels), cfg.views)
+    out = {"acc_gem": (net_out.gem_logits.argmax(1) == labels).float().mean().item(),
+           "acc_proj": (net_out.proj_logits.argmax(1) == labels).float().mean().item()}
+    for m, r in ((VISIBLE, slice(0, n_visible)), (INFRARED, rows.infrared)):
+        out[f"norm_gem_{m}"] = net_out.gem[r].norm(dim=1).mean().item()
+        out[f"norm_proj_{m}"] = net_out.proj[r].norm(dim=1).mean().item()
+    if prototypes is not None:
+        for m, value in hse_terms(net_out.proj, labels, rows, prototypes, cfg).items():
+            out[f"hse_ce_{m}"] = value.item()
+        for m, r in ((VISIBLE, rows.first_view), (INFRARED, rows.infrared)):
+            logits = similarity_logits(net_out.proj[r], prototypes[m], cosine=cfg.hse_cosine)
+            out[f"i2t_top1_{m}"] = (logits.argmax(1) == labels[r]).float().mean().item()
+    try:
+        out.update({f"msel_{k}": v.item() for k, v in msel_terms(net_out, labels, rows, cfg).items()})
+    except ValueError:  # K = 1: MSEL undefined for this batch
+        pass
+    return out
 
 
 def train_reid(
@@ -206,6 +287,7 @@ def train_reid(
             with autocast(device, cfg.amp):
                 out = model([(x_v, VISIBLE), (x_i, INFRARED)])
             terms = reid_losses(out, y, len(x_v), protos, cfg, gather=dist.gather_with_grad)
+            diagnostics = batch_diagnostics(out, y, len(x_v), protos, cfg)
             loss = sum(terms.values())
             logged = dist.mean(torch.stack([loss, *terms.values()]))  # the global batch's loss on every rank
             check_finite(logged[0], f"stage 3 epoch {epoch + 1}")
@@ -213,7 +295,7 @@ def train_reid(
             loss.backward()
             optimizer.step()
             steps += 1
-            for k, v in zip(["loss", *(f"{k}_loss" for k in terms)], logged.tolist()):
+            for k, v in [*zip(["loss", *(f"{k}_loss" for k in terms)], logged.tolist()), *diagnostics.items()]:
                 sums[k] = sums.get(k, 0.0) + v
             tick()
         return {k: v / max(steps, 1) for k, v in sums.items()}

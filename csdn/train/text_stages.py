@@ -7,6 +7,8 @@ of the batch against the texts of both learners (the released code).
 Stage 2 (SII) freezes the prompts, computes each identity's visible and infrared text features once,
 and trains only the fusion module with the same loss between fused texts and images of both modalities.
 Batches come from the cross-modality identity sampler: P identities x K visible + K infrared features.
+After every epoch the history records, per modality, the image-to-own-text top-1 over all training
+features (the identity's own text is the most similar of all identities' texts) and the mean text norm.
 
 Under several processes, stage 1 runs under DDP: each rank encodes the prompts of its P / N identities
 of the global batch, and the contrastive loss is computed on the gathered global batch (texts with
@@ -24,10 +26,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from csdn.data.records import INFRARED, VISIBLE
+from csdn.data.records import INFRARED, MODALITIES, VISIBLE
 from csdn.data.sampler import CrossModalitySampler
-from csdn.losses import i2t_t2i_loss
+from csdn.losses import i2t_t2i_loss, similarity_logits
 from csdn.model.prompts import ModalityPrompts
+from csdn.model.sii import text_prototypes
 from csdn.train.distributed import SINGLE, DistContext, wrap_ddp
 from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 from csdn.train.schedule import make_scheduler
@@ -47,6 +50,7 @@ class TextStageConfig:
     ids_per_batch: int = 8  # P identities per batch
     instances: int = 4  # K features per identity and modality
     temperature: float = 1.0  # contrastive temperature (1 in the released code)
+    cosine: bool = False  # contrastive logits on L2-normalised features (released: raw dot products)
     pairing: str = "private"  # stage 1 only: "private" (modality to its own prompts) or "all"
 
     def __post_init__(self) -> None:
@@ -92,10 +96,28 @@ def _per_label(fn: Callable[[Tensor], Tensor], labels: Tensor) -> Tensor:
     return fn(unique)[inverse]
 
 
+@torch.no_grad()
+def text_diagnostics(feats: CachedFeatures, texts: dict[str, Tensor], cosine: bool) -> dict[str, float]:
+    """Per modality: how often an image's own identity text is its most similar text, and the text norm.
+
+    ``texts[m]`` is ``(num_ids, d)``, row = label: the texts the images of modality ``m`` are aligned to.
+    """
+    out: dict[str, float] = {}
+    for m, images, labels in ((VISIBLE, feats.visible, feats.visible_labels),
+                              (INFRARED, feats.infrared, feats.infrared_labels)):
+        t = texts[m].to(images.device)
+        hits = similarity_logits(images.float(), t.float(), cosine=cosine).argmax(1) == labels.to(images.device)
+        out[f"i2t_top1_{m}"] = hits.float().mean().item()
+        out[f"text_norm_{m}"] = t.norm(dim=1).mean().item()
+    return out
+
+
 def _epoch_runner(sampler: CrossModalitySampler, feats: CachedFeatures, optimizer: torch.optim.Optimizer,
-                  batch_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor], where: str, device: torch.device):
+                  batch_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor], where: str, device: torch.device,
+                  diagnose: Callable[[CachedFeatures], dict[str, float]]):
     vis, ir = feats.visible.to(device), feats.infrared.to(device)
     lv_all, li_all = feats.visible_labels.to(device), feats.infrared_labels.to(device)
+    on_device = CachedFeatures(vis, lv_all, ir, li_all)
 
     def train_epoch(epoch: int, tick: Callable[[], None]) -> dict[str, float]:
         sampler.set_epoch(epoch)
@@ -109,7 +131,7 @@ def _epoch_runner(sampler: CrossModalitySampler, feats: CachedFeatures, optimize
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
             tick()
-        return {"loss": total / max(steps, 1)}
+        return {"loss": total / max(steps, 1), **diagnose(on_device)}
 
     return train_epoch
 
@@ -142,13 +164,18 @@ def train_prompts(
         gather = dist.gather_with_grad  # the global batch (identity in one process)
         fv, lv, fi, li, tv, ti = (gather(x) for x in (fv, lv, fi, li, tv[inv_v], ti[inv_i]))
         if cfg.pairing == "private":
-            return (i2t_t2i_loss(fv, lv, tv, lv, cfg.temperature) + i2t_t2i_loss(fi, li, ti, li, cfg.temperature))
+            return (i2t_t2i_loss(fv, lv, tv, lv, cfg.temperature, cfg.cosine)
+                    + i2t_t2i_loss(fi, li, ti, li, cfg.temperature, cfg.cosine))
         images, labels = torch.cat([fv, fi]), torch.cat([lv, li])
-        return i2t_t2i_loss(images, labels, torch.cat([tv, ti]), labels, cfg.temperature)
+        return i2t_t2i_loss(images, labels, torch.cat([tv, ti]), labels, cfg.temperature, cfg.cosine)
+
+    def diagnose(on_device: CachedFeatures) -> dict[str, float]:
+        return text_diagnostics(on_device, {m: prompts.all_text_features(text_encoder, m) for m in MODALITIES},
+                                cfg.cosine)
 
     stage = StageState(
         "stage1 prompts", prompts, optimizer, scheduler,
-        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device), len(sampler),
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device, diagnose), len(sampler),
         extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {},
     )
     return run_epochs(stage, run_dir, loop, dist=dist)
@@ -178,11 +205,14 @@ def train_sii(
 
     def batch_loss(fv: Tensor, lv: Tensor, fi: Tensor, li: Tensor) -> Tensor:
         fused = _per_label(lambda labels: sii(t_vis[labels], t_ir[labels]), lv)
-        return i2t_t2i_loss(torch.cat([fv, fi]), torch.cat([lv, li]), fused, lv, cfg.temperature)
+        return i2t_t2i_loss(torch.cat([fv, fi]), torch.cat([lv, li]), fused, lv, cfg.temperature, cfg.cosine)
+
+    def diagnose(on_device: CachedFeatures) -> dict[str, float]:
+        return text_diagnostics(on_device, text_prototypes(sii, t_vis, t_ir), cfg.cosine)
 
     stage = StageState(
         "stage2 SII", sii, optimizer, scheduler,
-        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device), len(sampler),
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device, diagnose), len(sampler),
         extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {},
     )
     return run_epochs(stage, run_dir, loop, dist=dist)

@@ -1,0 +1,168 @@
+"""The attribute oracle: the best a SynthVI test split allows to modality-invariant attributes alone.
+
+An infrared camera cannot see colour, so what both modalities share is an identity's *invariant*
+attributes (:data:`INVARIANT_ATTRIBUTES`: build, height, hair, top pattern, sleeve, bottom type, bag,
+hat). The oracle knows, for every test image, its identity's invariant attributes (from the tree's
+``synthvi.json``) and nothing else: its feature is the one-hot encoding of each invariant attribute,
+concatenated and L2-normalised, so identities that share every invariant attribute look identical.
+It is evaluated by the protocol code the models use (:func:`csdn.eval.protocols.evaluate_sysu`): its
+R1/mAP is the ceiling of retrieval by invariant attributes alone, set by how many distinct invariant
+combinations the test identities show (:func:`count_invariant_combinations`). A model may exceed it
+through hidden continuous cues (body proportions, thermal intensities) that no attribute names.
+
+**Ties.** Identities sharing a combination get equal scores, and the metrics' stable sort would then
+put the lower gallery index first; the gallery is ordered by pid, so the lowest pid would win every
+tie, and exact equality of float32 dot products would also depend on how the matrix product rounds.
+Instead the order inside a tie is made explicit and independent of the query: gallery features carry
+one extra coordinate ``TIE_EPSILON * u(pid)``, ``u`` a seeded permutation of the tree's pids scaled
+to [0, 1), and query features carry 1 there. Every query then sees the *same* fixed order of the
+tied gallery identities, so the true identity wins a k-way tie for exactly one of the k identities
+(its R1 share is 1/k, the expectation of a random tie-break) and is never favoured for being the
+true match. ``TIE_EPSILON`` is far below the score step of one attribute (``1 / 8``) and its steps
+(``TIE_EPSILON / #pids``) far above float32 rounding, so it only ever orders tied identities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from csdn.data.records import Record
+from csdn.data.synth_layouts import METADATA_FILE, load_metadata
+from csdn.data.synthetic import ATTRIBUTES, COLOR_ATTRIBUTES
+from csdn.eval.protocols import ProtocolResult, evaluate_sysu
+
+__all__ = [
+    "INVARIANT_ATTRIBUTES",
+    "TIE_EPSILON",
+    "OracleReport",
+    "attribute_oracle",
+    "count_invariant_combinations",
+    "identity_attributes",
+    "invariant_key",
+    "oracle_features",
+]
+
+# What a visible and an infrared camera both show: every attribute but the colours.
+INVARIANT_ATTRIBUTES: tuple[str, ...] = tuple(a for a in ATTRIBUTES if a not in COLOR_ATTRIBUTES)
+# Weight of the tie-break coordinate (see the module docstring); below 1/len(INVARIANT_ATTRIBUTES).
+TIE_EPSILON = 1e-2
+
+Attributes = Mapping[int, Mapping[str, str]]  # pid -> attribute name -> value
+
+
+@dataclass(frozen=True, eq=False)
+class OracleReport:
+    """The oracle's protocol results per SYSU search mode, and what bounds them."""
+
+    test_ids: int  # test identities
+    combinations: int  # distinct invariant-attribute combinations among them
+    results: dict[str, ProtocolResult]  # search mode ("all", "indoor") -> result over the trials
+
+    def table(self) -> str:
+        """Mean R1 / mAP / mINP per search mode, in percent, under a line naming the bound."""
+        lines = [f"attribute oracle: {self.combinations} invariant combinations among {self.test_ids} test ids "
+                 f"-> expected R1 {100 * self.combinations / self.test_ids:.2f}% (fair ties, equal queries per id)",
+                 f"{'search':<8}{'trials':>7}{'R1':>8}{'mAP':>8}{'mINP':>8}"]
+        for mode, r in self.results.items():
+            lines.append(f"{mode:<8}{len(r.trials):>7}{100 * r.r1:8.2f}{100 * r.mAP:8.2f}{100 * r.mINP:8.2f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def identity_attributes(root: str | Path) -> dict[int, dict[str, str]]:
+    """Every identity's attributes (pid -> name -> value) from a SynthVI tree's ``synthvi.json``."""
+    return _attributes_of(load_metadata(Path(root)), Path(root))
+
+
+def _attributes_of(meta: dict, root: Path) -> dict[int, dict[str, str]]:
+    identities = meta.get("identities")
+    if not isinstance(identities, dict):
+        raise ValueError(f"{root / METADATA_FILE} has no 'identities' table; delete the tree and write it again")
+    return {int(pid): dict(attrs) for pid, attrs in identities.items()}
+
+
+def _sysu_attributes(root: Path) -> dict[int, dict[str, str]]:
+    """The identity attributes of a SynthVI tree that must be in the SYSU-MM01 layout."""
+    meta = load_metadata(root)
+    if meta.get("layout") != "sysu":
+        raise ValueError(f"{root / METADATA_FILE}: the attribute oracle runs the SYSU-MM01 protocol, but this "
+                         f"SynthVI tree is in the {meta.get('layout')!r} layout; write it with "
+                         "csdn.data.synth_layouts.write_sysu")
+    return _attributes_of(meta, root)
+
+
+def invariant_key(attributes: Attributes, pid: int) -> tuple[str, ...]:
+    """The invariant attribute values of ``pid``, in :data:`INVARIANT_ATTRIBUTES` order."""
+    if pid not in attributes:
+        raise KeyError(f"identity {pid} has no attributes: are they from another SynthVI tree or config?")
+    attrs = attributes[pid]
+    missing = [a for a in INVARIANT_ATTRIBUTES if a not in attrs]
+    if missing:
+        raise KeyError(f"identity {pid} lacks the invariant attribute(s) {missing}")
+    return tuple(attrs[a] for a in INVARIANT_ATTRIBUTES)
+
+
+def count_invariant_combinations(attributes: Attributes, pids: Iterable[int]) -> int:
+    """How many distinct invariant-attribute combinations the identities ``pids`` show."""
+    return len({invariant_key(attributes, pid) for pid in pids})
+
+
+def _one_hot(key: Sequence[str], pid: int) -> np.ndarray:
+    """Concatenated one-hot encodings of the invariant values ``key`` over the vocabulary."""
+    blocks = []
+    for name, value in zip(INVARIANT_ATTRIBUTES, key):
+        vocabulary = ATTRIBUTES[name]
+        if value not in vocabulary:
+            raise ValueError(f"identity {pid}: {name}={value!r} is not one of {vocabulary}")
+        blocks.append(np.asarray(vocabulary) == value)
+    return np.concatenate(blocks).astype(np.float64)
+
+
+def _tie_order(pids: Iterable[int], seed: int) -> dict[int, float]:
+    """A fixed per-identity tie-break value in [0, 1): a seeded permutation of the sorted pids."""
+    ordered = sorted(pids)
+    ranks = np.random.default_rng([seed, 0x7E]).permutation(len(ordered))
+    return {pid: float(rank) / len(ordered) for pid, rank in zip(ordered, ranks)}
+
+
+def oracle_features(records: Sequence[Record], attributes: Attributes, query: Collection[Record] = (),
+                    seed: int = 0) -> torch.Tensor:
+    """(N, D) L2-normalised oracle features of ``records`` from their identities' invariant attributes only.
+
+    Records in ``query`` carry 1 in the last (tie-break) coordinate, the others ``TIE_EPSILON * u(pid)``
+    (see the module docstring); colour attributes, cameras and image paths play no part.
+    """
+    if not records:
+        raise ValueError("oracle_features needs at least one record")
+    ties = _tie_order(attributes, seed)
+    scale = np.sqrt(len(INVARIANT_ATTRIBUTES))
+    base = {pid: _one_hot(invariant_key(attributes, pid), pid) / scale for pid in {r.pid for r in records}}
+    feats = np.stack([np.append(base[r.pid], 1.0 if r in query else TIE_EPSILON * ties[r.pid]) for r in records])
+    return torch.from_numpy(feats / np.linalg.norm(feats, axis=1, keepdims=True)).float()
+
+
+def attribute_oracle(dataset: Any, attributes: Attributes | None = None, *, modes: Sequence[str] = ("all", "indoor"),
+                     shots: int = 1, trials: int | Sequence[int] = 10, seed: int = 0) -> OracleReport:
+    """Evaluate the attribute oracle on a SynthVI tree in the SYSU-MM01 layout.
+
+    ``dataset`` is its :class:`csdn.data.sysu.SYSUMM01` reader; ``attributes`` (pid -> name -> value)
+    default to those in ``dataset.root/synthvi.json``. Each search mode in ``modes`` runs
+    :func:`evaluate_sysu` with ``shots`` and ``trials`` exactly as for a model; ``seed`` fixes the
+    tie-break order.
+    """
+    if attributes is None:
+        attributes = _sysu_attributes(Path(dataset.root))
+    combinations = count_invariant_combinations(attributes, dataset.test_ids)
+    features_of = partial(oracle_features, attributes=attributes, query=frozenset(dataset.query), seed=seed)
+    results = {mode: evaluate_sysu(features_of, dataset, mode=mode, shots=shots, trials=trials) for mode in modes}
+    return OracleReport(len(dataset.test_ids), combinations, results)
+
