@@ -2,18 +2,25 @@
 
 import math
 
-import matplotlib.pyplot as plt
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 import open_clip
 import pytest
 import torch
 from matplotlib.colors import to_rgba
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch import nn
 
+from csdn.analysis.projection import MODALITY_COLOURS
 from csdn.analysis.stage_views import (
     allowed_gallery,
     context_words_frame,
+    dataset_label,
+    diagnostics_table,
     fusion_shift_table,
     history_frame,
     i2t_accuracy,
@@ -21,10 +28,12 @@ from csdn.analysis.stage_views import (
     nearest_words,
     own_and_other,
     pick_queries,
+    plot_diagnostics,
     plot_history,
     plot_loss_curves,
     plot_query_rank_list,
     plot_similarity_heatmaps,
+    results_table,
     retrieval_table,
     similarity_by_identity,
     similarity_table,
@@ -32,7 +41,10 @@ from csdn.analysis.stage_views import (
     trial_split,
     word_token_ids,
 )
+from csdn.config import DataConfig
 from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.eval.metrics import Metrics
+from csdn.eval.protocols import ProtocolResult
 from csdn.eval.plots import CORRECT_COLOUR, WRONG_COLOUR
 from csdn.model.prompts import ModalityPrompts
 from csdn.train.text_stages import CachedFeatures
@@ -96,6 +108,157 @@ def test_plot_loss_curves_one_line_per_trained_history():
         plot_loss_curves({"none": []})
     with pytest.raises(ValueError, match="no 'acc' column"):
         plot_loss_curves({"official": STAGE3}, key="acc")
+
+
+# -- training diagnostics ----------------------------------------------------------------------------
+
+
+def stage3_epoch(epoch: int, text: bool = True, validated: bool = False) -> dict[str, float]:
+    """One epoch of a stage-3 history as reid_stage records it (values made up, scales realistic)."""
+    row = {"epoch": epoch, "loss": 30.0 / epoch, "lr": 3e-4, "seconds": 1.0, "id_loss": 8.0 / epoch,
+           "triplet_loss": 1.5 / epoch, "msel_loss": 20.0 / epoch, "acc_gem": 0.1 * epoch, "acc_proj": 0.08 * epoch,
+           "norm_gem_visible": 13.0, "norm_gem_infrared": 12.0, "norm_proj_visible": 0.9, "norm_proj_infrared": 0.8,
+           "msel_gem": 200.0 / epoch, "msel_proj": 2.0 / epoch}
+    if text:
+        row.update({"hse_loss": 0.3 / epoch, "hse_ce_visible": 4.0 / epoch, "hse_ce_infrared": 4.2 / epoch,
+                    "i2t_top1_visible": 0.1 * epoch, "i2t_top1_infrared": 0.09 * epoch})
+    if validated:
+        row.update({"val_rank1": 0.05 * epoch, "val_mAP": 0.06 * epoch, "val_score": 0.06 * epoch})
+    return row
+
+
+CSDN_HISTORY = [stage3_epoch(e, validated=e % 3 == 0) for e in range(1, 8)]  # validated at epochs 3 and 6
+VISION_HISTORY = [stage3_epoch(e, text=False) for e in range(1, 8)]
+TEXT_HISTORY = [{"epoch": e, "loss": 9.0 - e, "lr": 3e-4, "seconds": 0.1, "i2t_top1_visible": 0.1 * e,
+                 "i2t_top1_infrared": 0.08 * e, "text_norm_visible": 16.0, "text_norm_infrared": 15.0}
+                for e in range(1, 6)]
+
+
+def panels(fig) -> dict[str, plt.Axes]:
+    return {ax.get_title(): ax for ax in fig.axes}
+
+
+def panel(fig, word: str) -> plt.Axes:
+    found = [ax for title, ax in panels(fig).items() if word in title]
+    assert len(found) == 1, (word, list(panels(fig)))
+    return found[0]
+
+
+def has_panel(fig, word: str) -> bool:
+    return any(word in title for title in panels(fig))
+
+
+def curve(ax, label: str):
+    return next(line for line in ax.lines if line.get_label() == label)
+
+
+def test_plot_diagnostics_stage3_has_one_panel_per_kind_of_quantity():
+    fig = plot_diagnostics(CSDN_HISTORY, title="stage 3")
+    for word in ("loss", "ID accuracy", "HSE", "top-1", "norm, GeM", "norm, projected", "MSEL", "validation"):
+        assert has_panel(fig, word), word
+    assert len(fig.axes) == 8
+    assert fig.get_suptitle() == "stage 3"
+    np.testing.assert_allclose(curve(panel(fig, "ID accuracy"), "GeM head").get_ydata(),
+                               [10 * e for e in range(1, 8)])  # percent
+    # GeM and projected norms differ by an order of magnitude: never on one axis
+    assert {line.get_label() for line in panel(fig, "norm, GeM").lines} == {"visible images", "infrared images"}
+    assert {line.get_label() for line in panel(fig, "norm, projected").lines} == {"visible images", "infrared images"}
+
+
+def test_plot_diagnostics_leaves_out_panels_of_missing_keys():
+    vision = plot_diagnostics(VISION_HISTORY)
+    assert not has_panel(vision, "HSE") and not has_panel(vision, "top-1") and not has_panel(vision, "validation")
+    assert has_panel(vision, "ID accuracy") and has_panel(vision, "MSEL")
+    text = plot_diagnostics(TEXT_HISTORY, title="stage 1")
+    assert len(text.axes) == 3
+    assert has_panel(text, "loss") and has_panel(text, "top-1") and has_panel(text, "text feature norm")
+    assert not has_panel(text, "ID accuracy") and not has_panel(text, "MSEL")
+    with pytest.raises(ValueError, match="no loss or diagnostic"):
+        plot_diagnostics([{"epoch": 1, "lr": 0.1, "seconds": 2.0}])
+
+
+def test_plot_diagnostics_colours_modalities_with_the_library_palette():
+    fig = plot_diagnostics(CSDN_HISTORY)
+    for word in ("HSE", "top-1", "norm, GeM", "norm, projected"):
+        ax = panel(fig, word)
+        for modality in (VISIBLE, INFRARED):
+            assert to_rgba(curve(ax, f"{modality} images").get_color()) == to_rgba(MODALITY_COLOURS[modality])
+    text = plot_diagnostics(TEXT_HISTORY)
+    line = curve(panel(text, "text feature norm"), "texts for infrared images")
+    assert to_rgba(line.get_color()) == to_rgba(MODALITY_COLOURS[INFRARED])
+
+
+def test_plot_diagnostics_draws_chance_lines_only_when_num_ids_given():
+    without = plot_diagnostics(CSDN_HISTORY)
+    assert not any("chance" in line.get_label() for ax in without.axes for line in ax.lines)
+    fig = plot_diagnostics(CSDN_HISTORY, num_ids=50)
+
+    def chance(word):
+        lines = [line for line in panel(fig, word).lines if "chance" in line.get_label()]
+        assert len(lines) == 1, word
+        return np.unique(lines[0].get_ydata())
+
+    np.testing.assert_allclose(chance("HSE"), [math.log(50)])
+    np.testing.assert_allclose(chance("ID accuracy"), [2.0])  # 1/50 in percent
+    np.testing.assert_allclose(chance("top-1"), [2.0])
+    assert panel(fig, "HSE").get_ylim()[1] > math.log(50)  # the chance line is in view
+    with pytest.raises(ValueError, match="num_ids"):
+        plot_diagnostics(CSDN_HISTORY, num_ids=1)
+
+
+def test_plot_diagnostics_marks_validation_only_at_validated_epochs():
+    ax = panel(plot_diagnostics(CSDN_HISTORY), "validation")
+    assert {line.get_label() for line in ax.lines} == {"rank-1", "mAP"}  # the selection score is left out
+    for line in ax.lines:
+        assert list(line.get_xdata()) == [3, 6]
+        assert line.get_marker() not in (None, "", "None")
+    np.testing.assert_allclose(curve(ax, "mAP").get_ydata(), [18.0, 36.0])
+
+
+def test_plot_diagnostics_epoch_axes_have_integer_ticks():
+    for fig in (plot_diagnostics(CSDN_HISTORY), plot_diagnostics(TEXT_HISTORY[:2])):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+            low, high = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if low <= t <= high]
+            assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+            assert ax.get_xlabel() == "epoch" and ax.get_ylabel()
+
+
+def test_plot_diagnostics_puts_losses_of_different_scales_on_a_log_axis():
+    fig = plot_diagnostics(CSDN_HISTORY)
+    assert panel(fig, "loss").get_yscale() == "log"  # 0.3 (hse) to 30 (total)
+    assert panel(fig, "MSEL").get_yscale() == "log"  # 200 (GeM) vs 2 (projected)
+    assert panel(plot_diagnostics(TEXT_HISTORY), "loss").get_yscale() == "linear"  # one curve
+
+
+def test_diagnostics_table_reads_the_last_epoch():
+    table = diagnostics_table(CSDN_HISTORY, num_ids=50)
+    assert table.loc["acc_gem", "value"] == "70.0%" and table.loc["acc_gem", "epoch"] == 7
+    assert table.loc["acc_gem", "chance"] == "2.0%"
+    assert table.loc["hse_ce_visible", "chance"] == f"{math.log(50):.4g}"
+    assert table.loc["norm_proj_visible", "value"] == "0.9"
+    assert table.loc["val_mAP", "value"] == "36.0%" and table.loc["val_mAP", "epoch"] == 6  # last validated
+    assert "seconds" not in table.index and "epoch" not in table.index
+    assert "hse_ce_visible" not in diagnostics_table(VISION_HISTORY).index
+    assert "chance" not in diagnostics_table(TEXT_HISTORY).columns
+
+
+def test_dataset_label_names_synthvi_by_the_protocol_it_follows():
+    assert dataset_label(DataConfig()) == "SynthVI (SYSU-MM01 protocol)"
+    assert dataset_label(DataConfig(synth_layout="llcm")) == "SynthVI (LLCM protocol)"
+    assert dataset_label(DataConfig(dataset="regdb", root="/data/regdb")) == "RegDB"
+
+
+def test_results_table_indexes_models_by_data_and_protocol():
+    cmc = np.full(20, 1.0)
+    cmc[0] = 0.5
+    result = ProtocolResult("test", (0,), (Metrics(cmc, 0.4, 0.2, 4, 4),))
+    table = results_table({"CSDN": {"all 1-shot": result}, "vision-only": {"all 1-shot": result}}, DataConfig())
+    assert list(table.index) == [("SynthVI (SYSU-MM01 protocol)", "CSDN", "all 1-shot"),
+                                 ("SynthVI (SYSU-MM01 protocol)", "vision-only", "all 1-shot")]
+    assert table.loc[("SynthVI (SYSU-MM01 protocol)", "CSDN", "all 1-shot"), "R1"] == 50.0
 
 
 # -- nearest words -----------------------------------------------------------------------------------

@@ -118,3 +118,26 @@ def test_experiment_smoke_end_to_end_and_cached(tmp_path: Path) -> None:
     runs_after = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
     assert len([r for r in runs_after if r.startswith("stage1")]) == 1
     assert len([r for r in runs_after if r.startswith("stage3")]) == 2
+
+
+def test_cache_keys_carry_the_training_code_version(tmp_path: Path, monkeypatch) -> None:
+    """An artifact written by an older version of the training code is never served to the new code."""
+    import csdn.clip.pretrain as pretrain
+    import csdn.experiment as experiment
+
+    cfg = get_profile("smoke")
+    for variant in ("csdn", "vision-only"):
+        run = replace(cfg, model=replace(cfg.model, variant=variant))
+
+        def keys() -> tuple[str, ...]:
+            exp = Experiment(run, tmp_path, progress=False)
+            text = (exp.stage1_key,) if run.model.uses_text else ()
+            return (*text, exp.stage3_key, pretrain.tiny_clip_key(run.clip.pretrain, run.data.synth))
+
+        now = keys()
+        monkeypatch.setattr(experiment, "TRAINING_CODE_VERSION", experiment.TRAINING_CODE_VERSION - 1)
+        monkeypatch.setattr(pretrain, "TRAINING_CODE_VERSION", pretrain.TRAINING_CODE_VERSION - 1)
+        older = keys()
+        monkeypatch.undo()
+        assert all(a != b for a, b in zip(now, older)), (variant, now, older)
+        assert keys() == now  # and the keys are stable within one version
