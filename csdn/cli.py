@@ -14,6 +14,7 @@ from pathlib import Path
 
 from csdn.artifacts import default_cache_root
 from csdn.config import DataConfig, ExperimentConfig, get_profile, profile_from_env
+from csdn.model.network import VARIANTS
 
 
 def _data_config(cfg: ExperimentConfig, args: argparse.Namespace) -> DataConfig:
@@ -176,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", help="dataset root for real-data profiles (sysu-rn50, regdb-vitb16, ...)")
         p.add_argument("--clip", help="CLIP weights: tiny-synthvi, openai, a weights file, local-dir:<folder>, random")
         p.add_argument("--arch", help="open_clip architecture (RN50, ViT-B-16, csdn-tiny-rn, csdn-tiny-vit)")
-        p.add_argument("--variant", choices=["csdn", "clip-reid", "vision-only"])
+        p.add_argument("--variant", choices=list(VARIANTS),
+                       help="the network: csdn; clip-reid or vision-only (one shared stem); vision-only-stems")
         p.add_argument("--sii", choices=["official", "attention", "mean", "none"])
         p.add_argument("--seed", type=int)
         p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
