@@ -96,6 +96,12 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
         results = {cfg.model.variant: experiment.evaluate()}
         if zero_shot:
             results["zero-shot CLIP"] = experiment.evaluate(experiment.zero_shot_features())
+            if cfg.data.dataset == "synthvi" and cfg.data.layout == "sysu":  # the world's own ceiling
+                from csdn.analysis.oracle import attribute_oracle
+
+                oracle = attribute_oracle(experiment.dataset, modes=cfg.eval.sysu_modes, trials=cfg.eval.trials)
+                results["attribute oracle (ceiling)"] = {key: oracle.results[key] for key in results[cfg.model.variant]
+                                                         if key in oracle.results}
         if dist.is_main:
             _report(args, cfg, experiment, results, time.perf_counter() - t0)
     finally:

@@ -34,6 +34,9 @@ def test_demo_on_smoke_writes_a_report(tmp_path: Path, capsys) -> None:
     summary = json.loads((reports / "smoke" / "results.json").read_text())["summary"]
     assert {(row["model"], row["protocol"]) for row in summary} == {
         ("csdn", "all 1-shot"), ("csdn", "indoor 1-shot"),
-        ("zero-shot CLIP", "all 1-shot"), ("zero-shot CLIP", "indoor 1-shot")}
+        ("zero-shot CLIP", "all 1-shot"), ("zero-shot CLIP", "indoor 1-shot"),
+        ("attribute oracle (ceiling)", "all 1-shot"), ("attribute oracle (ceiling)", "indoor 1-shot")}
     assert all(0 <= row["mAP"] <= 100 for row in summary)
+    oracle = [row for row in summary if row["model"].startswith("attribute oracle")]
+    assert all(row["mAP"] > 50 for row in oracle)  # the world is solvable from invariant attributes
     assert (reports / "smoke" / "cmc_all_1_shot.png").stat().st_size > 0

@@ -63,15 +63,15 @@ class OracleReport:
 
     test_ids: int  # test identities
     combinations: int  # distinct invariant-attribute combinations among them
-    results: dict[str, ProtocolResult]  # search mode ("all", "indoor") -> result over the trials
+    results: dict[str, ProtocolResult]  # "<mode> <shots>-shot" ("all 1-shot", ...) -> result over the trials
 
     def table(self) -> str:
         """Mean R1 / mAP / mINP per search mode, in percent, under a line naming the bound."""
         lines = [f"attribute oracle: {self.combinations} invariant combinations among {self.test_ids} test ids "
                  f"-> expected R1 {100 * self.combinations / self.test_ids:.2f}% (fair ties, equal queries per id)",
-                 f"{'search':<8}{'trials':>7}{'R1':>8}{'mAP':>8}{'mINP':>8}"]
+                 f"{'search':<14}{'trials':>7}{'R1':>8}{'mAP':>8}{'mINP':>8}"]
         for mode, r in self.results.items():
-            lines.append(f"{mode:<8}{len(r.trials):>7}{100 * r.r1:8.2f}{100 * r.mAP:8.2f}{100 * r.mINP:8.2f}")
+            lines.append(f"{mode:<14}{len(r.trials):>7}{100 * r.r1:8.2f}{100 * r.mAP:8.2f}{100 * r.mINP:8.2f}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -163,6 +163,7 @@ def attribute_oracle(dataset: Any, attributes: Attributes | None = None, *, mode
         attributes = _sysu_attributes(Path(dataset.root))
     combinations = count_invariant_combinations(attributes, dataset.test_ids)
     features_of = partial(oracle_features, attributes=attributes, query=frozenset(dataset.query), seed=seed)
-    results = {mode: evaluate_sysu(features_of, dataset, mode=mode, shots=shots, trials=trials) for mode in modes}
+    results = {f"{mode} {shots}-shot": evaluate_sysu(features_of, dataset, mode=mode, shots=shots, trials=trials)
+               for mode in modes}  # keyed as Experiment.evaluate keys its SYSU results
     return OracleReport(len(dataset.test_ids), combinations, results)
 

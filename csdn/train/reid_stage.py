@@ -72,6 +72,8 @@ class ReIDStageConfig:
     msel_normalize: bool = False  # MSEL on L2-normalised features (released: raw features)
     pad: int = 10  # training augmentation: zero padding before the random crop (released: 10 at 288x144)
     erasing_p: float = 0.5  # training augmentation: probability of channel random erasing (released: 0.5)
+    exchange_gray: bool = False  # the channel-exchanged view may also be a grayscale mix (CAJ's gray=3;
+    # released: R, G or B only)
     channel_exchange_view: bool = True  # each visible image also gives a channel-exchanged second view
     amp: bool = True  # autocast on CUDA
     workers: int = 0  # DataLoader worker processes building batches
@@ -91,7 +93,7 @@ class ReIDStageConfig:
     def transforms(self, height: int, width: int, mean, std) -> TransformConfig:
         """The training transforms at the network's input size, with this stage's augmentation strength."""
         return TransformConfig(height=height, width=width, mean=tuple(mean), std=tuple(std), pad=self.pad,
-                               erasing_p=self.erasing_p)
+                               erasing_p=self.erasing_p, exchange_gray=self.exchange_gray)
 
 
 class BatchKey(NamedTuple):
