@@ -148,7 +148,7 @@ def _demo(root: str | None = None) -> ExperimentConfig:
         # epoch: K=8 means one prompt per identity and batch) and needs its 30 epochs at 3e-3 to fit.
         stage1=TextStageConfig(epochs=30, lr=3e-3, warmup_epochs=2, instances=8, **DEMO_TEXT_STAGE),
         stage2=TextStageConfig(epochs=5, warmup_epochs=1, instances=8, **DEMO_TEXT_STAGE),
-        stage3=ReIDStageConfig(epochs=36, warmup_epochs=3, milestones=(24, 31), **DEMO_STAGE3),
+        stage3=ReIDStageConfig(epochs=48, warmup_epochs=3, milestones=(32, 42), **DEMO_STAGE3),
         eval=EvalConfig(trials=10),
         validate_every=6,
     )
