@@ -162,30 +162,31 @@ def test_stage2_step_trains_every_sii_parameter(case_and_bundle, kind: str, tmp_
 
 
 def _stage3_batch(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """2 ids x 1 image per modality, each visible image in two views (plain, channel-exchanged)."""
+    """2 ids x 2 images per modality (MSEL needs two), each visible image in two views (plain, exchanged)."""
     torch.manual_seed(6)  # the transforms draw from the global generator
     tcfg = TransformConfig(height=case.image_size[0], width=case.image_size[1])
-    raw = torch.randint(0, 256, (4, 3, *case.image_size), dtype=torch.uint8)
+    raw = torch.randint(0, 256, (8, 3, *case.image_size), dtype=torch.uint8)
     plain, exchange, gray = (train_transform(tcfg, k) for k in ("visible", "visible_exchange", "infrared"))
-    x_vis = torch.stack([plain(raw[0]), plain(raw[1]), exchange(raw[0]), exchange(raw[1])])
-    x_ir = torch.stack([gray(raw[2]), gray(raw[3])])
-    labels = torch.tensor([0, 1, 0, 1, 0, 1])  # visible rows (two views), then infrared rows
+    x_vis = torch.stack([plain(raw[i]) for i in range(4)] + [exchange(raw[i]) for i in range(4)])
+    x_ir = torch.stack([gray(raw[i]) for i in range(4, 8)])
+    ids = torch.tensor([0, 0, 1, 1])
+    labels = torch.cat([ids, ids, ids])  # visible rows (two views), then infrared rows
     return x_vis, x_ir, labels
 
 
 def test_stage3_step_trains_stems_trunk_and_heads(case_and_bundle) -> None:
     case, bundle = case_and_bundle
     x_vis, x_ir, labels = _stage3_batch(case)
-    assert x_vis.shape == (4, 3, *case.image_size) and x_ir.shape == (2, 3, *case.image_size)
+    assert x_vis.shape == (8, 3, *case.image_size) and x_ir.shape == (4, 3, *case.image_size)
     net = CSDNNet(bundle.visual(), num_ids=2).train()
     prototypes = torch.randn(2, case.embed_dim, generator=torch.Generator().manual_seed(7))
-    cfg = ReIDStageConfig()
+    cfg = ReIDStageConfig()  # the released objective, MSEL included
     optimizer = make_optimizer(net, cfg)
     before = _snapshot(net)
 
     out = net([(x_vis, VISIBLE), (x_ir, INFRARED)])
     terms = reid_losses(out, labels, len(x_vis), {VISIBLE: prototypes, INFRARED: prototypes}, cfg)
-    assert set(terms) == {"id", "triplet", "hse"}
+    assert set(terms) == {"id", "triplet", "hse", "msel"}
     assert all(torch.isfinite(t) for t in terms.values()), terms
     optimizer.zero_grad(set_to_none=True)
     sum(terms.values()).backward()

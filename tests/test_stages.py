@@ -141,3 +141,9 @@ def test_cache_keys_carry_the_training_code_version(tmp_path: Path, monkeypatch)
         monkeypatch.undo()
         assert all(a != b for a, b in zip(now, older)), (variant, now, older)
         assert keys() == now  # and the keys are stable within one version
+
+
+def test_msel_needs_two_images_per_identity_and_modality() -> None:
+    with pytest.raises(ValueError, match="instances >= 2"):
+        ReIDStageConfig(instances=1)
+    assert ReIDStageConfig(instances=1, msel_weight=0).instances == 1

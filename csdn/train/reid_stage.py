@@ -84,6 +84,9 @@ class ReIDStageConfig:
         if self.hse_temperature <= 0 or self.msel_weight < 0:
             raise ValueError(f"need hse_temperature > 0 and msel_weight >= 0, got {self.hse_temperature}, "
                              f"{self.msel_weight}")
+        if self.msel_weight > 0 and self.instances < 2:
+            raise ValueError("MSEL compares an image with the other images of its identity and modality: it needs "
+                             f"instances >= 2 (got {self.instances}); set msel_weight=0 to train with K=1")
 
     @property
     def views(self) -> int:
