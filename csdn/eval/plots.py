@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from csdn.eval.metrics import Metrics
 from csdn.eval.protocols import ProtocolResult
@@ -33,6 +34,7 @@ def plot_cmc(results: Mapping[str, ProtocolResult | Metrics], title: str = "CMC"
         label = f"{name} (R1 {cmc[0]:.1f}%, mAP {result.mAP * 100:.1f}%)"
         ax.plot(ranks, cmc, marker="o", markersize=3, label=label)
     ax.set_xlabel("Rank")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("Matching rate (%)")
     ax.set_ylim(0, 101)
     ax.set_title(title)
