@@ -174,12 +174,15 @@ class BatchRows(NamedTuple):
         return cls(slice(0, n_visible // views), slice(n_visible, n_rows))
 
 
-def reid_losses(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
-                cfg: ReIDStageConfig, gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """The stage-3 loss terms (weighted) of one batch whose first ``n_visible`` rows are visible images.
+def reid_terms(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
+               cfg: ReIDStageConfig, gather: Callable[[Tensor], Tensor] | None = None
+               ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The stage-3 loss terms (weighted, to sum) and the unweighted HSE / MSEL parts they are made of.
 
-    ``gather`` (e.g. :meth:`DistContext.gather_with_grad`) collects the features and labels of every
-    process's batch for the triplet terms, which compare samples across the batch.
+    The batch's first ``n_visible`` rows are visible images. ``gather`` (e.g.
+    :meth:`DistContext.gather_with_grad`) collects the features and labels of every process's batch for the
+    triplet terms, which compare samples across the batch. The unweighted parts (``hse_<modality>`` whenever
+    there are prototypes, ``msel_gem`` / ``msel_proj`` when MSEL is on) feed :func:`batch_diagnostics`.
     """
     gather = gather or (lambda x: x)
     triplet: Callable[[Tensor, Tensor], Tensor] = (
@@ -192,38 +195,38 @@ def reid_losses(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, T
         "triplet": cfg.triplet_weight * (triplet(gather(net_out.gem), all_labels)
                                          + triplet(gather(net_out.proj), all_labels)),
     }
+    parts: dict[str, Tensor] = {}
     rows = BatchRows.of(n_visible, len(labels), cfg.views)
-    if prototypes is not None and (cfg.hse_visible > 0 or cfg.hse_infrared > 0):
-        hse = hse_terms(net_out.proj, labels, rows, prototypes, cfg)
-        terms["hse"] = cfg.hse_visible * hse[VISIBLE] + cfg.hse_infrared * hse[INFRARED]
+    if prototypes is not None:
+        hse = {m: hse_loss(net_out.proj[r], prototypes[m], labels[r], cfg.hse_temperature, cfg.hse_cosine)
+               for m, r in ((VISIBLE, rows.first_view), (INFRARED, rows.infrared))}
+        parts.update({f"hse_{m}": v for m, v in hse.items()})
+        if cfg.hse_visible > 0 or cfg.hse_infrared > 0:
+            terms["hse"] = cfg.hse_visible * hse[VISIBLE] + cfg.hse_infrared * hse[INFRARED]
     if cfg.msel_weight > 0:
-        msel = msel_terms(net_out, labels, rows, cfg)
+        v, i = rows.first_view, rows.infrared
+        msel = {name: msel_loss(f[v], labels[v], f[i], labels[i], cfg.msel_normalize)
+                for name, f in (("gem", net_out.gem), ("proj", net_out.proj))}
+        parts.update({f"msel_{k}": m for k, m in msel.items()})
         terms["msel"] = cfg.msel_weight * (msel["gem"] + msel["proj"])
-    return terms
+    return terms, parts
 
 
-def hse_terms(proj: Tensor, labels: Tensor, rows: BatchRows, prototypes: dict[str, Tensor],
-              cfg: ReIDStageConfig) -> dict[str, Tensor]:
-    """Unweighted HSE cross-entropy per modality (first visible view, infrared)."""
-    return {m: hse_loss(proj[r], prototypes[m], labels[r], cfg.hse_temperature, cfg.hse_cosine)
-            for m, r in ((VISIBLE, rows.first_view), (INFRARED, rows.infrared))}
-
-
-def msel_terms(net_out, labels: Tensor, rows: BatchRows, cfg: ReIDStageConfig) -> dict[str, Tensor]:
-    """Unweighted MSEL of the GeM and the projected feature (first visible view against infrared)."""
-    v, i = rows.first_view, rows.infrared
-    return {name: msel_loss(f[v], labels[v], f[i], labels[i], cfg.msel_normalize)
-            for name, f in (("gem", net_out.gem), ("proj", net_out.proj))}
+def reid_losses(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
+                cfg: ReIDStageConfig, gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    """The weighted stage-3 loss terms of one batch (see :func:`reid_terms`)."""
+    return reid_terms(net_out, labels, n_visible, prototypes, cfg, gather)[0]
 
 
 @torch.no_grad()
 def batch_diagnostics(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
-                      cfg: ReIDStageConfig) -> dict[str, float]:
+                      cfg: ReIDStageConfig, parts: dict[str, Tensor]) -> dict[str, float]:
     """What shows whether stage 3 learns, on one training batch (summed over batches, then averaged).
 
     ``acc_gem`` / ``acc_proj``: ID accuracy of the two heads; ``norm_{gem,proj}_{visible,infrared}``: mean
     feature norms; with text prototypes ``hse_ce_<m>`` (unweighted HSE cross-entropy) and ``i2t_top1_<m>``
-    (the own identity's prototype is the most similar); ``msel_gem`` / ``msel_proj`` (unweighted).
+    (the own identity's prototype is the most similar); ``msel_gem`` / ``msel_proj`` (unweighted) when MSEL
+    is on. ``parts`` are the unweighted terms :func:`reid_terms` computed for this batch (not recomputed).
     """
     rows = BatchRows.of(n_visible, len(labels), cfg.views)
     out = {"acc_gem": (net_out.gem_logits.argmax(1) == labels).float().mean().item(),
@@ -232,15 +235,11 @@ def batch_diagnostics(net_out, labels: Tensor, n_visible: int, prototypes: dict[
         out[f"norm_gem_{m}"] = net_out.gem[r].norm(dim=1).mean().item()
         out[f"norm_proj_{m}"] = net_out.proj[r].norm(dim=1).mean().item()
     if prototypes is not None:
-        for m, value in hse_terms(net_out.proj, labels, rows, prototypes, cfg).items():
-            out[f"hse_ce_{m}"] = value.item()
         for m, r in ((VISIBLE, rows.first_view), (INFRARED, rows.infrared)):
+            out[f"hse_ce_{m}"] = parts[f"hse_{m}"].item()
             logits = similarity_logits(net_out.proj[r], prototypes[m], cosine=cfg.hse_cosine)
             out[f"i2t_top1_{m}"] = (logits.argmax(1) == labels[r]).float().mean().item()
-    try:
-        out.update({f"msel_{k}": v.item() for k, v in msel_terms(net_out, labels, rows, cfg).items()})
-    except ValueError:  # K = 1: MSEL undefined for this batch
-        pass
+    out.update({k: v.item() for k, v in parts.items() if k.startswith("msel_")})
     return out
 
 
@@ -291,8 +290,8 @@ def train_reid(
             y = torch.cat([batch["visible_labels"], batch["infrared_labels"]]).to(device)
             with autocast(device, cfg.amp):
                 out = model([(x_v, VISIBLE), (x_i, INFRARED)])
-            terms = reid_losses(out, y, len(x_v), protos, cfg, gather=dist.gather_with_grad)
-            diagnostics = batch_diagnostics(out, y, len(x_v), protos, cfg)
+            terms, parts = reid_terms(out, y, len(x_v), protos, cfg, gather=dist.gather_with_grad)
+            diagnostics = batch_diagnostics(out, y, len(x_v), protos, cfg, parts)
             loss = sum(terms.values())
             logged = dist.mean(torch.stack([loss, *terms.values()]))  # the global batch's loss on every rank
             check_finite(logged[0], f"stage 3 epoch {epoch + 1}")
