@@ -20,7 +20,7 @@ from open_clip.loss import ClipLoss
 
 from csdn.clip.adapt import TextEncoder
 from csdn.clip.loader import TINY_ARCHS, ClipSource, load_clip
-from csdn.clip.pretrain import (
+from csdn.synthvi.pretrain import (
     PretrainConfig,
     attribute_agreement,
     augment_batch,
@@ -28,7 +28,8 @@ from csdn.clip.pretrain import (
     pool_groups,
     soft_clip_loss,
 )
-from csdn.data.synthetic import SynthConfig, clip_pool
+from csdn.synthvi.pool import clip_pool
+from csdn.synthvi.world import SynthConfig
 
 
 def median_seconds(step, repeats: int) -> float:

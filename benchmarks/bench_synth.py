@@ -16,8 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from csdn.data.synth_layouts import write_sysu
-from csdn.data.synthetic import SYSU_CAMERAS, PURPOSE_SYSU, SynthConfig, image_rng, make_identities, render_image
+from csdn.synthvi.layouts import write_sysu
+from csdn.synthvi.cameras import SYSU_CAMERAS
+from csdn.synthvi.render import render_image
+from csdn.synthvi.world import PURPOSE_SYSU, SynthConfig, image_rng, make_identities
 
 
 def time_writer(cfg: SynthConfig) -> tuple[float, int]:

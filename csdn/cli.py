@@ -28,8 +28,8 @@ def _data_config(cfg: ExperimentConfig, args: argparse.Namespace) -> DataConfig:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Generate SynthVI in a layout (into --out, or the artifact cache) and print its statistics."""
-    from csdn.data.sources import WRITERS, synthvi_root
-    from csdn.data.synth_layouts import load_metadata
+    from csdn.synthvi.layouts import WRITERS, synthvi_root
+    from csdn.synthvi.layouts import load_metadata
 
     cfg = get_profile(args.profile)
     t0 = time.perf_counter()
@@ -51,7 +51,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace):
-    from csdn.data.sources import open_dataset
+    from csdn.sources import open_dataset
 
     cfg = get_profile(args.profile)
     return open_dataset(_data_config(cfg, args), args.cache, progress=True)
@@ -140,7 +140,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_pretrain_clip(args: argparse.Namespace) -> int:
     """Pretrain (or load from the cache) the profile's tiny CLIP on SynthVI captions."""
-    from csdn.clip.pretrain import read_history, tiny_clip
+    from csdn.synthvi.pretrain import read_history, tiny_clip
 
     cfg = get_profile(args.profile)
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Config enters at the edge (a notebook's parameters cell, the CLI) as a profile name plus overrides and
 is passed down; library code never reads a global config. Each component owns its own config dataclass
-(``SynthConfig`` in :mod:`csdn.data.synthetic`, ...); this module composes them into one
+(``SynthConfig`` in :mod:`csdn.synthvi.world`, ...); this module composes them into one
 :class:`ExperimentConfig` per named profile.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
-from csdn.clip.pretrain import PretrainConfig
-from csdn.data.synthetic import SynthConfig
+from csdn.synthvi.pretrain import PretrainConfig
+from csdn.synthvi.world import SynthConfig
 from csdn.model.network import ModelConfig
 from csdn.train.reid_stage import ReIDStageConfig
 from csdn.train.text_stages import TextStageConfig

@@ -29,13 +29,13 @@ from torch.utils.data import Dataset, Subset
 
 from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, config_key
 from csdn.clip.loader import ClipBundle, ClipSource, load_clip, local_dir_source
-from csdn.clip.pretrain import tiny_clip
+from csdn.synthvi.pretrain import tiny_clip
 from csdn.config import ExperimentConfig
 from csdn.data.cache import ImageCache
 from csdn.data.images import CachedImages
 from csdn.data.protocol import DatasetError
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
-from csdn.data.sources import open_dataset
+from csdn.sources import open_dataset
 from csdn.data.transforms import TransformConfig, test_transform
 from csdn.eval.features import extract_features
 from csdn.eval.protocols import ProtocolResult, evaluate_features, evaluate_llcm, evaluate_sysu

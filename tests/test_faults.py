@@ -31,7 +31,7 @@ from csdn.config import get_profile
 from csdn.data.cache import ImageCache
 from csdn.data.protocol import DatasetError
 from csdn.data.records import Record
-from csdn.data.sources import open_dataset
+from csdn.sources import open_dataset
 from csdn.experiment import DONE, FINAL, Experiment
 from csdn.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 

@@ -16,7 +16,7 @@ from csdn.config import DEMO_STAGE3, get_profile
 from csdn.data.cache import ImageCache
 from csdn.data.images import CachedImages
 from csdn.data.records import INFRARED, VISIBLE, label_map
-from csdn.data.sources import open_dataset
+from csdn.sources import open_dataset
 from csdn.data.transforms import test_transform
 from csdn.eval.protocols import evaluate_features
 from csdn.model.network import CSDNNet

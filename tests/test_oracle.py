@@ -17,8 +17,8 @@ from csdn.analysis.oracle import (
     identity_attributes,
     oracle_features,
 )
-from csdn.data.synth_layouts import load_metadata, write_sysu
-from csdn.data.synthetic import ATTRIBUTES, SynthConfig
+from csdn.synthvi.layouts import load_metadata, write_sysu
+from csdn.synthvi.world import ATTRIBUTES, SynthConfig
 from csdn.data.sysu import SYSUMM01
 
 # Seed 6: two of the 24 test identities share every invariant attribute (a real tie).

@@ -10,7 +10,7 @@ from csdn.clip.loader import ClipSource, load_clip
 from csdn.config import get_profile
 from csdn.data.cache import ImageCache
 from csdn.data.records import INFRARED, VISIBLE, label_map
-from csdn.data.sources import open_dataset
+from csdn.sources import open_dataset
 from csdn.data.transforms import TransformConfig
 from csdn.experiment import Experiment
 from csdn.model.network import CSDNNet
@@ -122,7 +122,7 @@ def test_experiment_smoke_end_to_end_and_cached(tmp_path: Path) -> None:
 
 def test_cache_keys_carry_the_training_code_version(tmp_path: Path, monkeypatch) -> None:
     """An artifact written by an older version of the training code is never served to the new code."""
-    import csdn.clip.pretrain as pretrain
+    import csdn.synthvi.pretrain as pretrain
     import csdn.experiment as experiment
 
     cfg = get_profile("smoke")

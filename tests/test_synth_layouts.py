@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import csdn.data.synth_layouts as layouts
-from csdn.data.synth_layouts import load_metadata, write_layout, write_llcm, write_regdb, write_sysu
-from csdn.data.synthetic import COLOR_WORDS, SynthConfig, make_identities
+import csdn.synthvi.layouts as layouts
+from csdn.synthvi.layouts import load_metadata, write_layout, write_llcm, write_regdb, write_sysu
+from csdn.synthvi.world import COLOR_WORDS, SynthConfig, make_identities
 
 TINY = SynthConfig(seed=1, height=32, width=16, clip_ids=2, train_ids=5, val_ids=2, test_ids=4,
                    images_per_cam=2, llcm_cams_per_id=2, regdb_images=2, regdb_trials=3)

@@ -10,8 +10,8 @@ import pytest
 from csdn.data.llcm import LLCM
 from csdn.data.records import INFRARED, VISIBLE, count_summary
 from csdn.data.regdb import RegDB
-from csdn.data.synth_layouts import load_metadata, regdb_split, write_llcm, write_regdb, write_sysu
-from csdn.data.synthetic import SynthConfig, make_identities
+from csdn.synthvi.layouts import load_metadata, regdb_split, write_llcm, write_regdb, write_sysu
+from csdn.synthvi.world import SynthConfig, make_identities
 from csdn.data.sysu import SYSUMM01
 
 TINY = SynthConfig(seed=5, height=32, width=16, clip_ids=2, train_ids=6, val_ids=2, test_ids=5,

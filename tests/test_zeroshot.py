@@ -1,4 +1,4 @@
-"""csdn.clip.zeroshot: prompts, accuracy bookkeeping (golden values by hand), similarity maps."""
+"""csdn.synthvi.zeroshot: prompts, accuracy bookkeeping (golden values by hand), similarity maps."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import csdn.clip.zeroshot as zeroshot
+import csdn.synthvi.zeroshot as zeroshot
 from csdn.clip.loader import ClipSource, load_clip
-from csdn.clip.zeroshot import accuracy_table, prompts_for, similarity_matrix, zero_shot_attributes
+from csdn.synthvi.zeroshot import accuracy_table, prompts_for, similarity_matrix, zero_shot_attributes
 
 
 @dataclass

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from csdn.data.records import Record
-from csdn.data.synth_layouts import METADATA_FILE, load_metadata
-from csdn.data.synthetic import ATTRIBUTES, COLOR_ATTRIBUTES
+from csdn.synthvi.layouts import METADATA_FILE, load_metadata
+from csdn.synthvi.world import ATTRIBUTES, COLOR_ATTRIBUTES
 from csdn.eval.protocols import ProtocolResult, evaluate_sysu
 
 __all__ = [
@@ -96,7 +96,7 @@ def _sysu_attributes(root: Path) -> dict[int, dict[str, str]]:
     if meta.get("layout") != "sysu":
         raise ValueError(f"{root / METADATA_FILE}: the attribute oracle runs the SYSU-MM01 protocol, but this "
                          f"SynthVI tree is in the {meta.get('layout')!r} layout; write it with "
-                         "csdn.data.synth_layouts.write_sysu")
+                         "csdn.synthvi.layouts.write_sysu")
     return _attributes_of(meta, root)
 
 

@@ -9,20 +9,17 @@ import numpy as np
 import pytest
 
 from csdn.data.records import INFRARED, VISIBLE
-from csdn.data.synthetic import (
-    ALL_CAMERAS,
+from csdn.synthvi.cameras import ALL_CAMERAS, LLCM_CAMERAS, REGDB_CAMERAS, SYSU_CAMERAS
+from csdn.synthvi.pool import clip_pool
+from csdn.synthvi.render import render_image
+from csdn.synthvi.world import (
     ATTRIBUTES,
     COLOR_ATTRIBUTES,
     COLOR_WORDS,
-    LLCM_CAMERAS,
     NOT_APPLICABLE,
-    REGDB_CAMERAS,
-    SYSU_CAMERAS,
     SynthConfig,
     caption,
-    clip_pool,
     make_identities,
-    render_image,
 )
 
 TINY = SynthConfig(seed=3, height=32, width=16, clip_ids=6, train_ids=5, val_ids=1, test_ids=4,

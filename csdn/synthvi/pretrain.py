@@ -31,6 +31,8 @@ from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, build_once,
 from csdn.clip.adapt import TextEncoder
 from csdn.clip.loader import TINY_ARCHS, ClipBundle, ClipSource, load_clip, save_local_dir
 from csdn.runtime import seed_everything
+from csdn.synthvi.pool import ClipPool, clip_pool
+from csdn.synthvi.world import COLOR_ATTRIBUTES, COLOR_WORDS, SynthConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +158,8 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def pool_attributes(pool) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_attributes(pool: ClipPool) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer attribute codes (N, A) and the attributes each image's modality shows (N, A)."""
-    from csdn.data.synthetic import COLOR_ATTRIBUTES
-
     names = sorted(pool.attributes[0])
     vocab = {name: {} for name in names}
     codes = torch.tensor([[vocab[a].setdefault(attrs[a], len(vocab[a])) for a in names] for attrs in pool.attributes])
@@ -169,7 +169,7 @@ def pool_attributes(pool) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, observable
 
 
-def pool_groups(pool) -> torch.Tensor:
+def pool_groups(pool: ClipPool) -> torch.Tensor:
     """One integer per image: its (identity, modality) group."""
     keys = [f"{pid}/{modality}" for pid, modality in zip(np.asarray(pool.pids).tolist(), pool.modalities)]
     index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
@@ -201,8 +201,6 @@ def pretrain_tiny_clip(
     tokens = bundle.tokenizer(list(pool.captions[:n]))
     visible = torch.tensor([m == "visible" for m in pool.modalities[:n]])
     if cfg.grayscale > 0:
-        from csdn.data.synthetic import COLOR_WORDS
-
         plain_tokens = bundle.tokenizer([strip_colors(c, COLOR_WORDS) for c in pool.captions[:n]])
     images = torch.from_numpy(np.ascontiguousarray(pool.images[:n]))
     groups = pool_groups(pool)[:n]
@@ -267,7 +265,7 @@ def pretrain_tiny_clip(
     return history
 
 
-def tiny_clip_key(cfg: PretrainConfig, synth) -> str:
+def tiny_clip_key(cfg: PretrainConfig, synth: SynthConfig) -> str:
     """Cache key of a tiny CLIP: the pretraining and SynthVI configs, the architecture's JSON config and the
     training code's version."""
     from csdn.clip.loader import registered_config
@@ -276,14 +274,12 @@ def tiny_clip_key(cfg: PretrainConfig, synth) -> str:
                        "format": 1, "code": TRAINING_CODE_VERSION})
 
 
-def tiny_clip(cfg: PretrainConfig, synth, cache_root: Path) -> Path:
+def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path) -> Path:
     """The ``local-dir:`` folder of the tiny CLIP pretrained with ``cfg`` on ``synth``'s CLIP pool.
 
     Computed once and cached under ``cache_root/tiny_clip/<key>`` (safe under concurrent callers);
     load it with ``load_clip(local_dir_source(path))``.
     """
-    from csdn.data.synthetic import clip_pool
-
     if cfg.arch not in TINY_ARCHS:
         log.warning("pretraining %s from scratch on SynthVI: expect it to be slow", cfg.arch)
     target = Path(cache_root) / "tiny_clip" / tiny_clip_key(cfg, synth)

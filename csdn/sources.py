@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
-from csdn.artifacts import config_key
 from csdn.data.llcm import LLCM
 from csdn.data.regdb import RegDB
-from csdn.data.synth_layouts import FORMAT_VERSION, write_llcm, write_regdb, write_sysu
-from csdn.data.synthetic import SynthConfig
+from csdn.synthvi.layouts import synthvi_root
 from csdn.data.sysu import SYSUMM01
 
 Reader = SYSUMM01 | RegDB | LLCM
-WRITERS = {"sysu": write_sysu, "regdb": write_regdb, "llcm": write_llcm}
-
-
-def synthvi_root(synth: SynthConfig, layout: str, cache_root: Path, progress: bool = True) -> Path:
-    """The SynthVI tree of ``synth`` in ``layout`` under the cache, written first if it is not there."""
-    if layout not in WRITERS:
-        raise ValueError(f"layout must be one of {sorted(WRITERS)}, got {layout!r}")
-    key = config_key({"synth": asdict(synth), "format": FORMAT_VERSION})
-    root = Path(cache_root) / "synthvi" / f"{layout}-{key}"
-    WRITERS[layout](synth, root, progress=progress)
-    return root
 
 
 def dataset_root(data, cache_root: Path, progress: bool = True) -> Path:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from csdn.clip.loader import ClipBundle
+from csdn.synthvi.pool import ClipPool
+from csdn.synthvi.world import ATTRIBUTES
 
 # Prompt templates per attribute; "{}" receives the value's phrase (see DEFAULT_PHRASES).
 DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -88,7 +90,7 @@ def class_features(bundle: ClipBundle, attribute: str, values: Sequence[str],
 
 def zero_shot_attributes(
     bundle: ClipBundle,
-    pool,
+    pool: ClipPool,
     templates: Mapping[str, Sequence[str]] = DEFAULT_TEMPLATES,
     vocabulary: Mapping[str, Sequence[str]] | None = None,
     phrases: Mapping[str, Mapping[str, str]] = DEFAULT_PHRASES,
@@ -101,8 +103,6 @@ def zero_shot_attributes(
     out of that attribute. Columns: attribute, modality, accuracy, chance, majority, n.
     """
     if vocabulary is None:
-        from csdn.data.synthetic import ATTRIBUTES
-
         vocabulary = {a: v for a, v in ATTRIBUTES.items() if a in templates}
     if len(pool.images) == 0:
         raise ValueError("the pool has no images to evaluate")
@@ -138,7 +138,7 @@ def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def examples_per_value(pool, attribute: str, modality: str, values: Sequence[str]) -> list[int]:
+def examples_per_value(pool: ClipPool, attribute: str, modality: str, values: Sequence[str]) -> list[int]:
     """Index of the first image of ``modality`` for each value of ``attribute`` (values without one skipped)."""
     picked = []
     for value in values:

@@ -1,9 +1,9 @@
 """SynthVI: a procedural world of pedestrians seen by visible and infrared cameras.
 
 What exists lives here: the attribute vocabulary, the generator config, identities (discrete attributes
-plus hidden continuous rendering parameters), captions and the in-memory CLIP pretraining pool. How it
-looks (cameras, scenes, drawing) lives in :mod:`csdn.data.synth_render`; the on-disk dataset layouts
-in :mod:`csdn.data.synth_layouts`.
+plus hidden continuous rendering parameters) and captions. The cameras are in :mod:`csdn.synthvi.cameras`,
+how a person looks (scenes, drawing) in :mod:`csdn.synthvi.render`, the on-disk dataset layouts in
+:mod:`csdn.synthvi.layouts` and the CLIP pretraining pool in :mod:`csdn.synthvi.pool`.
 
 Everything derives from ``SynthConfig.seed``: the same seed gives identical identities and identical
 image bytes. Each image has its own random generator seeded by ``(seed, purpose, pid, camera, index)``,
@@ -18,38 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE
-from csdn.data.synth_render import (
-    ALL_CAMERAS,
-    LLCM_CAMERAS,
-    LLCM_NIR_CAMS,
-    REGDB_CAMERAS,
-    SYSU_CAMERAS,
-    CameraSpec,
-    render_image,
-)
-
-__all__ = [
-    "ATTRIBUTES",
-    "COLOR_ATTRIBUTES",
-    "COLOR_WORDS",
-    "NOT_APPLICABLE",
-    "BODY_PHRASES",
-    "SynthConfig",
-    "RenderParams",
-    "Identity",
-    "make_identities",
-    "caption",
-    "ClipPool",
-    "clip_pool",
-    "image_rng",
-    "CameraSpec",
-    "render_image",
-    "SYSU_CAMERAS",
-    "LLCM_CAMERAS",
-    "LLCM_NIR_CAMS",
-    "REGDB_CAMERAS",
-    "ALL_CAMERAS",
-]
+from csdn.synthvi.cameras import LLCM_NIR_CAMS
 
 # The attribute vocabulary: every identity takes one value per attribute.
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -323,61 +292,3 @@ def caption(identity: Identity, modality: str, rng: np.random.Generator) -> str:
         text = _join([prefix, subject, p["bag"]]) + f". The person wears {clothes}"
         text += f" and has {hair}" if hair else ""
     return text + "."
-
-
-# ----------------------------------------------------------------------------------------------------
-# The CLIP pretraining pool
-
-
-@dataclass
-class ClipPool:
-    """Captioned images for pretraining (or zero-shot evaluating) the tiny CLIP, in memory."""
-
-    images: np.ndarray  # (N, H, W, 3) uint8
-    captions: list[str]  # one caption per image
-    modalities: list[str]  # VISIBLE or INFRARED per image
-    pids: np.ndarray  # (N,) int64 identity per image
-    attributes: list[dict[str, str]]  # the identity's attributes per image
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-
-def _pool_modalities(n: int, infrared_fraction: float, rng: np.random.Generator) -> list[str]:
-    n_ir = int(round(n * infrared_fraction))
-    flags = np.zeros(n, dtype=bool)
-    flags[rng.permutation(n)[:n_ir]] = True
-    return [INFRARED if f else VISIBLE for f in flags]
-
-
-def clip_pool(cfg: SynthConfig, heldout: bool = False) -> ClipPool:
-    """Render the captioned CLIP pool (deterministic in ``cfg``).
-
-    ``heldout=False``: the ``"clip"`` identities, ``clip_images_per_id`` each, a
-    ``clip_infrared_fraction`` of them infrared (colour-free captions), over every camera of every layout.
-    ``heldout=True``: the re-ID ``"test"`` identities (never seen in pretraining), ``clip_images_per_id``
-    each, half visible and half infrared (SYSU-MM01 cameras), for zero-shot attribute evaluation.
-    """
-    pools = make_identities(cfg)
-    identities = pools["test"] if heldout else pools["clip"]
-    purpose = PURPOSE_HELDOUT if heldout else PURPOSE_CLIP
-    n = len(identities) * cfg.clip_images_per_id
-    if heldout:
-        modalities = [MODALITIES[k % 2] for _ in identities for k in range(cfg.clip_images_per_id)]
-        cameras = SYSU_CAMERAS
-    else:
-        modalities = _pool_modalities(n, cfg.clip_infrared_fraction, np.random.default_rng([cfg.seed, purpose]))
-        cameras = ALL_CAMERAS
-    by_modality = {m: [c for c in cameras if c.modality == m] for m in MODALITIES}
-    images = np.empty((n, cfg.height, cfg.width, 3), dtype=np.uint8)
-    captions, pids, attributes = [], [], []
-    for i, modality in enumerate(modalities):
-        ident = identities[i // cfg.clip_images_per_id]
-        rng = image_rng(cfg.seed, purpose, ident.pid, 0, i % cfg.clip_images_per_id)
-        cams = by_modality[modality]
-        camera = cams[int(rng.integers(len(cams)))]
-        images[i] = render_image(ident, camera, rng, height=cfg.height, width=cfg.width)
-        captions.append(caption(ident, modality, rng))
-        pids.append(ident.pid)
-        attributes.append(dict(ident.attributes))
-    return ClipPool(images, captions, list(modalities), np.asarray(pids, dtype=np.int64), attributes)

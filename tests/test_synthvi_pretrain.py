@@ -1,4 +1,4 @@
-"""csdn.clip.pretrain: the contrastive loss, augmentation, schedule, a tiny end-to-end run and its cache."""
+"""csdn.synthvi.pretrain: the contrastive loss, augmentation, schedule, a tiny end-to-end run and its cache."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import csdn.data.synthetic as synthetic
+import csdn.synthvi.pretrain as pretrain_module
+import csdn.synthvi.world as synthetic
 from csdn.clip.loader import load_clip, local_dir_source
-from csdn.clip.pretrain import (
+from csdn.synthvi.pretrain import (
     PretrainConfig,
     _lr_factor,
     attribute_agreement,
@@ -164,7 +165,7 @@ def test_tiny_clip_is_built_once_per_config(tmp_path, monkeypatch):
         calls.append(cfg)
         return fake_pool()
 
-    monkeypatch.setattr(synthetic, "clip_pool", pool)
+    monkeypatch.setattr(pretrain_module, "clip_pool", pool)
     cfg = PretrainConfig(arch="csdn-tiny-vit", image_size=SIZE, epochs=1, batch_size=8)
     synth = synthetic.SynthConfig(height=SIZE[0], width=SIZE[1])
     first = tiny_clip(cfg, synth, tmp_path)

@@ -18,23 +18,19 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from csdn.artifacts import atomic_write_json, build_once, is_complete
+from csdn.artifacts import atomic_write_json, build_once, config_key, is_complete
 from csdn.data.records import INFRARED, VISIBLE
-from csdn.data.synthetic import (
-    LLCM_CAMERAS,
-    LLCM_NIR_CAMS,
+from csdn.synthvi.cameras import LLCM_CAMERAS, LLCM_NIR_CAMS, REGDB_CAMERAS, SYSU_CAMERAS, CameraSpec
+from csdn.synthvi.render import render_image
+from csdn.synthvi.world import (
     PURPOSE_LLCM,
     PURPOSE_REGDB,
     PURPOSE_SYSU,
-    REGDB_CAMERAS,
-    SYSU_CAMERAS,
-    CameraSpec,
     Identity,
     SynthConfig,
     caption,
     image_rng,
     make_identities,
-    render_image,
 )
 
 METADATA_FILE = "synthvi.json"
@@ -279,7 +275,7 @@ def load_metadata(root: Path) -> dict:
     path = Path(root) / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: {root} is not a SynthVI tree; write one with csdn.data.synth_layouts.write_sysu, "
+            f"{path} not found: {root} is not a SynthVI tree; write one with csdn.synthvi.layouts.write_sysu, "
             "write_regdb or write_llcm"
         )
     try:
@@ -289,3 +285,13 @@ def load_metadata(root: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != "synthvi":
         raise ValueError(f"{path} is not SynthVI metadata (no format 'synthvi'); delete the tree and write it again")
     return meta
+
+
+def synthvi_root(synth: SynthConfig, layout: str, cache_root: Path, progress: bool = True) -> Path:
+    """The SynthVI tree of ``synth`` in ``layout`` under the cache, written first if it is not there."""
+    if layout not in WRITERS:
+        raise ValueError(f"layout must be one of {sorted(WRITERS)}, got {layout!r}")
+    key = config_key({"synth": asdict(synth), "format": FORMAT_VERSION})
+    root = Path(cache_root) / "synthvi" / f"{layout}-{key}"
+    WRITERS[layout](synth, root, progress=progress)
+    return root
