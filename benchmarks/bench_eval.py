@@ -30,6 +30,9 @@ import torch
 
 from csdn.eval.metrics import evaluate
 from csdn.eval.rerank import k_reciprocal_rerank
+from csdn.data.registry import DATASETS
+
+RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
 NUM_IDS, NUM_QUERIES, NUM_PAIRS, TRIALS, MAX_RANK = 96, 3803, 301, 10, 20
 GALLERY_CAMS = (1, 2, 4, 5)
@@ -73,7 +76,7 @@ def loop_evaluate(scores, q_pids, g_pids, q_cams, g_cams, max_rank=MAX_RANK):
 
 
 def vectorised_evaluate(scores, q_pids, g_pids, q_cams, g_cams):
-    m = evaluate(scores, q_pids, g_pids, q_cams, g_cams, protocol="sysu", higher_is_better=True,
+    m = evaluate(scores, q_pids, g_pids, q_cams, g_cams, rules=RULES["sysu"], higher_is_better=True,
                  dedup_ids=True, max_rank=MAX_RANK)
     return m.cmc, m.mAP, m.mINP, m.num_valid_queries
 
@@ -134,9 +137,9 @@ def bench_rerank() -> None:
     elapsed = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     same = q_pids[:, None] == g_pids[None, :]
-    before = evaluate(q @ g.T, q_pids, g_pids, [6] * len(q), [1] * len(g), protocol="regdb",
+    before = evaluate(q @ g.T, q_pids, g_pids, [6] * len(q), [1] * len(g), rules=RULES["regdb"],
                       higher_is_better=True)
-    after = evaluate(dist, q_pids, g_pids, [6] * len(q), [1] * len(g), protocol="regdb",
+    after = evaluate(dist, q_pids, g_pids, [6] * len(q), [1] * len(g), rules=RULES["regdb"],
                      higher_is_better=False)
     print(f"re-ranking {tuple(dist.shape)} (512-d, {int(same.any(1).sum())} valid queries): "
           f"{elapsed:.1f} s, process peak RSS {peak_mib:.0f} MiB; "

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from csdn.artifacts import default_cache_root
-from csdn.config import DataConfig, ExperimentConfig, get_profile, profile_from_env
+from csdn.config import SYNTH_LAYOUTS, DataConfig, ExperimentConfig, get_profile, profile_from_env
+from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.model.network import VARIANTS
 
 
@@ -60,7 +61,7 @@ def _open(args: argparse.Namespace):
 def _print_statistics(reader) -> None:
     from csdn.data.stats import camera_table, split_table
 
-    print(f"\n{type(reader).__name__} at {reader.root}\n")
+    print(f"\n{reader.title} at {reader.root}\n")
     print(split_table(reader).to_string(index=False))
     print("\ntraining images per camera:\n")
     print(camera_table(reader.train).to_string(index=False))
@@ -96,12 +97,11 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
         results = {cfg.model.variant: experiment.evaluate()}
         if zero_shot:
             results["zero-shot CLIP"] = experiment.evaluate(experiment.zero_shot_features())
-            if cfg.data.dataset == "synthvi" and cfg.data.layout == "sysu":  # the world's own ceiling
+            if cfg.data.synthetic:  # the world's own ceiling
                 from csdn.analysis.oracle import attribute_oracle
 
-                oracle = attribute_oracle(experiment.dataset, modes=cfg.eval.sysu_modes, trials=cfg.eval.trials)
-                results["attribute oracle (ceiling)"] = {key: oracle.results[key] for key in results[cfg.model.variant]
-                                                         if key in oracle.results}
+                oracle = attribute_oracle(experiment.dataset, options=experiment.split_options())
+                results["attribute oracle (ceiling)"] = oracle.results
         if dist.is_main:
             _report(args, cfg, experiment, results, time.perf_counter() - t0)
     finally:
@@ -169,12 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("synth", cmd_synth, "generate the SynthVI world in a dataset layout")
-    p.add_argument("--layout", choices=["sysu", "regdb", "llcm"], default="sysu")
+    p.add_argument("--layout", choices=SYNTH_LAYOUTS, default=SYNTH_LAYOUTS[0])
     p.add_argument("--out", type=Path, default=None, help="folder to write (default: the artifact cache)")
     p = add("stats", cmd_stats, "dataset statistics")
-    p.add_argument("--dataset", choices=["sysu", "regdb", "llcm"], help="a real dataset (needs --data)")
+    p.add_argument("--dataset", choices=REGISTERED_DATASETS, help="a real dataset (needs --data)")
     p.add_argument("--data", help="root folder of the real dataset")
-    p.add_argument("--layout", choices=["sysu", "regdb", "llcm"], help="SynthVI layout (without --dataset)")
+    p.add_argument("--layout", choices=SYNTH_LAYOUTS, help="SynthVI layout (without --dataset)")
     p = add("pretrain-clip", cmd_pretrain_clip, "pretrain the tiny CLIP on SynthVI captions")
     for name, fn, text in (("train", cmd_train, "train CSDN (three stages) and evaluate"),
                            ("eval", cmd_eval, "evaluate the trained model (cached stages are reused)"),

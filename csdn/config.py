@@ -15,13 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 from csdn.synthvi.pretrain import PretrainConfig
+from csdn.synthvi.layouts import WRITERS
 from csdn.synthvi.world import SynthConfig
+from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.model.network import ModelConfig
 from csdn.train.reid_stage import ReIDStageConfig
 from csdn.train.text_stages import TextStageConfig
 
-DATASETS = ("synthvi", "sysu", "regdb", "llcm")
-SYNTH_LAYOUTS = ("sysu", "regdb", "llcm")
+SYNTHVI = "synthvi"  # the embedded world, generated into the cache
+DATASETS = (SYNTHVI, *REGISTERED_DATASETS)  # DataConfig.dataset choices: SynthVI or a registered dataset
+SYNTH_LAYOUTS = tuple(WRITERS)  # the registered datasets SynthVI can be written as
 PROFILE_ENV = "CSDN_PROFILE"
 
 
@@ -29,7 +32,7 @@ PROFILE_ENV = "CSDN_PROFILE"
 class DataConfig:
     """Which dataset, where it is, and the image size the network sees."""
 
-    dataset: str = "synthvi"  # "synthvi" (generated), "sysu", "regdb" or "llcm"
+    dataset: str = SYNTHVI  # "synthvi" (generated) or a registered dataset ("sysu", "regdb", "llcm")
     root: str | None = None  # dataset folder for real data; None for synthvi (generated into the cache)
     synth: SynthConfig = field(default_factory=SynthConfig)  # the embedded world (dataset == "synthvi")
     synth_layout: str = "sysu"  # on-disk layout SynthVI is written in, read back by the real reader
@@ -43,7 +46,7 @@ class DataConfig:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.synth_layout not in SYNTH_LAYOUTS:
             raise ValueError(f"synth_layout must be one of {SYNTH_LAYOUTS}, got {self.synth_layout!r}")
-        if self.dataset != "synthvi" and not self.root:
+        if not self.synthetic and not self.root:
             raise ValueError(
                 f"dataset {self.dataset!r} needs a root folder: pass --data /path/to/{self.dataset} "
                 "(or data=DataConfig(root=...))"
@@ -52,9 +55,14 @@ class DataConfig:
             raise ValueError(f"regdb_trial must be in 1..10, got {self.regdb_trial}")
 
     @property
+    def synthetic(self) -> bool:
+        """Whether the data is SynthVI (generated) rather than a real dataset on disk."""
+        return self.dataset == SYNTHVI
+
+    @property
     def layout(self) -> str:
-        """The reader to use: the real dataset's, or the layout SynthVI was written in."""
-        return self.synth_layout if self.dataset == "synthvi" else self.dataset
+        """The registered reader to use: the real dataset's, or the one whose layout SynthVI was written in."""
+        return self.synth_layout if self.synthetic else self.dataset
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,7 @@ def _real(dataset: str, arch: str) -> Callable[[str | None], ExperimentConfig]:
     size = (288, 144) if arch == "RN50" else (256, 128)
     # The released code trains RN50 with Adam at 3e-4; a ViT-B/16 needs the much lower rate CLIP-ReID uses.
     stage3 = ReIDStageConfig() if arch == "RN50" else ReIDStageConfig(lr=5e-6)
-    sysu_shots = (1, 10) if dataset == "sysu" else (1,)
+    sysu_shots = (1, 10)  # SYSU-MM01 reports single- and multi-shot; the other readers have no shots
 
     def build(root: str | None = None) -> ExperimentConfig:
         if not root:
@@ -179,7 +187,7 @@ _ARCH_NAMES = {"RN50": "rn50", "ViT-B-16": "vitb16"}
 PROFILES: dict[str, Callable[[str | None], ExperimentConfig]] = {
     "smoke": _smoke,
     "demo": _demo,
-    **{f"{d}-{_ARCH_NAMES[a]}": _real(d, a) for d in ("sysu", "regdb", "llcm") for a in ("RN50", "ViT-B-16")},
+    **{f"{d}-{_ARCH_NAMES[a]}": _real(d, a) for d in REGISTERED_DATASETS for a in ("RN50", "ViT-B-16")},
 }
 
 

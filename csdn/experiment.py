@@ -33,12 +33,12 @@ from csdn.synthvi.pretrain import tiny_clip
 from csdn.config import ExperimentConfig
 from csdn.data.cache import ImageCache
 from csdn.data.images import CachedImages
-from csdn.data.protocol import DatasetError
+from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
 from csdn.sources import open_dataset
 from csdn.data.transforms import TransformConfig, test_transform
 from csdn.eval.features import extract_features
-from csdn.eval.protocols import ProtocolResult, evaluate_features, evaluate_llcm, evaluate_sysu
+from csdn.eval.protocols import ProtocolResult, evaluate_split
 from csdn.model.network import CSDNNet
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import make_sii, text_prototypes
@@ -325,31 +325,24 @@ class Experiment:
         return self.features_of(lambda x, m: visual(x).projected, visual)
 
     def _validator(self, net: CSDNNet):
-        if not hasattr(self.dataset, "val_protocol") or not self.cfg.data.hold_out_val:
-            raise ValueError("validation needs SYSU-layout data with hold_out_val=True (val_id identities)")
-        query, gallery = self.dataset.val_protocol(seed=0)
+        split = self.dataset.validation()
+        if split is None:
+            raise ValueError(f"validation needs held-out validation identities, which {self.dataset.title} does not "
+                             "provide here (SYSU-MM01 layout with hold_out_val=True has them)")
 
         def validate(epoch: int) -> dict[str, float]:
-            features_of = self.features_of(net.embed, net, flip=False)
-            m = evaluate_features(features_of(query), features_of(gallery), query, gallery, protocol="sysu")
-            return {"rank1": float(m.rank(1)), "mAP": float(m.mAP), "score": float(m.mAP)}
+            m = evaluate_split(self.features_of(net.embed, net, flip=False), split)
+            return {"rank1": m.rank(1), "mAP": m.mAP, "score": m.mAP}
 
         return validate
 
+    def split_options(self) -> SplitOptions:
+        """The test protocols ``cfg.eval`` asks for, as the readers take them."""
+        e = self.cfg.eval
+        return SplitOptions(trials=e.trials, modes=e.sysu_modes, shots=e.sysu_shots, directions=e.directions)
+
     def evaluate(self, features_of=None) -> dict[str, ProtocolResult]:
-        """The test protocols of the dataset for ``features_of`` (default: the trained network)."""
+        """The dataset's test protocols for ``features_of`` (default: the trained network), by split name."""
         features_of = features_of or self.network_features()
-        e, layout = self.cfg.eval, self.cfg.data.layout
-        if layout == "sysu":
-            return {f"{mode} {shots}-shot": evaluate_sysu(features_of, self.dataset, mode, shots, e.trials, e.rerank)
-                    for mode in e.sysu_modes for shots in e.sysu_shots}
-        if layout == "llcm":
-            return {d: evaluate_llcm(features_of, self.dataset, d, e.trials, e.rerank) for d in e.directions}
-        results = {}
-        for direction in e.directions:
-            query, gallery = self.dataset.query_gallery(direction)
-            m = evaluate_features(features_of(query), features_of(gallery), query, gallery, protocol="regdb",
-                                  rerank=e.rerank)
-            results[direction] = ProtocolResult(f"RegDB {direction} trial {self.cfg.data.regdb_trial}",
-                                                (self.cfg.data.regdb_trial,), [m])
-        return results
+        return {split.name: evaluate_split(features_of, split, self.cfg.eval.rerank)
+                for split in self.dataset.test_splits(self.split_options())}

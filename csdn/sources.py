@@ -4,26 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from csdn.data.llcm import LLCM
-from csdn.data.regdb import RegDB
+from csdn.data.protocol import Reader
+from csdn.data.registry import reader_class
 from csdn.synthvi.layouts import synthvi_root
-from csdn.data.sysu import SYSUMM01
-
-Reader = SYSUMM01 | RegDB | LLCM
 
 
 def dataset_root(data, cache_root: Path, progress: bool = True) -> Path:
     """Where ``data`` (a DataConfig) lives on disk (generating SynthVI when needed)."""
-    if data.dataset == "synthvi":
-        return synthvi_root(data.synth, data.synth_layout, cache_root, progress)
+    if data.synthetic:
+        return synthvi_root(data.synth, data.layout, cache_root, progress)
     return Path(data.root).expanduser()
 
 
 def open_dataset(data, cache_root: Path, progress: bool = True) -> Reader:
-    """The reader for ``data`` (a DataConfig): SYSUMM01, RegDB (one trial) or LLCM."""
-    root = dataset_root(data, cache_root, progress)
-    if data.layout == "sysu":
-        return SYSUMM01(root, hold_out_val=data.hold_out_val)
-    if data.layout == "regdb":
-        return RegDB(root, trial=data.regdb_trial)
-    return LLCM(root)
+    """The reader of ``data`` (a DataConfig): the registered reader of its layout, on its tree."""
+    return reader_class(data.layout).open(dataset_root(data, cache_root, progress), data)
+
+
+def dataset_label(data) -> str:
+    """What a result was measured on, from a ``DataConfig``: ``"SYSU-MM01"`` for the real data,
+    ``"SynthVI (SYSU-MM01 protocol)"`` for SynthVI written in that dataset's layout."""
+    title = reader_class(data.layout).title
+    return f"SynthVI ({title} protocol)" if data.synthetic else title

@@ -30,7 +30,7 @@ def test_demo_on_smoke_writes_a_report(tmp_path: Path, capsys) -> None:
     code = main(["--cache", str(tmp_path / "cache"), "demo", "--profile", "smoke", "--reports", str(reports)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "zero-shot CLIP" in out and "SYSUMM01" in out
+    assert "zero-shot CLIP" in out and "SYSU-MM01 at " in out
     summary = json.loads((reports / "smoke" / "results.json").read_text())["summary"]
     assert {(row["model"], row["protocol"]) for row in summary} == {
         ("csdn", "all 1-shot"), ("csdn", "indoor 1-shot"),

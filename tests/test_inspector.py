@@ -21,6 +21,12 @@ from csdn.analysis.widgets import Inspector, build_inspector
 from csdn.data.records import INFRARED, VISIBLE, Record
 from csdn.eval.metrics import evaluate
 from csdn.eval.plots import CORRECT_COLOUR, WRONG_COLOUR
+from csdn.data.llcm import LLCM
+from csdn.data.regdb import RegDB
+from csdn.data.registry import DATASETS
+from csdn.data.sysu import SYSUMM01
+
+RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
 SIZE = (16, 8)
 
@@ -53,8 +59,8 @@ def world(tmp_path):
     feats_b = feats_a.clone()
     feats_b[0] = torch.tensor([0.6, 0.8])
     # A second split: RegDB rules (nothing removed) over the last two queries and the first three images.
-    splits = {"sysu split": Split("sysu", tuple(query), tuple(gallery)),
-              "regdb split": Split("regdb", tuple(query[1:]), tuple(gallery[:3]))}
+    splits = {"sysu split": Split(RULES["sysu"], tuple(query), tuple(gallery)),
+              "regdb split": Split(RULES["regdb"], tuple(query[1:]), tuple(gallery[:3]))}
     return InspectorData(splits, query + gallery, {"A": feats_a, "B": feats_b}), query, gallery
 
 
@@ -128,10 +134,10 @@ def test_first_match_agrees_with_the_metrics(protocol):
     gallery = [Record(f"/g{i}", int(rng.integers(6)), int(rng.choice([1, 2, 3, 6])), VISIBLE) for i in range(25)]
     features = torch.nn.functional.normalize(torch.randn(55, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     features[3] = features[31]  # a tie
-    data = InspectorData({"s": Split(protocol, tuple(query), tuple(gallery))}, query + gallery, {"m": features})
+    data = InspectorData({"s": Split(RULES[protocol], tuple(query), tuple(gallery))}, query + gallery, {"m": features})
     first = data.ranking("m", "s").first_match
     metrics = evaluate(features[:30] @ features[30:].T, [r.pid for r in query], [r.pid for r in gallery],
-                       [r.cam for r in query], [r.cam for r in gallery], protocol=protocol, higher_is_better=True,
+                       [r.cam for r in query], [r.cam for r in gallery], rules=RULES[protocol], higher_is_better=True,
                        dedup_ids=False, max_rank=25)
     valid = first[first > 0]
     assert metrics.num_valid_queries == len(valid)
@@ -152,14 +158,20 @@ def test_from_models_extracts_each_model_once(world):
     assert built.ranking("A", "sysu split").first_match.tolist() == [2, 3, 0]
 
 
-class _Sysu:
+class _Sysu(SYSUMM01):
+    def __init__(self):
+        pass
+
     query = [Record("/q", 1, 3, INFRARED)]
 
-    def gallery(self, trial, mode="all"):
+    def gallery(self, trial, mode="all", shots=1):
         return [Record(f"/g{trial}{mode}", 1, 1, VISIBLE)]
 
 
-class _Llcm:
+class _Llcm(LLCM):
+    def __init__(self):
+        pass
+
     def query(self, direction):
         return [Record(f"/q{direction}", 1, 1, INFRARED)]
 
@@ -167,30 +179,30 @@ class _Llcm:
         return [Record(f"/g{direction}{trial}", 1, 2, VISIBLE)]
 
 
-class _Regdb:
-    def query_gallery(self, direction):
-        return [Record(f"/q{direction}", 1, 1, INFRARED)], [Record(f"/g{direction}", 1, 2, VISIBLE)]
+class _Regdb(RegDB):
+    def __init__(self):
+        self.trial, self.test_visible, self.test_thermal = 4, [Record("/v", 1, 1, VISIBLE)], [Record("/t", 1, 2, INFRARED)]
 
 
 def test_protocol_splits_names_and_contents():
-    sysu = protocol_splits(_Sysu(), "sysu", trials=(0, 1))
-    assert list(sysu) == ["all-search, trial 0", "all-search, trial 1", "indoor-search, trial 0",
-                          "indoor-search, trial 1"]
-    assert sysu["indoor-search, trial 1"].gallery[0].path == "/g1indoor"
-    assert sysu["all-search, trial 0"].protocol == "sysu"
-    llcm = protocol_splits(_Llcm(), "llcm", trials=(2,), directions=("visible->infrared",))
+    sysu = protocol_splits(_Sysu(), trials=(0, 1))
+    assert list(sysu) == ["all 1-shot, trial 0", "all 1-shot, trial 1", "indoor 1-shot, trial 0",
+                          "indoor 1-shot, trial 1"]
+    assert sysu["indoor 1-shot, trial 1"].gallery[0].path == "/g1indoor"
+    assert sysu["all 1-shot, trial 0"].rules == SYSUMM01.rules
+    llcm = protocol_splits(_Llcm(), trials=(2,), directions=("visible->infrared",))
     assert list(llcm) == ["visible->infrared, trial 2"]
     assert llcm["visible->infrared, trial 2"].gallery[0].path == "/gvisible->infrared2"
-    regdb = protocol_splits(_Regdb(), "regdb")
-    assert list(regdb) == ["infrared->visible", "visible->infrared"] and regdb["infrared->visible"].protocol == "regdb"
+    assert llcm["visible->infrared, trial 2"].rules == LLCM.rules
+    regdb = protocol_splits(_Regdb())  # one fixed gallery (the reader's own trial): no trial in the name
+    assert list(regdb) == ["infrared->visible", "visible->infrared"] and regdb["infrared->visible"].rules == RegDB.rules
+    assert regdb["infrared->visible"].gallery[0].path == "/v"
 
 
 def test_bad_input(world):
     data, query, gallery = world
-    with pytest.raises(ValueError, match="protocol must be one of"):
-        Split("market", tuple(query), tuple(gallery))
     with pytest.raises(ValueError, match="needs queries and gallery"):
-        Split("sysu", (), tuple(gallery))
+        Split(RULES["sysu"], (), tuple(gallery))
     with pytest.raises(ValueError, match="must be \\(8, d\\)"):
         InspectorData(data.splits, data.records, {"A": torch.zeros(7, 2)})
     with pytest.raises(ValueError, match="have no features, e.g. .*g4.png"):
@@ -203,8 +215,8 @@ def test_bad_input(world):
         data.view(InspectorState("A", "sysu split", 3))
     with pytest.raises(ValueError, match="k must be >= 1"):
         data.view(InspectorState("A", "sysu split", 0, k=0))
-    with pytest.raises(ValueError, match="layout must be one of"):
-        protocol_splits(_Sysu(), "market")
+    with pytest.raises(ValueError, match="at least one non-negative trial"):
+        protocol_splits(_Sysu(), trials=())
 
 
 def test_render_marks_and_title(world):
@@ -287,7 +299,7 @@ def test_widget_split_change_and_empty_worst_list(world):
     widget.split.value = "regdb split"
     assert widget.state.split == "regdb split" and widget.state.query == 0 and widget.view.first_match == 2
     # A split whose only query has no true match: the worst list is empty and nothing is drawn.
-    lonely = Split("sysu", (data.splits["sysu split"].query[2],), data.splits["sysu split"].gallery)
+    lonely = Split(RULES["sysu"], (data.splits["sysu split"].query[2],), data.splits["sysu split"].gallery)
     empty = build_inspector(InspectorData({"lonely": lonely}, data.records, data.features), SIZE)
     assert empty.state is None and empty.output.outputs == () and "no query" in empty.summary.value
 

@@ -22,6 +22,9 @@ from csdn.eval.protocols import evaluate_features
 from csdn.model.network import CSDNNet
 from csdn.train.loop import LoopConfig
 from csdn.train.reid_stage import ReIDStageConfig, train_reid
+from csdn.data.registry import DATASETS
+
+RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
 SIZE = (64, 32)
 EPOCHS = 20
@@ -51,7 +54,7 @@ def _cross_modality_map(net: CSDNNet, cache: ImageCache, tcfg) -> float:
             x = torch.stack([torch.as_tensor(images[j][0]) for j in range(len(rows))])
             feats[m] = (net.embed(x, m), [cache.records[i] for i in rows])
     (q, q_rec), (g, g_rec) = feats[INFRARED], feats[VISIBLE]
-    return float(evaluate_features(q, g, q_rec, g_rec, protocol="regdb").mAP)
+    return float(evaluate_features(q, g, q_rec, g_rec, rules=RULES["regdb"]).mAP)
 
 
 def _train(world, tmp_path: Path, modality_stems: bool, cfg: ReIDStageConfig = STAGE3):

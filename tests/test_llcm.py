@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from csdn.data.llcm import LLCM, UNKNOWN_CAM
-from csdn.data.protocol import DatasetError
+from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, VISIBLE, Record
 
 TEST_LAYOUT = {  # (folder, cam, pid) -> number of images
@@ -147,3 +147,13 @@ def test_test_id_absent_from_image_folders(tmp_path: Path) -> None:
     root = make_llcm(tmp_path / "LLCM", test_ids="3,5,9")
     with pytest.raises(DatasetError, match=r"test_id.txt: 1 listed id\(s\) have no images.*9"):
         LLCM(root)
+
+
+def test_test_splits_are_the_directions_over_trials(root: Path) -> None:
+    data = LLCM(root)
+    splits = data.test_splits(SplitOptions(trials=3, directions=("visible->infrared",)))
+    assert [s.name for s in splits] == ["visible->infrared"] and splits[0].title == "LLCM visible->infrared"
+    assert splits[0].trials == (0, 1, 2) and splits[0].query == tuple(data.query("visible->infrared"))
+    assert splits[0].gallery(2) == data.gallery("visible->infrared", 2)
+    assert splits[0].rules == LLCM.rules and splits[0].rules.ignore_same_camera_matches
+    assert data.validation() is None

@@ -6,13 +6,16 @@ import torch
 
 from csdn.eval import metrics as metrics_module
 from csdn.eval.metrics import evaluate, rank_gallery
+from csdn.data.registry import DATASETS
+
+RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
 
 def run(scores, q_pids, g_pids, q_cams=None, g_cams=None, *, protocol="regdb", higher=True, dedup=None,
         max_rank=5):
     q_cams = [1] * len(q_pids) if q_cams is None else q_cams
     g_cams = [1] * len(g_pids) if g_cams is None else g_cams
-    return evaluate(np.asarray(scores, dtype=float), q_pids, g_pids, q_cams, g_cams, protocol=protocol,
+    return evaluate(np.asarray(scores, dtype=float), q_pids, g_pids, q_cams, g_cams, rules=RULES[protocol],
                     higher_is_better=higher, dedup_ids=dedup, max_rank=max_rank)
 
 
@@ -55,8 +58,8 @@ def test_signed_zeros_tie_and_precision_does_not_matter():
     scores, q_pids, g_pids, q_cams, g_cams = random_problem(seed=5)
     args = (q_pids, g_pids, q_cams, g_cams)
     as32 = scores.astype(np.float32)
-    same(evaluate(as32, *args, protocol="llcm", higher_is_better=True),
-         evaluate(as32.astype(np.float64), *args, protocol="llcm", higher_is_better=True))
+    same(evaluate(as32, *args, rules=RULES["llcm"], higher_is_better=True),
+         evaluate(as32.astype(np.float64), *args, rules=RULES["llcm"], higher_is_better=True))
 
 
 def test_query_without_match_is_skipped_and_counted():
@@ -177,7 +180,7 @@ def test_matches_a_per_query_loop_with_ties(protocol, dedup, monkeypatch):
     q_pids, g_pids = rng.integers(0, 6, 25), rng.integers(0, 5, 30)
     q_cams, g_cams = rng.choice([3, 6], 25), rng.integers(1, 5, 30)
     scores = np.round(rng.random((25, 30)), 1)  # coarse values: many ties
-    m = evaluate(scores, q_pids, g_pids, q_cams, g_cams, protocol=protocol, higher_is_better=True,
+    m = evaluate(scores, q_pids, g_pids, q_cams, g_cams, rules=RULES[protocol], higher_is_better=True,
                  dedup_ids=dedup, max_rank=10)
     cmc, mAP, mINP, valid = reference_loop(scores, q_pids, g_pids, q_cams, g_cams, protocol, dedup, 10)
     np.testing.assert_allclose(m.cmc, cmc, rtol=0, atol=1e-12)
@@ -202,33 +205,32 @@ def same(a, b):
 @pytest.mark.parametrize("protocol", ["sysu", "regdb", "llcm"])
 def test_permuting_gallery_or_queries_changes_nothing(protocol):
     scores, q_pids, g_pids, q_cams, g_cams = random_problem()
-    base = evaluate(scores, q_pids, g_pids, q_cams, g_cams, protocol=protocol, higher_is_better=True)
+    base = evaluate(scores, q_pids, g_pids, q_cams, g_cams, rules=RULES[protocol], higher_is_better=True)
     g_perm = np.random.default_rng(2).permutation(len(g_pids))
     q_perm = np.random.default_rng(3).permutation(len(q_pids))
     same(base, evaluate(scores[:, g_perm], q_pids, g_pids[g_perm], q_cams, g_cams[g_perm],
-                        protocol=protocol, higher_is_better=True))
+                        rules=RULES[protocol], higher_is_better=True))
     same(base, evaluate(scores[q_perm], q_pids[q_perm], g_pids, q_cams[q_perm], g_cams,
-                        protocol=protocol, higher_is_better=True))
+                        rules=RULES[protocol], higher_is_better=True))
 
 
 def test_scores_and_distances_agree_and_monotone_maps_change_nothing():
     scores, q_pids, g_pids, q_cams, g_cams = random_problem()
     args = (q_pids, g_pids, q_cams, g_cams)
-    base = evaluate(scores, *args, protocol="sysu", higher_is_better=True)
-    same(base, evaluate(-scores, *args, protocol="sysu", higher_is_better=False))
-    same(base, evaluate(torch.tensor(np.exp(scores), dtype=torch.float32), *args, protocol="sysu",
+    base = evaluate(scores, *args, rules=RULES["sysu"], higher_is_better=True)
+    same(base, evaluate(-scores, *args, rules=RULES["sysu"], higher_is_better=False))
+    same(base, evaluate(torch.tensor(np.exp(scores), dtype=torch.float32), *args, rules=RULES["sysu"],
                         higher_is_better=True))
 
 
 def test_perfect_ranking_scores_one():
     q_pids, g_pids = np.array([0, 1, 2, 1]), np.array([2, 1, 0, 1, 2, 0])
     scores = (q_pids[:, None] == g_pids[None, :]).astype(float)
-    m = evaluate(scores, q_pids, g_pids, [1] * 4, [1] * 6, protocol="regdb", higher_is_better=True)
+    m = evaluate(scores, q_pids, g_pids, [1] * 4, [1] * 6, rules=RULES["regdb"], higher_is_better=True)
     assert np.all(m.cmc == 1.0) and m.mAP == 1.0 and m.mINP == 1.0
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(protocol="market"), "protocol"),
     (dict(max_rank=0), "max_rank"),
     (dict(q_pids=[1, 2, 3]), "q_pids"),
     (dict(g_cams=[1]), "g_cams"),
@@ -239,8 +241,27 @@ def test_perfect_ranking_scores_one():
 ])
 def test_bad_input_is_rejected(kwargs, message):
     args = dict(scores=[[0.1, 0.2], [0.2, 0.3]], q_pids=[1, 2], g_pids=[1, 2], q_cams=[1, 1],
-                g_cams=[1, 1], protocol="regdb", max_rank=5)
+                g_cams=[1, 1], rules=RULES["regdb"], max_rank=5)
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         evaluate(np.asarray(args.pop("scores"), dtype=float), args.pop("q_pids"), args.pop("g_pids"),
                  args.pop("q_cams"), args.pop("g_cams"), higher_is_better=True, **args)
+
+
+def test_rules_must_be_gallery_rules():
+    with pytest.raises(TypeError, match="GalleryRules"):
+        evaluate([[0.1, 0.2]], [1], [1, 2], [1], [1, 1], rules="sysu", higher_is_better=True)
+
+
+def test_removed_mask_broadcasts_over_queries_and_gallery():
+    import torch
+
+    q_pid, q_cam = torch.tensor([[1], [1], [2]]), torch.tensor([[3], [2], [6]])
+    g_pid, g_cam = torch.tensor([[1, 2, 1, 3]]), torch.tensor([[2, 2, 1, 3]])
+    # SYSU: the camera-3 query loses every camera-2 image, whatever its identity.
+    assert RULES["sysu"].removed(q_pid, q_cam, g_pid, g_cam).tolist() == [
+        [True, True, False, False], [False, False, False, False], [False, False, False, False]]
+    # LLCM: a query loses its own identity seen by its own camera only.
+    assert RULES["llcm"].removed(q_pid, q_cam, g_pid, g_cam).tolist() == [
+        [False, False, False, False], [True, False, False, False], [False, False, False, False]]
+    assert not RULES["regdb"].removed(q_pid, q_cam, g_pid, g_cam).any()

@@ -17,8 +17,10 @@ from csdn.analysis.oracle import (
     identity_attributes,
     oracle_features,
 )
-from csdn.synthvi.layouts import load_metadata, write_sysu
+from csdn.synthvi.layouts import load_metadata, write_regdb, write_sysu
 from csdn.synthvi.world import ATTRIBUTES, SynthConfig
+from csdn.data.protocol import SplitOptions
+from csdn.data.regdb import RegDB
 from csdn.data.sysu import SYSUMM01
 
 # Seed 6: two of the 24 test identities share every invariant attribute (a real tie).
@@ -56,7 +58,7 @@ def test_oracle_reaches_the_share_its_ties_allow(sysu):
     groups = Counter(keys.values())
     unique_share = sum(1 for k in keys.values() if groups[k] == 1) / len(keys)
     assert unique_share < len(groups) / len(keys) < 1  # the world has a tie to break
-    report = attribute_oracle(sysu, trials=TRIALS)
+    report = attribute_oracle(sysu, options=SplitOptions(trials=TRIALS))
     assert report.test_ids == len(keys) and report.combinations == len(groups)
     assert count_invariant_combinations(identity_attributes(sysu.root), sysu.test_ids) == len(groups)
     assert set(report.results) == {"all 1-shot", "indoor 1-shot"}
@@ -72,7 +74,7 @@ def test_oracle_reaches_the_share_its_ties_allow(sysu):
 def test_every_combination_unique_gives_perfect_retrieval(sysu):
     attributes = identity_attributes(sysu.root)
     combos = itertools.product(*(ATTRIBUTES[a] for a in INVARIANT))
-    report = attribute_oracle(sysu, with_invariant(attributes, dict(zip(sysu.test_ids, combos))), trials=TRIALS)
+    report = attribute_oracle(sysu, with_invariant(attributes, dict(zip(sysu.test_ids, combos))), options=SplitOptions(trials=TRIALS))
     assert report.combinations == len(sysu.test_ids)
     for result in report.results.values():
         assert result.r1 == 1.0 and result.mAP == pytest.approx(1.0)
@@ -83,7 +85,7 @@ def test_ties_do_not_favour_the_true_match(sysu):
     same = {pid: tuple(ATTRIBUTES[a][0] for a in INVARIANT) for pid in sysu.test_ids}
     n = len(sysu.test_ids)
     for seed in (0, 1):
-        report = attribute_oracle(sysu, with_invariant(attributes, same), trials=TRIALS, seed=seed)
+        report = attribute_oracle(sysu, with_invariant(attributes, same), options=SplitOptions(trials=TRIALS), seed=seed)
         assert report.combinations == 1
         for result in report.results.values():
             assert result.r1 == pytest.approx(1 / n)  # chance: one identity of n wins the single tie
@@ -108,9 +110,21 @@ def test_tree_without_metadata_is_a_clear_error(tmp_path):
     fake = SimpleNamespace(root=tmp_path, test_ids=[1], query=[])
     with pytest.raises(FileNotFoundError, match="synthvi.json"):
         attribute_oracle(fake)
-    (tmp_path / "synthvi.json").write_text(json.dumps({"format": "synthvi", "layout": "regdb", "identities": {}}))
-    with pytest.raises(ValueError, match="'regdb' layout"):
+    (tmp_path / "synthvi.json").write_text(json.dumps({"format": "synthvi", "layout": "sysu"}))
+    with pytest.raises(ValueError, match="no 'identities' table"):
         attribute_oracle(fake)
+
+
+def test_oracle_runs_the_protocol_of_any_layout(tmp_path):
+    root = tmp_path / "regdb"
+    write_regdb(TINY, root)
+    regdb = RegDB(root, trial=1)
+    report = attribute_oracle(regdb)
+    assert set(report.results) == {"infrared->visible", "visible->infrared"}
+    assert report.test_ids == len({r.pid for r in regdb.test_visible})
+    for result in report.results.values():
+        assert result.trials == (1,) and result.name.startswith("RegDB")
+        assert report.combinations / report.test_ids - 1e-9 <= result.r1 <= 1.0  # ties cost at most their share
 
 
 def test_identity_without_attributes_is_named(sysu):
@@ -118,4 +132,4 @@ def test_identity_without_attributes_is_named(sysu):
     missing = sysu.test_ids[0]
     del attributes[missing]
     with pytest.raises(KeyError, match=f"identity {missing}"):
-        attribute_oracle(sysu, attributes, trials=1)
+        attribute_oracle(sysu, attributes, options=SplitOptions(trials=1))

@@ -17,6 +17,12 @@ from csdn.eval.protocols import (
     evaluate_sysu,
 )
 from csdn.eval.rerank import RerankConfig, k_reciprocal_rerank
+from csdn.data.registry import DATASETS
+from csdn.data.llcm import LLCM
+from csdn.data.regdb import RegDB
+from csdn.data.sysu import SYSUMM01
+
+RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
 E1, E2, MIX = (1.0, 0.0), (0.0, 1.0), (0.8, 0.6)
 
@@ -36,7 +42,7 @@ class Lookup:
         return torch.tensor([self.table[r.path] for r in records], dtype=torch.float32)
 
 
-class HandSYSU:
+class HandSYSU(SYSUMM01):
     """Two infrared queries; trial 0 is an easy gallery, trial 1 a harder one."""
 
     query = [rec("q1", 1, 3, INFRARED), rec("q2", 2, 6, INFRARED)]
@@ -80,9 +86,13 @@ def test_sysu_equals_direct_evaluation_per_trial_and_shares_gallery_images():
     pool = [rec(f"g{i}", i % 4, 1 + i % 5, VISIBLE) for i in range(40)]
     table = {r.path: tuple(rng.normal(size=6)) for r in query + pool}
 
-    class Data:
+    class Data(SYSUMM01):
         def __init__(self):
-            self.query = query
+            pass
+
+        @property
+        def query(self):
+            return query
 
         def gallery(self, trial, mode="all", shots=1):
             return random.Random(trial).sample(pool, 15)  # trials overlap in images
@@ -97,7 +107,7 @@ def test_sysu_equals_direct_evaluation_per_trial_and_shares_gallery_images():
         gallery = Data().gallery(trial)
         g = torch.tensor([table[r.path] for r in gallery])
         direct = evaluate(q @ g.T, [r.pid for r in query], [r.pid for r in gallery],
-                          [r.cam for r in query], [r.cam for r in gallery], protocol="sysu",
+                          [r.cam for r in query], [r.cam for r in gallery], rules=RULES["sysu"],
                           higher_is_better=True, dedup_ids=True)
         np.testing.assert_allclose(m.cmc, direct.cmc)
         assert m.mAP == pytest.approx(direct.mAP) and m.mINP == pytest.approx(direct.mINP)
@@ -112,13 +122,13 @@ def test_rerank_option_uses_reranked_distances():
     g = torch.tensor([HandSYSU.table[r.path] for r in gallery])
     dist = k_reciprocal_rerank(q, g, k1=2, k2=1, lambda_value=0.5)
     direct = evaluate(dist, [1, 2], [r.pid for r in gallery], [3, 6], [r.cam for r in gallery],
-                      protocol="sysu", higher_is_better=False)
+                      rules=RULES["sysu"], higher_is_better=False)
     np.testing.assert_allclose(result.per_trial[0].cmc, direct.cmc)
     assert result.mAP == pytest.approx(direct.mAP)
     assert evaluate_sysu(Lookup(HandSYSU.table), HandSYSU(), trials=[0], rerank=True).r1 == 1.0
 
 
-class FakeLLCM:
+class FakeLLCM(LLCM):
     """Identities 1, 2; cameras 1, 2 in both modalities; one image per (modality, id, camera, k)."""
 
     def __init__(self):
@@ -155,7 +165,10 @@ def test_llcm_directions_and_same_camera_removal():
 def test_llcm_only_match_in_same_camera_is_not_valid():
     query = [rec("q", 1, 1)]
 
-    class Data:
+    class Data(LLCM):
+        def __init__(self):
+            pass
+
         def query(self, direction):
             return query
 
@@ -168,16 +181,13 @@ def test_llcm_only_match_in_same_camera_is_not_valid():
     np.testing.assert_allclose(m.cmc[:3], [0, 1, 1])
 
 
-class FakeRegDB:
+class FakeRegDB(RegDB):
     """Two identities, two images each per modality; cam 1 visible, cam 2 thermal."""
 
     def __init__(self, trial):
         self.trial = trial
-
-    def query_gallery(self, direction):
-        visible = [rec(f"t{self.trial}v{p}{k}", p, 1) for p in (0, 1) for k in (0, 1)]
-        thermal = [rec(f"t{self.trial}t{p}{k}", p, 2, INFRARED) for p in (0, 1) for k in (0, 1)]
-        return (visible, thermal) if direction == "visible->infrared" else (thermal, visible)
+        self.test_visible = [rec(f"t{self.trial}v{p}{k}", p, 1) for p in (0, 1) for k in (0, 1)]
+        self.test_thermal = [rec(f"t{self.trial}t{p}{k}", p, 2, INFRARED) for p in (0, 1) for k in (0, 1)]
 
 
 def regdb_model(trial):
@@ -242,7 +252,7 @@ def test_table_and_dict():
 def test_evaluate_features_dot_product():
     query, gallery = [rec("a", 1, 1)], [rec("b", 2, 2), rec("c", 1, 2)]
     q, g = torch.tensor([E1]), torch.tensor([MIX, E1])
-    m = evaluate_features(q, g, query, gallery, protocol="regdb")
+    m = evaluate_features(q, g, query, gallery, rules=RULES["regdb"])
     assert m.r1 == 1.0 and m.num_queries == 1
 
 

@@ -51,15 +51,18 @@ def test_records_are_exact(root: Path) -> None:
     assert [r.modality for r in data.train] == [VISIBLE] * 4 + [INFRARED] * 4
 
 
-def test_query_gallery_directions(root: Path) -> None:
+def test_direction_splits(root: Path) -> None:
     data = RegDB(root, trial=1)
     assert DIRECTIONS == ("visible->infrared", "infrared->visible")
-    query, gallery = data.query_gallery("visible->infrared")
-    assert (query, gallery) == (data.test_visible, data.test_thermal)
-    query, gallery = data.query_gallery("infrared->visible")
-    assert (query, gallery) == (data.test_thermal, data.test_visible)
+    split = data.direction_split("visible->infrared")
+    assert (list(split.query), split.gallery()) == (data.test_visible, data.test_thermal)
+    split = data.direction_split("infrared->visible")
+    assert (list(split.query), split.gallery()) == (data.test_thermal, data.test_visible)
+    assert split.trials == (1,) and split.title == "RegDB infrared->visible trial 1" and split.rules == RegDB.rules
     with pytest.raises(ValueError, match="direction"):
-        data.query_gallery("thermal->visible")
+        data.direction_split("thermal->visible")
+    assert [s.name for s in data.test_splits()] == ["infrared->visible", "visible->infrared"]
+    assert data.validation() is None
 
 
 def test_trial_selects_its_own_index_files(tmp_path: Path) -> None:

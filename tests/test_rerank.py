@@ -7,6 +7,9 @@ import torch
 from csdn.eval import rerank as rerank_module
 from csdn.eval.metrics import evaluate
 from csdn.eval.rerank import RerankConfig, k_reciprocal_rerank
+from csdn.data.registry import DATASETS
+
+RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
 
 def reference_rerank(q, g, k1, k2, lam):
@@ -73,7 +76,7 @@ def test_perfect_embedding_stays_perfect():
     q, g = torch.from_numpy(feats[is_query]).float(), torch.from_numpy(feats[~is_query]).float()
     dist = k_reciprocal_rerank(q, g, **vars(RerankConfig()))
     assert dist.dtype == torch.float32
-    m = evaluate(dist, pids[is_query], pids[~is_query], [1] * len(q), [2] * len(g), protocol="regdb",
+    m = evaluate(dist, pids[is_query], pids[~is_query], [1] * len(q), [2] * len(g), rules=RULES["regdb"],
                  higher_is_better=False)
     assert m.mAP == pytest.approx(1.0) and m.mINP == pytest.approx(1.0) and m.r1 == 1.0
 

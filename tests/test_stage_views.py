@@ -17,7 +17,6 @@ from torch import nn
 
 from csdn.analysis.projection import MODALITY_COLOURS
 from csdn.analysis.stage_views import (
-    allowed_gallery,
     context_words_frame,
     dataset_label,
     diagnostics_table,
@@ -38,10 +37,10 @@ from csdn.analysis.stage_views import (
     similarity_by_identity,
     similarity_table,
     top_matches,
-    trial_split,
     word_token_ids,
 )
 from csdn.config import DataConfig
+from csdn.data.registry import DATASETS
 from csdn.data.records import INFRARED, VISIBLE, Record
 from csdn.eval.metrics import Metrics
 from csdn.eval.protocols import ProtocolResult
@@ -396,14 +395,13 @@ def rec(pid: int, cam: int, modality: str = VISIBLE, path: str = "x.jpg") -> Rec
     return Record(path, pid, cam, modality)
 
 
-def test_allowed_gallery_applies_each_protocols_rule():
+def test_gallery_rules_keep_what_each_protocol_ranks():
     gallery = [rec(1, 1), rec(1, 2), rec(2, 2), rec(1, 3)]
-    assert allowed_gallery(rec(1, 3, INFRARED), gallery, "sysu").tolist() == [True, False, False, True]
-    assert allowed_gallery(rec(1, 6, INFRARED), gallery, "sysu").all()
-    assert allowed_gallery(rec(1, 2, INFRARED), gallery, "llcm").tolist() == [True, False, True, True]
-    assert allowed_gallery(rec(1, 3, INFRARED), gallery, "regdb").all()
-    with pytest.raises(ValueError, match="protocol"):
-        allowed_gallery(rec(1, 3, INFRARED), gallery, "market")
+    sysu, llcm, regdb = (DATASETS[name].rules for name in ("sysu", "llcm", "regdb"))
+    assert sysu.kept(rec(1, 3, INFRARED), gallery).tolist() == [True, False, False, True]
+    assert sysu.kept(rec(1, 6, INFRARED), gallery).all()
+    assert llcm.kept(rec(1, 2, INFRARED), gallery).tolist() == [True, False, True, True]
+    assert regdb.kept(rec(1, 3, INFRARED), gallery).all()
 
 
 def test_top_matches_ranks_allowed_entries_by_dot_product():
@@ -434,37 +432,10 @@ def test_plot_query_rank_list_frames_correct_matches(tmp_path):
     gallery = [Record(image(f"g{i}.png", 50 * i), pid, cam, VISIBLE) for i, (pid, cam) in
                enumerate([(1, 1), (2, 1), (1, 2)])]
     feats = torch.tensor([[0.5, 0.5], [1.0, 0.0], [1.0, 0.0]])  # the cam-2 match would rank first
-    fig = plot_query_rank_list(query, torch.tensor([1.0, 0.0]), gallery, feats, "sysu", (32, 16), k=5)
+    fig = plot_query_rank_list(query, torch.tensor([1.0, 0.0]), gallery, feats, DATASETS["sysu"].rules, (32, 16),
+                               k=5)
     assert len(fig.axes) == 3  # the query and the two allowed gallery images
     assert fig.axes[1].images[0].get_array().shape == (32, 16, 3)  # decoded at the asked size
     colours = [ax.spines["top"].get_edgecolor() for ax in fig.axes[1:]]
     assert colours == [to_rgba(WRONG_COLOUR), to_rgba(CORRECT_COLOUR)]
 
-
-class FakeSYSU:
-    query = [rec(1, 3, INFRARED)]
-
-    def gallery(self, trial, mode="all"):
-        return [rec(trial, 1 if mode == "indoor" else 4)]
-
-
-class FakeLLCM:
-    def query(self, direction):
-        return [rec(1, 1, VISIBLE if direction.startswith("visible") else INFRARED)]
-
-    def gallery(self, direction, trial):
-        return [rec(trial, 2)]
-
-
-class FakeRegDB:
-    def query_gallery(self, direction):
-        return [rec(1, 1)], [rec(2, 2)]
-
-
-def test_trial_split_reads_each_layout():
-    assert trial_split(FakeSYSU(), "sysu", trial=3, mode="indoor") == ([rec(1, 3, INFRARED)], [rec(3, 1)])
-    query, gallery = trial_split(FakeLLCM(), "llcm", trial=2, direction="visible->infrared")
-    assert query[0].modality == VISIBLE and gallery == [rec(2, 2)]
-    assert trial_split(FakeRegDB(), "regdb") == ([rec(1, 1)], [rec(2, 2)])
-    with pytest.raises(ValueError, match="layout"):
-        trial_split(FakeSYSU(), "market")

@@ -85,7 +85,8 @@ def test_regdb_reader_every_trial(trees):
         assert {(r.pid, folder_pid(r)) for r in vis} == {(r.pid, folder_pid(r)) for r in th}
         assert sorted({folder_pid(r) for r in data.test_thermal}) == test_pids
         assert {r.cam for r in vis} == {1} and {r.cam for r in th} == {2}
-        query, gallery = data.query_gallery("infrared->visible")
+        split = data.direction_split("infrared->visible")
+        query, gallery = split.query, split.gallery()
         assert len(query) == len(test_pids) * r_img and len(gallery) == len(test_pids) * r_img
 
 

@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from csdn.data.protocol import DatasetError
+from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, VISIBLE, Record
 from csdn.data.sysu import SYSUMM01
 
@@ -182,13 +182,27 @@ def test_permutation_file_errors(root: Path) -> None:
         data.gallery(5, rand_perm=short)
 
 
-def test_val_protocol_uses_val_ids_only(root: Path) -> None:
+def test_validation_uses_val_ids_only(root: Path) -> None:
     data = SYSUMM01(root, hold_out_val=True)
-    query, gallery = data.val_protocol(seed=0)
-    assert [(r.pid, r.cam) for r in query] == [(3, 3)]
-    assert [(r.pid, r.cam) for r in gallery] == [(3, 1), (3, 5)]
-    assert data.val_protocol(seed=0) == (query, gallery)
+    split = data.validation()
+    assert [(r.pid, r.cam) for r in split.query] == [(3, 3)]
+    assert [(r.pid, r.cam) for r in split.gallery()] == [(3, 1), (3, 5)]
+    assert split.trials == (0,) and split.gallery(0) == data.validation().gallery(0)
+    assert split.rules == SYSUMM01.rules
     assert 3 not in {r.pid for r in data.train}
+    assert SYSUMM01(root, hold_out_val=False).validation() is None  # the val ids are trained on
+
+
+def test_test_splits_follow_the_options(root: Path) -> None:
+    data = SYSUMM01(root)
+    splits = data.test_splits(SplitOptions(trials=2, modes=("all", "indoor"), shots=(1, 10)))
+    assert [s.name for s in splits] == ["all 1-shot", "all 10-shot", "indoor 1-shot", "indoor 10-shot"]
+    assert splits[2].title == "SYSU-MM01 indoor-search single-shot" and splits[1].title.endswith("multi-shot")
+    assert all(s.trials == (0, 1) and s.query == tuple(data.query) for s in splits)
+    assert splits[2].gallery(1) == data.gallery(1, mode="indoor")
+    assert splits[1].gallery(0) == data.gallery(0, mode="all", shots=10)
+    with pytest.raises(ValueError, match="mode"):
+        data.search_split("outdoor")
 
 
 def test_missing_root_and_camera_folder(tmp_path: Path) -> None:

@@ -150,7 +150,7 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
     base = dataclasses.replace(base_config(args), seed=args.seed)
     t0 = time.perf_counter()
-    records = gap_records(Experiment(base, Path(args.cache)).dataset, base.data.layout, base.eval.trials)
+    records = gap_records(Experiment(base, Path(args.cache)).dataset, base.eval.trials)
     features = collect_features(base, records, Path(args.cache), progress=True)
     table = gap_table({name: modality_gap(f, records, GapConfig(seed=args.seed)) for name, f in features.items()})
     projection = ProjectionConfig(methods=tuple(m.strip() for m in args.methods.split(",")), seed=args.seed)

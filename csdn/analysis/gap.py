@@ -37,6 +37,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from csdn.data.protocol import Reader, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record
 
 Features = np.ndarray | torch.Tensor
@@ -186,17 +187,10 @@ def gap_table(metrics: Mapping[str, GapMetrics]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("model")
 
 
-def gap_records(dataset: Any, layout: str, trials: int = 10) -> list[Record]:
-    """The test images the gap is measured on: the infrared->visible queries and the union of the
-    galleries of the first ``trials`` trials (SYSU all-search, LLCM), or RegDB's whole test split."""
-    if layout == "sysu":
-        query, galleries = dataset.query, [dataset.gallery(t, mode="all") for t in range(trials)]
-    elif layout == "llcm":
-        direction = f"{INFRARED}->{VISIBLE}"
-        query, galleries = dataset.query(direction), [dataset.gallery(direction, t) for t in range(trials)]
-    elif layout == "regdb":
-        query, gallery = dataset.query_gallery(f"{INFRARED}->{VISIBLE}")
-        galleries = [gallery]
-    else:
-        raise ValueError(f"layout must be 'sysu', 'llcm' or 'regdb', got {layout!r}")
-    return list(dict.fromkeys([*query, *(r for g in galleries for r in g)]))
+def gap_records(dataset: Reader, trials: int = 10) -> list[Record]:
+    """The test images the gap is measured on: the infrared->visible queries of the dataset's first
+    all-search single-shot split and the union of its galleries over ``trials`` trials (one fixed
+    gallery on RegDB)."""
+    options = SplitOptions(trials=trials, modes=("all",), shots=(1,), directions=(f"{INFRARED}->{VISIBLE}",))
+    split = dataset.test_splits(options)[0]
+    return list(dict.fromkeys([*split.query, *(r for t in split.trials for r in split.gallery(t))]))

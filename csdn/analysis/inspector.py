@@ -2,7 +2,7 @@
 
 :class:`InspectorData` holds the features of several models (name -> features of every record of the
 test splits) and ranks each split's queries against its gallery the way :mod:`csdn.eval.metrics`
-does: dot-product scores, the protocol's gallery filter (:func:`~csdn.analysis.stage_views.allowed_gallery`),
+does: dot-product scores, the protocol's gallery rules (:meth:`csdn.data.protocol.GalleryRules.removed`),
 a stable sort (ties keep gallery order). From that ranking it answers what the widget layer of
 :mod:`csdn.analysis.widgets` shows: a query's top-k with correct/incorrect marks and scores, the rank
 of its first true match, the worst-ranked queries, and the queries of an identity or a camera.
@@ -24,10 +24,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from csdn.analysis.stage_views import allowed_gallery, trial_split
 from csdn.data.cache import decode_image
+from csdn.data.protocol import GalleryRules, Reader, SplitOptions
 from csdn.data.records import Record
-from csdn.eval.metrics import PROTOCOLS, rank_gallery
+from csdn.eval.metrics import rank_gallery
 from csdn.eval.plots import plot_rank_list
 
 FeaturesOf = Callable[[list[Record]], Tensor]  # records -> (N, d) L2-normalised features, as the protocols use
@@ -36,45 +36,38 @@ DIRECTIONS = ("infrared->visible", "visible->infrared")
 
 @dataclass(frozen=True)
 class Split:
-    """One query/gallery split of a test protocol."""
+    """One query/gallery split of a test protocol (one trial)."""
 
-    protocol: str  # ranking rules of csdn.eval.metrics: "sysu", "llcm" or "regdb"
+    rules: GalleryRules  # the protocol's gallery rules (csdn.data.protocol), as its metrics apply them
     query: tuple[Record, ...]  # query images
     gallery: tuple[Record, ...]  # gallery images
 
     def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if not self.query or not self.gallery:
             raise ValueError(f"a split needs queries and gallery images, got {len(self.query)} and {len(self.gallery)}")
 
 
 def protocol_splits(
-    dataset: Any,
-    layout: str,
+    dataset: Reader,
     trials: Sequence[int] = (0,),
-    sysu_modes: Sequence[str] = ("all", "indoor"),
+    modes: Sequence[str] = ("all", "indoor"),
     directions: Sequence[str] = DIRECTIONS,
 ) -> dict[str, Split]:
-    """The named test splits of a reader of ``layout`` (see :func:`~csdn.analysis.stage_views.trial_split`).
-
-    SYSU-MM01: one per (search mode, trial), e.g. ``"all-search, trial 0"``; LLCM: one per (direction,
-    trial); RegDB: one per direction (its trial is the reader's own split).
-    """
-    if layout not in PROTOCOLS:
-        raise ValueError(f"layout must be one of {PROTOCOLS}, got {layout!r}")
-    if layout == "regdb":
-        keys = [(direction, dict(direction=direction)) for direction in directions]
-    elif layout == "sysu":
-        keys = [(f"{mode}-search, trial {t}", dict(trial=t, mode=mode)) for mode in sysu_modes for t in trials]
-    else:
-        keys = [(f"{d}, trial {t}", dict(trial=t, direction=d)) for d in directions for t in trials]
-    if not keys:
-        raise ValueError("no split selected: give at least one trial and one mode or direction")
+    """The reader's single-shot test splits, one per trial in ``trials``, e.g. ``"all 1-shot, trial 0"``
+    (SYSU-MM01) or ``"infrared->visible, trial 0"`` (LLCM); a split with one fixed gallery (RegDB's, the
+    reader's own trial) is named without a trial."""
+    trials = sorted(set(trials))
+    if not trials or min(trials) < 0:
+        raise ValueError(f"give at least one non-negative trial, got {trials}")
+    options = SplitOptions(trials=max(trials) + 1, modes=tuple(modes), shots=(1,), directions=tuple(directions))
     splits = {}
-    for name, kwargs in keys:
-        query, gallery = trial_split(dataset, layout, **kwargs)
-        splits[name] = Split(layout, tuple(query), tuple(gallery))
+    for split in dataset.test_splits(options):
+        fixed = len(split.trials) == 1
+        for t in split.trials[:1] if fixed else trials:
+            name = split.name if fixed else f"{split.name}, trial {t}"
+            splits[name] = Split(split.rules, split.query, tuple(split.gallery(t)))
+    if not splits:
+        raise ValueError("no split selected: give at least one mode or direction")
     return splits
 
 
@@ -254,15 +247,10 @@ def first_match_frame(data: InspectorData, split: str) -> pd.DataFrame:
 
 
 def _allowed_matrix(split: Split) -> Tensor:
-    """``(Q, G)`` mask of the gallery each query ranks (one protocol rule per distinct (pid, cam))."""
-    rules: dict[tuple[int, int], Tensor] = {}
-    rows = []
-    for record in split.query:
-        key = (record.pid, record.cam)
-        if key not in rules:
-            rules[key] = allowed_gallery(record, split.gallery, split.protocol)
-        rows.append(rules[key])
-    return torch.stack(rows)
+    """``(Q, G)`` mask of the gallery each query ranks: the complement of what the gallery rules remove."""
+    q_pid, q_cam = (torch.tensor([getattr(r, f) for r in split.query]) for f in ("pid", "cam"))
+    g_pid, g_cam = (torch.tensor([getattr(r, f) for r in split.gallery]) for f in ("pid", "cam"))
+    return ~split.rules.removed(q_pid[:, None], q_cam[:, None], g_pid[None, :], g_cam[None, :])
 
 
 def render(view: QueryView, image_size: tuple[int, int]) -> Figure:

@@ -5,7 +5,7 @@ attributes (:data:`INVARIANT_ATTRIBUTES`: build, height, hair, top pattern, slee
 hat). The oracle knows, for every test image, its identity's invariant attributes (from the tree's
 ``synthvi.json``) and nothing else: its feature is the one-hot encoding of each invariant attribute,
 concatenated and L2-normalised, so identities that share every invariant attribute look identical.
-It is evaluated by the protocol code the models use (:func:`csdn.eval.protocols.evaluate_sysu`): its
+It is evaluated by the protocol code the models use (:func:`csdn.eval.protocols.evaluate_split`): its
 R1/mAP is the ceiling of retrieval by invariant attributes alone, set by how many distinct invariant
 combinations the test identities show (:func:`count_invariant_combinations`). A model may exceed it
 through hidden continuous cues (body proportions, thermal intensities) that no attribute names.
@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from csdn.data.protocol import Reader, SplitOptions
 from csdn.data.records import Record
-from csdn.synthvi.layouts import METADATA_FILE, load_metadata
+from csdn.eval.protocols import ProtocolResult, evaluate_split
+from csdn.synthvi.layouts import METADATA_FILE, load_metadata, synthvi_pid
 from csdn.synthvi.world import ATTRIBUTES, COLOR_ATTRIBUTES
-from csdn.eval.protocols import ProtocolResult, evaluate_sysu
 
 __all__ = [
     "INVARIANT_ATTRIBUTES",
@@ -59,7 +60,7 @@ Attributes = Mapping[int, Mapping[str, str]]  # pid -> attribute name -> value
 
 @dataclass(frozen=True, eq=False)
 class OracleReport:
-    """The oracle's protocol results per SYSU search mode, and what bounds them."""
+    """The oracle's protocol results per test split, and what bounds them."""
 
     test_ids: int  # test identities
     combinations: int  # distinct invariant-attribute combinations among them
@@ -88,16 +89,6 @@ def _attributes_of(meta: dict, root: Path) -> dict[int, dict[str, str]]:
     if not isinstance(identities, dict):
         raise ValueError(f"{root / METADATA_FILE} has no 'identities' table; delete the tree and write it again")
     return {int(pid): dict(attrs) for pid, attrs in identities.items()}
-
-
-def _sysu_attributes(root: Path) -> dict[int, dict[str, str]]:
-    """The identity attributes of a SynthVI tree that must be in the SYSU-MM01 layout."""
-    meta = load_metadata(root)
-    if meta.get("layout") != "sysu":
-        raise ValueError(f"{root / METADATA_FILE}: the attribute oracle runs the SYSU-MM01 protocol, but this "
-                         f"SynthVI tree is in the {meta.get('layout')!r} layout; write it with "
-                         "csdn.synthvi.layouts.write_sysu")
-    return _attributes_of(meta, root)
 
 
 def invariant_key(attributes: Attributes, pid: int) -> tuple[str, ...]:
@@ -145,25 +136,26 @@ def oracle_features(records: Sequence[Record], attributes: Attributes, query: Co
         raise ValueError("oracle_features needs at least one record")
     ties = _tie_order(attributes, seed)
     scale = np.sqrt(len(INVARIANT_ATTRIBUTES))
-    base = {pid: _one_hot(invariant_key(attributes, pid), pid) / scale for pid in {r.pid for r in records}}
-    feats = np.stack([np.append(base[r.pid], 1.0 if r in query else TIE_EPSILON * ties[r.pid]) for r in records])
+    pids = [synthvi_pid(r) for r in records]
+    base = {pid: _one_hot(invariant_key(attributes, pid), pid) / scale for pid in set(pids)}
+    feats = np.stack([np.append(base[pid], 1.0 if r in query else TIE_EPSILON * ties[pid]) for r, pid in zip(records, pids)])
     return torch.from_numpy(feats / np.linalg.norm(feats, axis=1, keepdims=True)).float()
 
 
-def attribute_oracle(dataset: Any, attributes: Attributes | None = None, *, modes: Sequence[str] = ("all", "indoor"),
-                     shots: int = 1, trials: int | Sequence[int] = 10, seed: int = 0) -> OracleReport:
-    """Evaluate the attribute oracle on a SynthVI tree in the SYSU-MM01 layout.
+def attribute_oracle(dataset: Reader, attributes: Attributes | None = None, *,
+                     options: SplitOptions = SplitOptions(), seed: int = 0) -> OracleReport:
+    """Evaluate the attribute oracle on a SynthVI tree, in whichever dataset layout it was written.
 
-    ``dataset`` is its :class:`csdn.data.sysu.SYSUMM01` reader; ``attributes`` (pid -> name -> value)
-    default to those in ``dataset.root/synthvi.json``. Each search mode in ``modes`` runs
-    :func:`evaluate_sysu` with ``shots`` and ``trials`` exactly as for a model; ``seed`` fixes the
-    tie-break order.
+    ``dataset`` is its reader; ``attributes`` (pid -> name -> value) default to those in
+    ``dataset.root/synthvi.json``. Each of the reader's test splits for ``options`` runs
+    :func:`evaluate_split` exactly as for a model (results keyed by split name, as
+    ``Experiment.evaluate`` keys them); ``seed`` fixes the tie-break order.
     """
     if attributes is None:
-        attributes = _sysu_attributes(Path(dataset.root))
-    combinations = count_invariant_combinations(attributes, dataset.test_ids)
-    features_of = partial(oracle_features, attributes=attributes, query=frozenset(dataset.query), seed=seed)
-    results = {f"{mode} {shots}-shot": evaluate_sysu(features_of, dataset, mode=mode, shots=shots, trials=trials)
-               for mode in modes}  # keyed as Experiment.evaluate keys its SYSU results
-    return OracleReport(len(dataset.test_ids), combinations, results)
-
+        attributes = identity_attributes(dataset.root)
+    splits = dataset.test_splits(options)
+    test_ids = sorted({synthvi_pid(r) for split in splits for t in split.trials
+                       for r in (*split.query, *split.gallery(t))})
+    results = {split.name: evaluate_split(partial(oracle_features, attributes=attributes, query=frozenset(split.query),
+                                                  seed=seed), split) for split in splits}
+    return OracleReport(len(test_ids), count_invariant_combinations(attributes, test_ids), results)

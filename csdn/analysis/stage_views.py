@@ -23,11 +23,12 @@ from torch import Tensor
 
 from csdn.analysis.projection import MODALITY_COLOURS
 from csdn.data.cache import decode_image
+from csdn.data.protocol import GalleryRules
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record
-from csdn.eval.metrics import PROTOCOLS, SYSU_IGNORED_GALLERY_CAM, SYSU_QUERY_CAM
 from csdn.eval.plots import plot_rank_list
 from csdn.model.prompts import ModalityPrompts
 from csdn.reports import results_frame
+from csdn.sources import dataset_label
 from csdn.train.text_stages import CachedFeatures
 
 History = Sequence[Mapping[str, float]]  # one dict of metrics per epoch, as in Experiment.histories
@@ -548,17 +549,6 @@ def retrieval_table(texts: Mapping[str, Tensor | Mapping[str, Tensor]], feats: C
 
 # -- stage 3: result tables ---------------------------------------------------------------------------
 
-DATASET_NAMES = {"sysu": "SYSU-MM01", "regdb": "RegDB", "llcm": "LLCM"}
-
-
-def dataset_label(data: Any) -> str:
-    """What a result was measured on, from a ``DataConfig``: ``"SYSU-MM01"`` for the real data,
-    ``"SynthVI (SYSU-MM01 protocol)"`` for SynthVI written in that dataset's layout."""
-    if data.dataset == "synthvi":
-        return f"SynthVI ({DATASET_NAMES[data.layout]} protocol)"
-    return DATASET_NAMES[data.dataset]
-
-
 def results_table(results: Mapping[str, Mapping[str, Any]], data: Any) -> pd.DataFrame:
     """:func:`csdn.reports.results_frame` (one row per model and protocol, percent) indexed by
     ``(data, model, protocol)``, the data level being :func:`dataset_label` of ``data``."""
@@ -568,36 +558,6 @@ def results_table(results: Mapping[str, Mapping[str, Any]], data: Any) -> pd.Dat
 
 
 # -- stage 3: rank lists ------------------------------------------------------------------------------
-
-
-def trial_split(dataset: Any, layout: str, trial: int = 0, mode: str = "all",
-               direction: str = "infrared->visible") -> tuple[list[Record], list[Record]]:
-    """``(query, gallery)`` of one test trial of a reader of ``layout`` ("sysu", "llcm" or "regdb").
-
-    SYSU-MM01: infrared queries against the ``mode`` gallery of ``trial``; LLCM: ``direction`` and
-    ``trial``; RegDB: ``direction`` of the reader's own split.
-    """
-    if layout == "sysu":
-        return list(dataset.query), list(dataset.gallery(trial, mode=mode))
-    if layout == "llcm":
-        return list(dataset.query(direction)), list(dataset.gallery(direction, trial))
-    if layout == "regdb":
-        query, gallery = dataset.query_gallery(direction)
-        return list(query), list(gallery)
-    raise ValueError(f"layout must be one of {PROTOCOLS}, got {layout!r}")
-
-
-def allowed_gallery(query: Record, gallery: Sequence[Record], protocol: str) -> Tensor:
-    """Boolean mask of the gallery entries the protocol ranks for ``query``: SYSU-MM01 drops camera 2
-    for camera-3 queries, LLCM drops the query's own identity seen by its own camera number, RegDB
-    keeps everything (the rules of :mod:`csdn.eval.metrics`)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol == "sysu" and query.cam == SYSU_QUERY_CAM:
-        return torch.tensor([g.cam != SYSU_IGNORED_GALLERY_CAM for g in gallery], dtype=torch.bool)
-    if protocol == "llcm":
-        return torch.tensor([not (g.pid == query.pid and g.cam == query.cam) for g in gallery], dtype=torch.bool)
-    return torch.ones(len(gallery), dtype=torch.bool)
 
 
 def top_matches(query_feature: Tensor, gallery_features: Tensor, allowed: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -631,13 +591,13 @@ def plot_query_rank_list(
     query_feature: Tensor,
     gallery: Sequence[Record],
     gallery_features: Tensor,
-    protocol: str,
+    rules: GalleryRules,
     size: tuple[int, int],
     k: int = 10,
     title: str | None = None,
 ) -> Figure:
-    """A query image and its top-``k`` gallery images under ``protocol``'s rules, decoded at ``size``."""
-    indices, scores = top_matches(query_feature, gallery_features, allowed_gallery(query, gallery, protocol), k)
+    """A query image and its top-``k`` gallery images under the gallery ``rules``, decoded at ``size``."""
+    indices, scores = top_matches(query_feature, gallery_features, rules.kept(query, gallery), k)
     shown = [gallery[i] for i in indices.tolist()]
     return plot_rank_list(decode_image(query.path, size), [decode_image(g.path, size) for g in shown],
                           [g.pid == query.pid for g in shown], scores.tolist(), k=len(shown),

@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from csdn.data.protocol import (
-    Direction,
     DatasetError,
+    Direction,
+    EvalSplit,
+    GalleryRules,
+    SplitOptions,
     direction_modalities,
     list_images,
     read_id_list,
@@ -47,6 +50,9 @@ _CAM_TOKEN = re.compile(r"_c(\d+)(?=[_.])")
 class LLCM:
     """Records of LLCM under ``root``."""
 
+    title = "LLCM"
+    rules = GalleryRules(ignore_same_camera_matches=True, dedup_ids=True)  # DEEN's eval_llcm
+
     def __init__(self, root: str | Path) -> None:
         self.root = require_dir(Path(root).expanduser().absolute(), "the LLCM root with idx/, test_vis/, test_nir/")
         require_dir(self.root / "idx", "LLCM index files train_vis.txt, train_nir.txt, test_id.txt")
@@ -57,10 +63,29 @@ class LLCM:
         self._listing: dict[tuple[str, int, int], list[str]] = {}
         self._check_ids_have_images(id_file)
 
+    @classmethod
+    def open(cls, root: str | Path, data) -> LLCM:
+        """The reader of ``root`` (``data``, a ``DataConfig``, holds no LLCM option)."""
+        return cls(root)
+
     @property
     def train(self) -> list[Record]:
         """Visible then near-infrared training records, in index-file order."""
         return list(self._train)
+
+    def direction_split(self, direction: Direction, trials: tuple[int, ...] = tuple(range(10))) -> EvalSplit:
+        """``direction``'s queries against a gallery sampled per trial."""
+        return EvalSplit(name=direction, title=f"LLCM {direction}", query=tuple(self.query(direction)),
+                         gallery_of=lambda trial: self.gallery(direction, trial), trials=tuple(trials),
+                         rules=self.rules)
+
+    def test_splits(self, options: SplitOptions = SplitOptions()) -> list[EvalSplit]:
+        """One split per direction of ``options``, each over trials ``0..options.trials-1``."""
+        return [self.direction_split(d, tuple(range(options.trials))) for d in options.directions]
+
+    def validation(self) -> None:
+        """LLCM has no validation identities."""
+        return None
 
     def query(self, direction: Direction) -> list[Record]:
         """Every test image of the query modality of ``direction``."""

@@ -1,15 +1,28 @@
-"""What the dataset readers share: search directions, the dataset error, and on-disk helpers.
+"""The dataset contract: what every reader provides, and what the readers share.
 
-Every reader (SYSU-MM01, RegDB, LLCM, and SynthVI written in their layouts) reports malformed input
-as a :class:`DatasetError` that names the file or folder, what was expected and how to fix it.
+A reader (:class:`Reader`) is built from a dataset root and yields:
+
+- ``train``: the training :class:`~csdn.data.records.Record` list;
+- ``validation()``: an :class:`EvalSplit` on identities held out of training, or ``None``;
+- ``test_splits(options)``: its test protocols, each an :class:`EvalSplit` (a name, the queries, the
+  gallery of each trial, and the :class:`GalleryRules` its metrics apply).
+
+Everything downstream (the experiment, the metrics, the statistics, the inspector, the gap analysis)
+uses only this contract; the registry (:mod:`csdn.data.registry`) maps dataset names to readers.
+Every reader reports malformed input as a :class:`DatasetError` that names the file or folder, what
+was expected and how to fix it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, get_args
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol, get_args
 
-from csdn.data.records import INFRARED, VISIBLE
+import torch
+
+from csdn.data.records import INFRARED, VISIBLE, Record
 
 Direction = Literal["visible->infrared", "infrared->visible"]
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
@@ -19,6 +32,91 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 class DatasetError(ValueError):
     """A dataset on disk does not have the expected layout or content."""
+
+
+@dataclass(frozen=True)
+class GalleryRules:
+    """What a protocol removes from each query's ranked gallery, and how its CMC counts identities.
+
+    The rules of the community code: SYSU-MM01 (AGW ``eval_sysu``) ignores every camera-2 image for a
+    camera-3 query and deduplicates identities in the CMC; LLCM (DEEN ``eval_llcm``) ignores the
+    query's own identity seen by its own camera number, and deduplicates; RegDB removes nothing.
+    """
+
+    ignored_cameras: tuple[tuple[int, int], ...] = ()  # (query cam, gallery cam): ignore every such image
+    ignore_same_camera_matches: bool = False  # a query ignores its own identity seen by its own camera
+    dedup_ids: bool = False  # CMC counts each identity's first image only (mAP/mINP use every positive)
+
+    def removed(self, q_pid: torch.Tensor, q_cam: torch.Tensor, g_pid: torch.Tensor,
+                g_cam: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the gallery entries removed for the queries (arguments broadcast together)."""
+        shape = torch.broadcast_shapes(q_pid.shape, q_cam.shape, g_pid.shape, g_cam.shape)
+        out = torch.zeros(shape, dtype=torch.bool)
+        for query_cam, gallery_cam in self.ignored_cameras:
+            out |= (q_cam == query_cam) & (g_cam == gallery_cam)
+        if self.ignore_same_camera_matches:
+            out |= (q_pid == g_pid) & (q_cam == g_cam)
+        return out
+
+    @property
+    def removes_nothing(self) -> bool:
+        return not self.ignored_cameras and not self.ignore_same_camera_matches
+
+    def kept(self, query: Record, gallery: Sequence[Record]) -> torch.Tensor:
+        """Boolean mask of the ``gallery`` entries ranked for one ``query``."""
+        g_pid = torch.tensor([g.pid for g in gallery], dtype=torch.long)
+        g_cam = torch.tensor([g.cam for g in gallery], dtype=torch.long)
+        return ~self.removed(torch.tensor(query.pid), torch.tensor(query.cam), g_pid, g_cam)
+
+
+@dataclass(frozen=True, eq=False)
+class EvalSplit:
+    """One evaluation protocol of a dataset: fixed queries against a gallery per trial."""
+
+    name: str  # short key of its results, e.g. "all 1-shot" or "infrared->visible"
+    title: str  # protocol name in reports, e.g. "SYSU-MM01 all-search single-shot"
+    query: tuple[Record, ...]  # the query images
+    gallery_of: Callable[[int], list[Record]]  # trial number -> that trial's gallery
+    trials: tuple[int, ...]  # the trial numbers averaged over
+    rules: GalleryRules  # what the metrics remove from each ranked gallery
+
+    def __post_init__(self) -> None:
+        if not self.trials:
+            raise ValueError(f"{self.title}: a split needs at least one trial")
+
+    def gallery(self, trial: int | None = None) -> list[Record]:
+        """The gallery of ``trial`` (default: the first trial of the split)."""
+        return list(self.gallery_of(self.trials[0] if trial is None else trial))
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """Which test protocols a reader's ``test_splits`` returns (each reader uses the fields it has)."""
+
+    trials: int = 10  # gallery trials per split (0..n-1); readers with one fixed gallery use their own
+    modes: tuple[str, ...] = ("all", "indoor")  # search modes (SYSU-MM01: all-search, indoor-search)
+    shots: tuple[int, ...] = (1,)  # gallery images per (identity, camera): 1 single-shot, 10 multi-shot
+    directions: tuple[str, ...] = ("infrared->visible", "visible->infrared")  # query -> gallery modality
+
+
+class Reader(Protocol):
+    """What every dataset reader provides (see the module docstring); registered in :mod:`csdn.data.registry`."""
+
+    title: ClassVar[str]  # the dataset's name in reports, e.g. "SYSU-MM01"
+    rules: ClassVar[GalleryRules]  # the gallery rules of its test protocol
+    root: Path  # the dataset folder
+
+    @classmethod
+    def open(cls, root: Path, data: Any) -> Reader:
+        """The reader of the tree at ``root`` with the options of ``data`` (a ``DataConfig``)."""
+        ...
+
+    @property
+    def train(self) -> list[Record]: ...
+
+    def validation(self) -> EvalSplit | None: ...
+
+    def test_splits(self, options: SplitOptions = SplitOptions()) -> list[EvalSplit]: ...
 
 
 class IndexEntry(NamedTuple):

@@ -17,8 +17,12 @@ from pathlib import Path
 
 from csdn.data.protocol import (
     DIRECTIONS,
-    Direction,
     DatasetError,
+    Direction,
+    EvalSplit,
+    GalleryRules,
+    SplitOptions,
+    check_direction,
     direction_modalities,
     read_index_file,
     require_dir,
@@ -35,6 +39,9 @@ THERMAL_CAM = 2  # camera number given to thermal (infrared) records
 class RegDB:
     """Records of RegDB split ``trial`` (1..10) under ``root``."""
 
+    title = "RegDB"
+    rules = GalleryRules()  # AGW's eval_regdb: nothing removed, plain CMC
+
     def __init__(self, root: str | Path, trial: int) -> None:
         if trial not in TRIALS:
             raise ValueError(f"RegDB trial must be one of 1..10, got {trial!r}")
@@ -48,17 +55,31 @@ class RegDB:
         self.test_visible: list[Record] = self._read("test", "visible")
         self.test_thermal: list[Record] = self._read("test", "thermal")
 
+    @classmethod
+    def open(cls, root: str | Path, data) -> RegDB:
+        """The reader of trial ``data.regdb_trial`` (``data`` is a ``DataConfig``)."""
+        return cls(root, trial=data.regdb_trial)
+
     @property
     def train(self) -> list[Record]:
         """Visible then thermal training records of this trial."""
         return self._train_visible + self._train_thermal
 
-    def query_gallery(self, direction: Direction) -> tuple[list[Record], list[Record]]:
-        """``(query, gallery)``: the test images of the query modality against all of the other one."""
-        query_modality, _ = direction_modalities(direction)
-        if query_modality == VISIBLE:
-            return list(self.test_visible), list(self.test_thermal)
-        return list(self.test_thermal), list(self.test_visible)
+    def direction_split(self, direction: Direction) -> EvalSplit:
+        """The test images of the query modality against all of the other one (this trial's split)."""
+        query_modality, _ = direction_modalities(check_direction(direction))
+        query, gallery = ((self.test_visible, self.test_thermal) if query_modality == VISIBLE
+                          else (self.test_thermal, self.test_visible))
+        return EvalSplit(name=direction, title=f"RegDB {direction} trial {self.trial}", query=tuple(query),
+                         gallery_of=lambda trial: list(gallery), trials=(self.trial,), rules=self.rules)
+
+    def test_splits(self, options: SplitOptions = SplitOptions()) -> list[EvalSplit]:
+        """One split per direction of ``options``; the trial is this reader's own split."""
+        return [self.direction_split(d) for d in options.directions]
+
+    def validation(self) -> None:
+        """RegDB has no validation identities."""
+        return None
 
     def _read(self, split: str, kind: str) -> list[Record]:
         path = self.root / "idx" / f"{split}_{kind}_{self.trial}.txt"

@@ -7,31 +7,29 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from csdn.data.llcm import LLCM
-from csdn.data.protocol import DIRECTIONS
+from csdn.data.protocol import Reader, SplitOptions
 from csdn.data.records import MODALITIES, Record
-from csdn.data.regdb import RegDB
-from csdn.data.sysu import SYSUMM01
+
+# The test protocols a split table shows: every direction and mode, single- and multi-shot galleries.
+ALL_SPLITS = SplitOptions(trials=1, shots=(1, 10))
 
 
-def splits(reader: SYSUMM01 | RegDB | LLCM, trial: int = 0) -> dict[str, list[Record]]:
-    """The named record lists of a reader (train, validation, query, and the galleries of ``trial``)."""
-    if isinstance(reader, SYSUMM01):
-        out = {"train": reader.train, "val": reader.val, "query": reader.query}
-        for mode in ("all", "indoor"):
-            for shots in (1, 10):
-                out[f"gallery {mode} {'single' if shots == 1 else 'multi'}-shot"] = reader.gallery(trial, mode, shots)
-        return out
-    if isinstance(reader, RegDB):
-        return {"train": reader.train, "test visible": reader.test_visible, "test thermal": reader.test_thermal}
-    out = {"train": reader.train}
-    for direction in DIRECTIONS:
-        out[f"query {direction}"] = reader.query(direction)
-        out[f"gallery {direction}"] = reader.gallery(direction, trial)
+def splits(reader: Reader, trial: int = 0) -> dict[str, list[Record]]:
+    """The named record lists of a reader: train, the validation query and gallery (if any), and each
+    test split's query (one ``query`` when every split shares it) and gallery of ``trial``."""
+    out = {"train": list(reader.train)}
+    validation = reader.validation()
+    if validation is not None:
+        out["val query"], out["val gallery"] = list(validation.query), validation.gallery(trial)
+    tests = reader.test_splits(ALL_SPLITS)
+    shared = all(split.query == tests[0].query for split in tests)
+    for split in tests:
+        out["query" if shared else f"query {split.name}"] = list(split.query)
+        out[f"gallery {split.name}"] = split.gallery(trial)
     return out
 
 
-def split_table(reader: SYSUMM01 | RegDB | LLCM, trial: int = 0) -> pd.DataFrame:
+def split_table(reader: Reader, trial: int = 0) -> pd.DataFrame:
     """One row per (split, modality): identities, images and cameras."""
     rows = []
     for name, records in splits(reader, trial).items():

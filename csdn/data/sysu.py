@@ -22,21 +22,34 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from csdn.data.protocol import DatasetError, list_images, read_id_list, require_dir, require_file
+from csdn.data.protocol import (
+    DatasetError,
+    EvalSplit,
+    GalleryRules,
+    SplitOptions,
+    list_images,
+    read_id_list,
+    require_dir,
+    require_file,
+)
 from csdn.data.records import INFRARED, VISIBLE, Record
 
 VISIBLE_CAMS = (1, 2, 4, 5)
 INFRARED_CAMS = (3, 6)
 ALL_CAMS = (1, 2, 3, 4, 5, 6)
 GALLERY_CAMS = {"all": VISIBLE_CAMS, "indoor": (1, 2)}  # search mode -> visible gallery cameras
+SHOT_NAMES = {1: "single-shot", 10: "multi-shot"}  # shots per (id, camera) -> protocol wording
 
 
 class SYSUMM01:
     """Records of SYSU-MM01 under ``root``.
 
     ``hold_out_val=False`` trains on train+val ids (the standard 395); ``True`` keeps the val ids out
-    of ``train`` so that ``val_protocol`` can select models without touching the test ids.
+    of ``train`` so that ``validation()`` can select models without touching the test ids.
     """
+
+    title = "SYSU-MM01"
+    rules = GalleryRules(ignored_cameras=((3, 2),), dedup_ids=True)  # AGW's eval_sysu
 
     def __init__(self, root: str | Path, hold_out_val: bool = False) -> None:
         self.root = require_dir(Path(root).expanduser().absolute(), "the SYSU-MM01 root with cam1..cam6 and exp/")
@@ -52,6 +65,11 @@ class SYSUMM01:
         self.train_ids: list[int] = split["train"]
         self.val_ids: list[int] = split["val"]
         self.test_ids: list[int] = split["test"]
+
+    @classmethod
+    def open(cls, root: str | Path, data) -> SYSUMM01:
+        """The reader of ``root`` with ``data.hold_out_val`` (``data`` is a ``DataConfig``)."""
+        return cls(root, hold_out_val=data.hold_out_val)
 
     @property
     def train(self) -> list[Record]:
@@ -86,11 +104,30 @@ class SYSUMM01:
             return self._gallery_from_permutation(Path(rand_perm), self.test_ids, cams, trial, shots)
         return self._sample_gallery(self.test_ids, cams, random.Random(trial), shots)
 
-    def val_protocol(self, seed: int = 0) -> tuple[list[Record], list[Record]]:
-        """``(query, gallery)`` on the val ids: their infrared images vs a single-shot all-search gallery."""
-        query = self._records(self.val_ids, INFRARED_CAMS)
-        gallery = self._sample_gallery(self.val_ids, VISIBLE_CAMS, random.Random(seed), shots=1)
-        return query, gallery
+    def search_split(self, mode: str = "all", shots: int = 1, trials: tuple[int, ...] = tuple(range(10)),
+                     rand_perm: str | Path | None = None) -> EvalSplit:
+        """The ``mode``-search protocol with ``shots`` per (id, camera): infrared queries, visible galleries."""
+        _gallery_cams(mode)
+        _check_trial_and_shots(0, shots)
+        extra = {} if rand_perm is None else {"rand_perm": rand_perm}
+        return EvalSplit(
+            name=f"{mode} {shots}-shot", title=f"SYSU-MM01 {mode}-search {SHOT_NAMES.get(shots, f'{shots}-shot')}",
+            query=tuple(self.query), trials=tuple(trials), rules=self.rules,
+            gallery_of=lambda trial: self.gallery(trial, mode=mode, shots=shots, **extra))
+
+    def test_splits(self, options: SplitOptions = SplitOptions()) -> list[EvalSplit]:
+        """One split per (search mode, shots) of ``options``, each over trials ``0..options.trials-1``."""
+        trials = tuple(range(options.trials))
+        return [self.search_split(mode, shots, trials) for mode in options.modes for shots in options.shots]
+
+    def validation(self) -> EvalSplit | None:
+        """The val ids' infrared images against a single-shot all-search gallery (trial 0), when held out."""
+        if not self.hold_out_val:
+            return None
+        return EvalSplit(
+            name="val", title="SYSU-MM01 validation (val ids, all-search single-shot)",
+            query=tuple(self._records(self.val_ids, INFRARED_CAMS)), trials=(0,), rules=self.rules,
+            gallery_of=lambda trial: self._sample_gallery(self.val_ids, VISIBLE_CAMS, random.Random(trial), shots=1))
 
     # -- internals ---------------------------------------------------------------------------------
 

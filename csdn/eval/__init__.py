@@ -1,22 +1,22 @@
-"""Evaluation: features, metrics, SYSU-MM01 / RegDB / LLCM protocols, re-ranking and plots.
+"""Evaluation: features, metrics, the datasets' protocols, re-ranking and plots.
 
 Plots live in :mod:`csdn.eval.plots` (imported on demand, so evaluation does not load matplotlib).
 """
 
 from csdn.eval.features import extract_features
-from csdn.eval.metrics import PROTOCOLS, Metrics, evaluate, rank_gallery
+from csdn.eval.metrics import Metrics, evaluate, rank_gallery
 from csdn.eval.protocols import (
     FeaturesOf,
     ProtocolResult,
     evaluate_features,
     evaluate_llcm,
     evaluate_regdb,
+    evaluate_split,
     evaluate_sysu,
 )
 from csdn.eval.rerank import RerankConfig, k_reciprocal_rerank
 
 __all__ = [
-    "PROTOCOLS",
     "FeaturesOf",
     "Metrics",
     "ProtocolResult",
@@ -25,6 +25,7 @@ __all__ = [
     "evaluate_features",
     "evaluate_llcm",
     "evaluate_regdb",
+    "evaluate_split",
     "evaluate_sysu",
     "extract_features",
     "k_reciprocal_rerank",

@@ -1,18 +1,19 @@
-"""Re-ID metrics on a query x gallery matrix: CMC, mAP and mINP under the SYSU, RegDB and LLCM rules.
+"""Re-ID metrics on a query x gallery matrix: CMC, mAP and mINP under a protocol's gallery rules.
 
 Conventions (shared by every function here):
 
 - **Ranking and ties.** Each query's gallery is ranked by a *stable* sort: best score (or smallest
   distance) first, and equal values keep their gallery order (lower gallery index first); -0.0 and
   0.0 are equal. float32 values are compared exactly, float64 values to about 1e-12 relative.
-- **Protocol filters** remove gallery entries from a query's ranked list before anything is counted:
-  ``"sysu"``: a query from camera 3 ignores *every* camera-2 gallery image (cams 2 and 3 share a
-  place; AGW's ``eval_sysu``); ``"llcm"``: a query ignores gallery images of its own pid taken by its
-  own camera number (DEEN's ``eval_llcm``); ``"regdb"``: nothing is removed.
+- **Gallery rules** (:class:`~csdn.data.protocol.GalleryRules`, declared by each dataset reader) remove
+  gallery entries from a query's ranked list before anything is counted. SYSU-MM01: a query from camera
+  3 ignores *every* camera-2 gallery image (cams 2 and 3 share a place; AGW's ``eval_sysu``); LLCM: a
+  query ignores gallery images of its own pid taken by its own camera number (DEEN's ``eval_llcm``);
+  RegDB: nothing is removed.
 - **Valid queries.** A query with no true match left after filtering is skipped: it counts in
   ``num_queries`` but not in ``num_valid_queries``, and every metric averages over valid queries only.
 - **CMC** at rank k is the fraction of valid queries whose first true match is within the top k. With
-  ``dedup_ids`` the ranked list is first reduced to the first occurrence of each identity (the
+  ``rules.dedup_ids`` the ranked list is first reduced to the first occurrence of each identity (the
   community's multi-image-gallery CMC for SYSU-MM01 and LLCM); mAP and mINP always use every positive.
 - **mINP** (Ye et al., 2021): INP = number of positives / rank of the hardest (last) positive.
 
@@ -32,11 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-PROTOCOLS = ("sysu", "regdb", "llcm")
-# Whether each protocol's CMC deduplicates identities (AGW eval_sysu, DEEN eval_llcm, AGW eval_regdb).
-DEFAULT_DEDUP = {"sysu": True, "regdb": False, "llcm": True}
-# SYSU-MM01: queries from this camera ignore every gallery image of the other camera.
-SYSU_QUERY_CAM, SYSU_IGNORED_GALLERY_CAM = 3, 2
+from csdn.data.protocol import GalleryRules
+
 # Upper bound on query-rows x gallery-columns elements processed at once.
 _CHUNK_ELEMENTS = 1 << 18
 _AFTER_ALL = torch.iinfo(torch.int64).max  # ranking key placing an entry after every other
@@ -85,26 +83,26 @@ def evaluate(
     q_cams: ArrayLike,
     g_cams: ArrayLike,
     *,
-    protocol: str,
+    rules: GalleryRules,
     higher_is_better: bool,
     dedup_ids: bool | None = None,
     max_rank: int = 20,
 ) -> Metrics:
     """CMC (ranks 1..max_rank), mAP and mINP of a query x gallery score or distance matrix.
 
-    ``higher_is_better`` says whether the matrix holds similarities (True) or distances (False).
-    ``dedup_ids=None`` uses the protocol's convention (``DEFAULT_DEDUP``). Raises ``ValueError`` on
-    malformed input or when no query has a true match in the gallery.
+    ``rules`` are the protocol's gallery rules (a reader's ``rules``); ``higher_is_better`` says whether
+    the matrix holds similarities (True) or distances (False). ``dedup_ids=None`` uses
+    ``rules.dedup_ids``. Raises ``ValueError`` on malformed input or when no query has a true match.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if not isinstance(rules, GalleryRules):
+        raise TypeError(f"rules must be GalleryRules (a dataset reader's .rules), got {type(rules).__name__}")
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     values = _as_matrix(scores_or_dist)
     n_q, n_g = values.shape
     q_pid, q_cam = _as_labels(q_pids, n_q, "q_pids"), _as_labels(q_cams, n_q, "q_cams")
     g_pid, g_cam = _as_labels(g_pids, n_g, "g_pids"), _as_labels(g_cams, n_g, "g_cams")
-    dedup = DEFAULT_DEDUP[protocol] if dedup_ids is None else bool(dedup_ids)
+    dedup = rules.dedup_ids if dedup_ids is None else bool(dedup_ids)
 
     # Contiguous identity labels 0..num_ids-1 over the gallery; -1 for query pids absent from it.
     gallery_ids, g_label = torch.unique(g_pid, return_inverse=True)
@@ -115,15 +113,19 @@ def evaluate(
     match_rank = torch.zeros(n_q, columns.shape[1], dtype=torch.long)  # (query, k): rank of k-th match
     num_pos = torch.zeros(n_q, dtype=torch.long)
     first_rank = torch.zeros(n_q, dtype=torch.long)  # of the first match, identity-deduplicated or not
-    for rows, cam_filter in _row_blocks(protocol, q_cam, max(1, _CHUNK_ELEMENTS // n_g)):
+    size = max(1, _CHUNK_ELEMENTS // n_g)
+    for start in range(0, n_q, size):
+        rows = torch.arange(start, min(n_q, start + size))
+        removed = None if rules.removes_nothing else rules.removed(q_pid[rows, None], q_cam[rows, None],
+                                                                     g_pid[None, :], g_cam[None, :])
         match_rank[rows], num_pos[rows], first_rank[rows] = _match_ranks(
-            values.index_select(0, rows), higher_is_better, q_label[rows], q_cam[rows], columns, g_label,
-            g_cam, num_ids, protocol, cam_filter, dedup)
+            values.index_select(0, rows), higher_is_better, q_label[rows], columns, g_label, num_ids, removed,
+            dedup)
 
     valid = num_pos > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
-        raise ValueError(f"no query has a true match in the gallery under protocol {protocol!r} "
+        raise ValueError(f"no query has a true match in the gallery under {rules} "
                          f"({n_q} queries, {n_g} gallery items): check that query and gallery pids "
                          "overlap and that the camera filter does not remove every match")
     match_rank, num_pos, first_rank = match_rank[valid], num_pos[valid], first_rank[valid]
@@ -133,21 +135,6 @@ def evaluate(
     cmc = (first_rank[:, None] <= torch.arange(1, max_rank + 1)).sum(0, dtype=torch.float64) / num_valid
     return Metrics(cmc=cmc.numpy(), mAP=float(ap.mean()), mINP=float(inp.mean()), num_queries=n_q,
                    num_valid_queries=num_valid)
-
-
-def _row_blocks(protocol, q_cam, size) -> list[tuple[torch.Tensor, bool]]:
-    """Blocks of at most ``size`` query rows, and whether SYSU's camera filter applies to the block.
-
-    SYSU's cam-3 queries are blocked separately, so their filter is a mask over columns only.
-    """
-    rows = torch.arange(len(q_cam))
-    if protocol != "sysu":
-        groups = [(rows, False)]
-    else:
-        from_cam3 = q_cam == SYSU_QUERY_CAM
-        groups = [(rows[from_cam3], True), (rows[~from_cam3], False)]
-    return [(group[i:i + size], cam_filter)
-            for group, cam_filter in groups for i in range(0, len(group), size)]
 
 
 def _columns_by_label(labels: torch.Tensor, num_ids: int) -> torch.Tensor:
@@ -160,20 +147,21 @@ def _columns_by_label(labels: torch.Tensor, num_ids: int) -> torch.Tensor:
     return table
 
 
-def _match_ranks(block, higher_is_better, q_label, q_cam, columns, g_label, g_cam, num_ids, protocol,
-                 cam_filter, dedup):
+def _match_ranks(block, higher_is_better, q_label, columns, g_label, num_ids, removed, dedup):
     """For one block of query rows (``block`` is consumed): the 1-based ranks of each query's true
     matches in ascending order (padded with larger values), their number, and the rank of the first
     one, identity-deduplicated when ``dedup``.
 
-    ``columns`` is the identity -> gallery columns table (see ``_columns_by_label``); ``cam_filter``
-    says the block's queries are SYSU cam-3 queries.
+    ``columns`` is the identity -> gallery columns table (see ``_columns_by_label``); ``removed`` is the
+    (rows, gallery) mask of the entries the gallery rules remove, or None.
     """
     key = _ranking_keys(block, higher_is_better)
     own = columns[q_label.clamp(min=0)]  # (rows, slots) gallery columns of the query's identity
     is_match = (own >= 0) & (q_label[:, None] >= 0)
     own = own.clamp(min=0)
-    _remove_filtered(protocol, cam_filter, key, own, is_match, q_cam, g_cam)
+    if removed is not None:  # removed entries sort after every other and stop being matches
+        key.masked_fill_(removed, _AFTER_ALL)
+        is_match &= ~removed.gather(1, own)
 
     # Each row's true-match keys, sorted; padding and removed slots sort last.
     match_keys = torch.where(is_match, key.gather(1, own), _AFTER_ALL).sort(dim=1).values
@@ -185,19 +173,6 @@ def _match_ranks(block, higher_is_better, q_label, q_cam, columns, g_label, g_ca
     if dedup:
         first = _distinct_ids_in_prefix(ranked_keys, first, g_label, num_ids)
     return match_rank, num_pos, first
-
-
-def _remove_filtered(protocol, cam_filter, key, own, is_match, q_cam, g_cam) -> None:
-    """In place: entries the protocol ignores get a key after every other and stop being matches."""
-    if cam_filter:  # SYSU, cam-3 queries: every cam-2 column goes
-        ignored = g_cam == SYSU_IGNORED_GALLERY_CAM
-        key.masked_fill_(ignored[None, :], _AFTER_ALL)
-        is_match &= ~ignored[own]
-    elif protocol == "llcm":
-        removed = is_match & (g_cam[own] == q_cam[:, None])  # own identity, own camera
-        rows = torch.arange(len(key))[:, None].expand_as(own)
-        key[rows[removed], own[removed]] = _AFTER_ALL
-        is_match &= ~removed
 
 
 def _ranking_keys(block: torch.Tensor, higher_is_better: bool) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""Evaluation protocols of SYSU-MM01, RegDB and LLCM: trials, averaging, and a printable result.
+"""Evaluation protocols: a dataset's :class:`~csdn.data.protocol.EvalSplit` run over its trials, averaged.
 
-Every driver takes ``features_of(records) -> (N, D)`` tensor: L2-normalised features of the records in
+:func:`evaluate_split` runs any reader's split; :func:`evaluate_sysu`, :func:`evaluate_llcm` and
+:func:`evaluate_regdb` are the three datasets' protocols spelled out. Every driver takes ``features_of(records) -> (N, D)`` tensor: L2-normalised features of the records in
 order, supplied by the model side (it may use the records' modality to pick a stem). Similarity is the
 dot product; with re-ranking, the k-reciprocal distance.
 
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from csdn.data.protocol import check_direction
+from csdn.data.protocol import EvalSplit, GalleryRules, check_direction
 from csdn.data.records import Record
 from csdn.eval.metrics import Metrics, evaluate
 from csdn.eval.rerank import RerankConfig, k_reciprocal_rerank
@@ -33,7 +34,6 @@ FeaturesOf = Callable[[list[Record]], torch.Tensor]
 Trials = int | Sequence[int]
 Rerank = bool | RerankConfig
 
-SHOT_NAMES = {1: "single-shot", 10: "multi-shot"}  # shots per (id, camera) -> protocol wording
 SUMMARY_RANKS = (1, 5, 10, 20)  # CMC ranks shown in tables and summaries
 
 
@@ -118,12 +118,12 @@ def evaluate_features(
     query: Sequence[Record],
     gallery: Sequence[Record],
     *,
-    protocol: str,
+    rules: GalleryRules,
     dedup_ids: bool | None = None,
     rerank: Rerank = False,
     max_rank: int = 20,
 ) -> Metrics:
-    """Metrics of query features against gallery features (dot-product similarity or re-ranking)."""
+    """Metrics of query features against gallery features under ``rules`` (dot products or re-ranking)."""
     q_pids, q_cams = [r.pid for r in query], [r.cam for r in query]
     g_pids, g_cams = [r.pid for r in gallery], [r.cam for r in gallery]
     config = _rerank_config(rerank)
@@ -131,8 +131,18 @@ def evaluate_features(
         matrix, higher_is_better = q_feats @ g_feats.T, True
     else:
         matrix, higher_is_better = k_reciprocal_rerank(q_feats, g_feats, **asdict(config)), False
-    return evaluate(matrix, q_pids, g_pids, q_cams, g_cams, protocol=protocol,
+    return evaluate(matrix, q_pids, g_pids, q_cams, g_cams, rules=rules,
                     higher_is_better=higher_is_better, dedup_ids=dedup_ids, max_rank=max_rank)
+
+
+def evaluate_split(features_of: FeaturesOf, split: EvalSplit, rerank: Rerank = False, *,
+                   max_rank: int = 20) -> ProtocolResult:
+    """``split`` (a reader's validation or test split) over its trials: query features once, the union of
+    the trials' galleries once, then the metrics of each trial under the split's gallery rules."""
+    galleries = [split.gallery(t) for t in split.trials]
+    per_trial = _fixed_query_trials(features_of, list(split.query), galleries, split.trials, split.rules, rerank,
+                                    max_rank)
+    return ProtocolResult(split.title, split.trials, per_trial)
 
 
 def evaluate_sysu(
@@ -148,17 +158,11 @@ def evaluate_sysu(
 ) -> ProtocolResult:
     """SYSU-MM01 ``mode``-search (``"all"``/``"indoor"``), ``shots`` per (id, camera), averaged over trials.
 
-    ``dataset`` is a :class:`csdn.data.sysu.SYSUMM01` (``.query``, ``.gallery(trial, mode, shots)``);
-    ``trials`` is a count (trials 0..n-1, as AGW) or explicit trial numbers; ``rand_perm`` is passed
-    to ``dataset.gallery`` (the official permutation file).
+    ``dataset`` is a :class:`csdn.data.sysu.SYSUMM01`; ``trials`` is a count (trials 0..n-1, as AGW) or
+    explicit trial numbers; ``rand_perm`` is the official permutation file (see ``SYSUMM01.gallery``).
     """
-    trial_ids = _trial_ids(trials, first=0)
-    extra = {} if rand_perm is None else {"rand_perm": rand_perm}
-    galleries = [list(dataset.gallery(t, mode=mode, shots=shots, **extra)) for t in trial_ids]
-    query = list(dataset.query)
-    name = f"SYSU-MM01 {mode}-search {SHOT_NAMES.get(shots, f'{shots}-shot')}"
-    per_trial = _fixed_query_trials(features_of, query, galleries, trial_ids, "sysu", rerank, max_rank)
-    return ProtocolResult(name, trial_ids, per_trial)
+    split = dataset.search_split(mode, shots, _trial_ids(trials, first=0), rand_perm=rand_perm)
+    return evaluate_split(features_of, split, rerank, max_rank=max_rank)
 
 
 def evaluate_llcm(
@@ -172,14 +176,10 @@ def evaluate_llcm(
 ) -> ProtocolResult:
     """LLCM in one ``direction`` (query modality first), averaged over trials (0..n-1 for a count).
 
-    ``dataset`` is a :class:`csdn.data.llcm.LLCM` (``.query(direction)``, ``.gallery(direction, trial)``).
+    ``dataset`` is a :class:`csdn.data.llcm.LLCM`.
     """
-    direction = check_direction(direction)
-    trial_ids = _trial_ids(trials, first=0)
-    query = list(dataset.query(direction))
-    galleries = [list(dataset.gallery(direction, t)) for t in trial_ids]
-    per_trial = _fixed_query_trials(features_of, query, galleries, trial_ids, "llcm", rerank, max_rank)
-    return ProtocolResult(f"LLCM {direction}", trial_ids, per_trial)
+    split = dataset.direction_split(check_direction(direction), _trial_ids(trials, first=0))
+    return evaluate_split(features_of, split, rerank, max_rank=max_rank)
 
 
 def evaluate_regdb(
@@ -195,23 +195,20 @@ def evaluate_regdb(
 
     ``features_of_trial(trial)`` gives the ``features_of`` of the model trained on that trial's split.
     ``dataset`` is the RegDB root folder, or a function ``trial -> dataset`` with
-    ``.query_gallery(direction) -> (query, gallery)``. ``direction`` may say "thermal" for "infrared".
+    ``.direction_split(direction)`` (a :class:`csdn.data.regdb.RegDB`). ``direction`` may say "thermal"
+    for "infrared".
     """
     direction = check_direction(direction.replace("thermal", "infrared"))
     dataset_of = _regdb_reader(dataset) if isinstance(dataset, (str, Path)) else dataset
     trial_ids = _trial_ids(trials, first=1)
     per_trial = []
     for t in trial_ids:
-        query, gallery = dataset_of(t).query_gallery(direction)
-        features_of = features_of_trial(t)
-        q_feats = _features(features_of, list(query), f"trial {t} query")
-        g_feats = _features(features_of, list(gallery), f"trial {t} gallery")
-        per_trial.append(evaluate_features(q_feats, g_feats, query, gallery, protocol="regdb",
-                                           rerank=rerank, max_rank=max_rank))
+        split = dataset_of(t).direction_split(direction)
+        per_trial.extend(evaluate_split(features_of_trial(t), split, rerank, max_rank=max_rank).per_trial)
     return ProtocolResult(f"RegDB {direction.replace('infrared', 'thermal')}", trial_ids, tuple(per_trial))
 
 
-def _fixed_query_trials(features_of, query, galleries, trial_ids, protocol, rerank, max_rank):
+def _fixed_query_trials(features_of, query, galleries, trial_ids, rules, rerank, max_rank):
     """Metrics per trial with one query set: features of the query and of the union of galleries once."""
     q_feats = _features(features_of, query, "query")
     union = list(dict.fromkeys(r for gallery in galleries for r in gallery))
@@ -222,7 +219,7 @@ def _fixed_query_trials(features_of, query, galleries, trial_ids, protocol, rera
         if not gallery:
             raise ValueError(f"the gallery of trial {t} is empty: check the dataset's test identities")
         g_feats = u_feats[torch.tensor([position[r] for r in gallery])]
-        per_trial.append(evaluate_features(q_feats, g_feats, query, gallery, protocol=protocol,
+        per_trial.append(evaluate_features(q_feats, g_feats, query, gallery, rules=rules,
                                            rerank=rerank, max_rank=max_rank))
     return tuple(per_trial)
 

@@ -19,7 +19,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from csdn.artifacts import atomic_write_json, build_once, config_key, is_complete
-from csdn.data.records import INFRARED, VISIBLE
+from csdn.data.llcm import LLCM
+from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.data.regdb import RegDB
+from csdn.data.registry import DATASETS
+from csdn.data.sysu import SYSUMM01
 from csdn.synthvi.cameras import LLCM_CAMERAS, LLCM_NIR_CAMS, REGDB_CAMERAS, SYSU_CAMERAS, CameraSpec
 from csdn.synthvi.render import render_image
 from csdn.synthvi.world import (
@@ -260,7 +264,9 @@ def write_llcm(cfg: SynthConfig, root: Path, progress: bool = False) -> dict:
     return _write_layout(cfg, root, "llcm", items, PURPOSE_LLCM, text_files, counts, {"splits": pids}, progress)
 
 
-WRITERS: dict[str, Callable[..., dict]] = {"sysu": write_sysu, "regdb": write_regdb, "llcm": write_llcm}
+# SynthVI's writer for each reader it imitates; WRITERS names them as the dataset registry does.
+_WRITER_OF: dict[type, Callable[..., dict]] = {SYSUMM01: write_sysu, RegDB: write_regdb, LLCM: write_llcm}
+WRITERS: dict[str, Callable[..., dict]] = {name: _WRITER_OF[cls] for name, cls in DATASETS.items() if cls in _WRITER_OF}
 
 
 def write_layout(layout: str, cfg: SynthConfig, root: Path, progress: bool = False) -> dict:
@@ -268,6 +274,15 @@ def write_layout(layout: str, cfg: SynthConfig, root: Path, progress: bool = Fal
     if layout not in WRITERS:
         raise ValueError(f"unknown SynthVI layout {layout!r}; expected one of {sorted(WRITERS)}")
     return WRITERS[layout](cfg, root, progress=progress)
+
+
+def synthvi_pid(record: Record) -> int:
+    """The SynthVI identity of an image of any layout: every writer stores it under a ``<pid:04d>`` folder
+    (RegDB's index files renumber identities from 0, so a RegDB record's ``pid`` is not it)."""
+    name = Path(record.path).parent.name
+    if not name.isdigit():
+        raise ValueError(f"{record.path} is not in a SynthVI <pid:04d> folder")
+    return int(name)
 
 
 def load_metadata(root: Path) -> dict:
