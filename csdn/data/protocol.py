@@ -50,12 +50,13 @@ class GalleryRules:
     def removed(self, q_pid: torch.Tensor, q_cam: torch.Tensor, g_pid: torch.Tensor,
                 g_cam: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the gallery entries removed for the queries (arguments broadcast together)."""
-        shape = torch.broadcast_shapes(q_pid.shape, q_cam.shape, g_pid.shape, g_cam.shape)
-        out = torch.zeros(shape, dtype=torch.bool)
-        for query_cam, gallery_cam in self.ignored_cameras:
-            out |= (q_cam == query_cam) & (g_cam == gallery_cam)
+        terms = [(q_cam == query_cam) & (g_cam == gallery_cam) for query_cam, gallery_cam in self.ignored_cameras]
         if self.ignore_same_camera_matches:
-            out |= (q_pid == g_pid) & (q_cam == g_cam)
+            terms.append((q_pid == g_pid) & (q_cam == g_cam))
+        shape = torch.broadcast_shapes(q_pid.shape, q_cam.shape, g_pid.shape, g_cam.shape)
+        out = terms[0].expand(shape) if terms else torch.zeros(shape, dtype=torch.bool)
+        for term in terms[1:]:
+            out = out | term
         return out
 
     @property

@@ -159,7 +159,7 @@ def _match_ranks(block, higher_is_better, q_label, columns, g_label, num_ids, re
     own = columns[q_label.clamp(min=0)]  # (rows, slots) gallery columns of the query's identity
     is_match = (own >= 0) & (q_label[:, None] >= 0)
     own = own.clamp(min=0)
-    if removed is not None:  # removed entries sort after every other and stop being matches
+    if removed is not None and bool(removed.any()):  # removed entries sort last and stop being matches
         key.masked_fill_(removed, _AFTER_ALL)
         is_match &= ~removed.gather(1, own)
 
