@@ -37,6 +37,7 @@ from csdn.data.protocol import DatasetError
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
 from csdn.sources import open_dataset
 from csdn.data.transforms import TransformConfig, test_transform
+from csdn.errors import ConfigError
 from csdn.eval.features import extract_features
 from csdn.eval.protocols import ProtocolResult, evaluate_features, evaluate_llcm, evaluate_sysu
 from csdn.model.network import CSDNNet
@@ -282,9 +283,8 @@ class Experiment:
         net = CSDNNet(visual, num_ids, modality_stems=self.cfg.model.modality_stems, gem_p=self.cfg.model.gem_p)
         labels = [self.labels[r.pid] for r in self.train_cache.records]
         meta = self._meta("stage3", self.stage3_key)
-        validate = self._validator(net) if self.cfg.select == "best_val" or self.cfg.validate_every else None
-        loop = self._loop(self.cfg.stage3.epochs, validate_every=self.cfg.validate_every if validate else 0,
-                          select=self.cfg.select)
+        validate = self._validator(net) if self.cfg.validate_every else None  # best_val implies validate_every
+        loop = self._loop(self.cfg.stage3.epochs, validate_every=self.cfg.validate_every, select=self.cfg.select)
         return self._run("stage3", self.stage3_key, net, lambda run_dir: train_reid(
             net, self.train_cache, labels, prototypes, self.cfg.stage3, self.transforms, run_dir, loop,
             seed=self.cfg.seed, device=self.device, validate=validate, meta=meta, dist=self.dist,
@@ -326,7 +326,8 @@ class Experiment:
 
     def _validator(self, net: CSDNNet):
         if not hasattr(self.dataset, "val_protocol") or not self.cfg.data.hold_out_val:
-            raise ValueError("validation needs SYSU-layout data with hold_out_val=True (val_id identities)")
+            raise ConfigError(f"validate_every={self.cfg.validate_every} needs SYSU-layout data with hold_out_val=True "
+                              "(its val_id identities); set validate_every=0 and select='final' for this data")
         query, gallery = self.dataset.val_protocol(seed=0)
 
         def validate(epoch: int) -> dict[str, float]:

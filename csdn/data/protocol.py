@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, get_args
 
 from csdn.data.records import INFRARED, VISIBLE
+from csdn.errors import DataError
 
 Direction = Literal["visible->infrared", "infrared->visible"]
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
@@ -17,7 +18,7 @@ DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """A dataset on disk does not have the expected layout or content."""
 
 
