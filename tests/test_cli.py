@@ -163,3 +163,23 @@ def test_ablate_records_its_overrides(tmp_path: Path, monkeypatch, capsys) -> No
     assert "--clip random --seeds 1 --variants vision-only --set stage3.epochs=1" in text
     assert "Overrides: `clip.weights=random, stage3.epochs=1`" in text
     assert "overrides: clip.weights=random, stage3.epochs=1" in capsys.readouterr().out
+
+
+def test_one_report_writer_for_figures_text_and_json(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from csdn.reports import write_report_files
+
+    figure, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    written = write_report_files(tmp_path / "r", {"a.md": "# title\n", "b.json": {"overrides": {"seed": 1}},
+                                                  "c.csv": b"x\n1\n", "d.png": figure})
+    assert [p.name for p in written] == ["a.md", "b.json", "c.csv", "d.png"]
+    assert (tmp_path / "r" / "a.md").read_text() == "# title\n"
+    assert json.loads((tmp_path / "r" / "b.json").read_text()) == {"overrides": {"seed": 1}}
+    assert (tmp_path / "r" / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(figure.number)  # written figures are closed
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["a.md", "b.json", "c.csv", "d.png"]  # no temp files
