@@ -183,3 +183,9 @@ def test_one_report_writer_for_figures_text_and_json(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(figure.number)  # written figures are closed
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["a.md", "b.json", "c.csv", "d.png"]  # no temp files
+
+
+def test_gap_checks_its_projection_methods_before_any_training(tmp_path: Path, capsys) -> None:
+    assert main(["--cache", str(tmp_path / "cache"), "gap", "--profile", "smoke", "--methods", "PCA"]) == 2
+    assert "csdn: error: methods must be a non-empty subset of" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()

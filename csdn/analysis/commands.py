@@ -142,11 +142,11 @@ def cmd_gap(args: argparse.Namespace) -> int:
     from csdn.experiment import Experiment
 
     base, overrides = experiment_config(args)
+    projection = ProjectionConfig(methods=tuple(m.strip() for m in args.methods.split(",")), seed=base.seed)
     t0 = time.perf_counter()
     records = gap_records(Experiment(base, Path(args.cache)).dataset, base.data.layout, base.eval.trials)
     features = collect_features(base, records, Path(args.cache), progress=True)
     table = gap_table({name: modality_gap(f, records, GapConfig(seed=base.seed)) for name, f in features.items()})
-    projection = ProjectionConfig(methods=tuple(m.strip() for m in args.methods.split(",")), seed=base.seed)
     figure = plot_projections(project_models(features, projection), records, projection,
                               title=f"{base.name}: test features (colour: modality, marker: identity)")
     seconds = time.perf_counter() - t0
