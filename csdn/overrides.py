@@ -145,7 +145,7 @@ def _checked(config_type: type, flat: Mapping[str, Any], path: str) -> dict[str,
         if rest:
             groups.setdefault(name, {})[rest] = value
         else:
-            tree[name] = coerce(value, types_[name], path + name)
+            tree[name] = _coerce(value, types_[name], path + name)
     for name, sub in groups.items():
         inner = types_[name]
         if not (isinstance(inner, type) and dataclasses.is_dataclass(inner)):
@@ -169,7 +169,7 @@ def _build(cfg: C, tree: Mapping[str, Any], path: str) -> C:
         raise ConfigError(f"{where}: {error}") from None
 
 
-def coerce(value: Any, field_type: Any, key: str) -> Any:
+def _coerce(value: Any, field_type: Any, key: str) -> Any:
     """``value`` as ``field_type`` (int -> float, list -> tuple), or a ConfigError naming ``key``."""
     origin, args = typing.get_origin(field_type), typing.get_args(field_type)
     if field_type is Any:
@@ -179,7 +179,7 @@ def coerce(value: Any, field_type: Any, key: str) -> Any:
             return None
         for option in (a for a in args if a is not type(None)):
             try:
-                return coerce(value, option, key)
+                return _coerce(value, option, key)
             except ConfigError:
                 pass
     elif origin is tuple and isinstance(value, (list, tuple)):
@@ -206,10 +206,10 @@ def coerce(value: Any, field_type: Any, key: str) -> Any:
 
 def _tuple(value: list | tuple, args: tuple, field_type: Any, key: str) -> tuple:
     if len(args) == 2 and args[1] is Ellipsis:
-        return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if len(value) != len(args):
         raise ConfigError(f"{key} must be {_type_name(field_type)} ({len(args)} items), got {list(value)!r}")
-    return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
 
 
 def _unknown(key: str, path: str, names: list[str]) -> ConfigError:
