@@ -151,7 +151,7 @@ def cmd_gap(args: argparse.Namespace) -> int:
                               title=f"{base.name}: test features (colour: modality, marker: identity)")
     seconds = time.perf_counter() - t0
     methods = None if projection.methods == METHODS else args.methods
-    command = _command("gap", args, {"--data": args.data, "--clip": args.clip, "--seed": args.seed,
+    command = _command("gap", args, {"--data": args.data, "--clip": args.clip, "--seed": base.seed,
                                      "--methods": methods})
     folder = Path(args.reports) / base.name / "gap"
     figures = {"gap.png": plot_gap(table, title=f"{base.name}: modality gap"), "projections.png": figure}
