@@ -91,7 +91,8 @@ class SynthConfig:
         if not 1 <= self.val_ids < self.train_ids:  # exp/val_id.txt must list at least one id
             raise ConfigError(f"SynthConfig.val_ids must be in [1, train_ids={self.train_ids}), got {self.val_ids}")
         if not 0.0 <= self.clip_infrared_fraction <= 1.0:
-            raise ConfigError(f"SynthConfig.clip_infrared_fraction must be in [0, 1], got {self.clip_infrared_fraction}")
+            raise ConfigError(f"SynthConfig.clip_infrared_fraction must be in [0, 1], "
+                              f"got {self.clip_infrared_fraction}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"SynthConfig.jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.llcm_cams_per_id > len(LLCM_NIR_CAMS):
