@@ -1,5 +1,14 @@
 """The ``csdn`` console script. Config enters here (profile name, flags, ``$CSDN_PROFILE``/``$CSDN_CACHE``).
 
+Every command builds its configuration the same way: the ``--profile``, then the command's convenience
+flags (``--seed``, ``--clip``, ``--variant``, ...: each is one dotted override such as ``model.variant``),
+then the ``--config FILE`` files (.yaml/.yml/.json), then the ``--set KEY=VALUE`` entries, a later value
+winning; all through :func:`csdn.overrides.override`. Every report records the overrides it ran with.
+
+Exit status: 0 on success; 2 on bad input, i.e. a :class:`~csdn.errors.CsdnError` (a config value, a
+dataset, a checkpoint, CLIP weights, a non-finite loss), printed as one line ``csdn: error: ...`` like a
+bad command line. Any other exception is a bug and keeps its traceback.
+
 ``train``, ``eval`` and ``demo`` also run under torchrun (``torchrun --nproc_per_node N -m csdn train ...``):
 every process runs the pipeline on its share, rank 0 prints and writes the report.
 """
@@ -7,24 +16,58 @@ every process runs the pipeline on its share, rank 0 prints and writes the repor
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from csdn.artifacts import default_cache_root
-from csdn.config import SYNTH_LAYOUTS, DataConfig, ExperimentConfig, get_profile, profile_from_env
+from csdn.config import SYNTH_LAYOUTS, ExperimentConfig, get_profile, profile_from_env, to_dict
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
+from csdn.errors import CsdnError
 from csdn.model.network import VARIANTS
+from csdn.overrides import format_overrides, load_overrides, override, parse_overrides
+
+EXIT_BAD_INPUT = 2  # exit status of a CsdnError (and of argparse's usage errors)
+EPILOG = ("Config: --profile, then the flags, then --config files, then --set KEY=VALUE (dotted keys such as "
+          "stage3.epochs=10 or model.sii=attention; a later value wins). Exit status 2 on bad input "
+          "(one line: csdn: error: ...); any other error is a bug and shows its traceback.")
+# argparse destination -> the dotted config key its flag sets (when given)
+FLAG_OVERRIDES = {"seed": "seed", "device": "device", "clip": "clip.weights", "arch": "clip.arch",
+                  "variant": "model.variant", "sii": "model.sii", "sync_bn": "sync_bn",
+                  "skip_bad_images": "skip_bad_images", "layout": "data.synth_layout"}
 
 
-def _data_config(cfg: ExperimentConfig, args: argparse.Namespace) -> DataConfig:
-    data = cfg.data
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` and ``--config FILE``, both repeatable."""
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field by its dotted key, e.g. --set stage3.epochs=10 (repeatable)")
+    p.add_argument("--config", dest="config_files", action="append", default=[], metavar="FILE", type=Path,
+                   help="a .yaml/.yml/.json file of overrides (dotted keys or nested mappings; repeatable)")
+
+
+def command_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The dotted overrides of the command line: its flags, then its --config files, then its --set entries."""
+    flags = {dest: getattr(args, dest, None) for dest in FLAG_OVERRIDES}
+    changes = {FLAG_OVERRIDES[dest]: value for dest, value in flags.items() if value is not None}
     if getattr(args, "dataset", None):
-        data = dataclasses.replace(data, dataset=args.dataset, root=args.data)
-    if getattr(args, "layout", None):
-        data = dataclasses.replace(data, synth_layout=args.layout)
-    return data
+        changes.update({"data.dataset": args.dataset, "data.root": args.data})
+    for path in getattr(args, "config_files", []):
+        changes.update(load_overrides(path, ExperimentConfig))
+    changes.update(parse_overrides(getattr(args, "set_overrides", [])))
+    return changes
+
+
+def experiment_config(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """The command line's configuration (the profile with :func:`command_overrides`) and those overrides."""
+    changes = command_overrides(args)
+    return override(get_profile(args.profile, data_root=getattr(args, "data", None)), changes), changes
+
+
+def config_arguments(args: argparse.Namespace) -> list[str]:
+    """The ``--config`` and ``--set`` arguments as given (to print a command that reproduces the run)."""
+    words = [word for path in getattr(args, "config_files", []) for word in ("--config", str(path))]
+    return words + [word for entry in getattr(args, "set_overrides", []) for word in ("--set", entry)]
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -32,15 +75,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from csdn.synthvi.layouts import WRITERS, synthvi_root
     from csdn.synthvi.layouts import load_metadata
 
-    cfg = get_profile(args.profile)
+    cfg, _ = experiment_config(args)
+    layout = cfg.data.synth_layout
     t0 = time.perf_counter()
     if args.out:
         root = Path(args.out)
-        WRITERS[args.layout](cfg.data.synth, root, progress=True)
+        WRITERS[layout](cfg.data.synth, root, progress=True)
     else:
-        root = synthvi_root(cfg.data.synth, args.layout, args.cache, progress=True)
+        root = synthvi_root(cfg.data.synth, layout, args.cache, progress=True)
     counts = load_metadata(root)["counts"]
-    print(f"SynthVI ({args.profile}, {args.layout} layout) at {root} in {time.perf_counter() - t0:.1f}s")
+    print(f"SynthVI ({args.profile}, {layout} layout) at {root} in {time.perf_counter() - t0:.1f}s")
     print(counts)
     return 0
 
@@ -54,8 +98,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def _open(args: argparse.Namespace):
     from csdn.sources import open_dataset
 
-    cfg = get_profile(args.profile)
-    return open_dataset(_data_config(cfg, args), args.cache, progress=True)
+    cfg, _ = experiment_config(args)
+    return open_dataset(cfg.data, args.cache, progress=True)
 
 
 def _print_statistics(reader) -> None:
@@ -67,29 +111,11 @@ def _print_statistics(reader) -> None:
     print(camera_table(reader.train).to_string(index=False))
 
 
-def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
-    cfg = get_profile(args.profile, data_root=getattr(args, "data", None))
-    changes: dict = {}
-    if getattr(args, "seed", None) is not None:
-        changes["seed"] = args.seed
-    if getattr(args, "device", None):
-        changes["device"] = args.device
-    if getattr(args, "clip", None) or getattr(args, "arch", None):
-        changes["clip"] = dataclasses.replace(cfg.clip, weights=args.clip or cfg.clip.weights, arch=args.arch or cfg.clip.arch)
-    if getattr(args, "variant", None) or getattr(args, "sii", None):
-        changes["model"] = dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant, sii=args.sii or cfg.model.sii)
-    if getattr(args, "sync_bn", None) is not None:
-        changes["sync_bn"] = args.sync_bn
-    if getattr(args, "skip_bad_images", False):
-        changes["skip_bad_images"] = True
-    return dataclasses.replace(cfg, **changes)
-
-
 def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
     from csdn.experiment import Experiment
     from csdn.train.distributed import init_from_env, shutdown
 
-    cfg = _experiment_config(args)
+    cfg, overrides = experiment_config(args)
     dist = init_from_env(cfg.device)  # one process, or this rank of a torchrun job
     try:
         t0 = time.perf_counter()
@@ -103,28 +129,30 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
                 oracle = attribute_oracle(experiment.dataset, options=experiment.split_options())
                 results["attribute oracle (ceiling)"] = oracle.results
         if dist.is_main:
-            _report(args, cfg, experiment, results, time.perf_counter() - t0)
+            _report(args, cfg, overrides, experiment, results, time.perf_counter() - t0)
     finally:
         shutdown(dist)
     return 0
 
 
-def _report(args: argparse.Namespace, cfg: ExperimentConfig, experiment, results: dict, seconds: float) -> None:
+def _report(args: argparse.Namespace, cfg: ExperimentConfig, overrides: dict[str, Any], experiment, results: dict,
+            seconds: float) -> None:
     from csdn.reports import results_frame, write_report
 
+    print(f"profile {cfg.name}; overrides: {format_overrides(overrides)}\n")
     for per_protocol in results.values():
         for result in per_protocol.values():
             print(result.table(), end="\n\n")
     print(results_frame(results).to_string(index=False))
     extra = {"profile": cfg.name, "seconds": seconds, "histories": experiment.histories,
-             "world_size": experiment.dist.world_size}
+             "world_size": experiment.dist.world_size, "config": to_dict(cfg)}
     if cfg.skip_bad_images:
         extra["skipped_images"] = experiment.skipped_images
         if experiment.skipped_images:
             print(f"\nskipped {len(experiment.skipped_images)} unreadable training image(s), listed in "
                   f"{experiment.train_cache.directory / 'skipped.json'} and in the report", file=sys.stderr)
     folder = Path(args.reports) / cfg.name
-    written = write_report(folder, results, extra=extra)
+    written = write_report(folder, results, extra=extra, overrides=overrides)
     print(f"\nfinished in {seconds:.1f}s; report: {', '.join(str(p) for p in written)}")
 
 
@@ -142,7 +170,7 @@ def cmd_pretrain_clip(args: argparse.Namespace) -> int:
     """Pretrain (or load from the cache) the profile's tiny CLIP on SynthVI captions."""
     from csdn.synthvi.pretrain import read_history, tiny_clip
 
-    cfg = get_profile(args.profile)
+    cfg, _ = experiment_config(args)
     t0 = time.perf_counter()
     folder = tiny_clip(cfg.clip.pretrain, cfg.data.synth, args.cache)
     history = read_history(folder)
@@ -158,18 +186,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="csdn", description=__doc__)
+    parser = argparse.ArgumentParser(prog="csdn", description=__doc__, epilog=EPILOG)
     parser.add_argument("--cache", type=Path, default=None, help="artifact cache root (default $CSDN_CACHE or ~/.cache/csdn)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help_text: str, default_profile: str | None = None) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG)
         p.add_argument("--profile", default=default_profile or profile_from_env(), help="named profile (smoke, demo, ...)")
+        add_config_options(p)
         p.set_defaults(func=fn)
         return p
 
     p = add("synth", cmd_synth, "generate the SynthVI world in a dataset layout")
-    p.add_argument("--layout", choices=SYNTH_LAYOUTS, default=SYNTH_LAYOUTS[0])
+    p.add_argument("--layout", choices=SYNTH_LAYOUTS, help="the profile's (sysu) unless given")
     p.add_argument("--out", type=Path, default=None, help="folder to write (default: the artifact cache)")
     p = add("stats", cmd_stats, "dataset statistics")
     p.add_argument("--dataset", choices=REGISTERED_DATASETS, help="a real dataset (needs --data)")
@@ -191,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reports", default="reports", help="folder for result tables and figures")
         p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                        help="under torchrun: BatchNorm statistics over the global batch (default) or per process")
-        p.add_argument("--skip-bad-images", action="store_true",
+        p.add_argument("--skip-bad-images", action="store_true", default=None,
                        help="leave unreadable training images out (listed in the report) instead of stopping")
         if name == "eval":
             p.add_argument("--zero-shot", action="store_true", help="also evaluate the frozen CLIP")
@@ -204,15 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "dataset", None) and not getattr(args, "data", None):
-        print(f"csdn: --dataset {args.dataset} needs --data /path/to/{args.dataset}", file=sys.stderr)
-        return 2
+        return _fail(f"--dataset {args.dataset} needs --data /path/to/{args.dataset}")
     try:
         args.cache = args.cache or default_cache_root()
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as error:
-        # bad input, a checkpoint that does not fit, a non-finite loss: one clear line, no traceback
-        print(f"csdn: {error}", file=sys.stderr)
-        return 2
+    except CsdnError as error:  # bad input: one clear line; anything else is a bug and keeps its traceback
+        return _fail(str(error))
+
+
+def _fail(message: str) -> int:
+    print(f"csdn: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

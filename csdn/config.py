@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
+from csdn.data.protocol import DIRECTIONS
+from csdn.errors import ConfigError
+from csdn.overrides import override
 from csdn.synthvi.pretrain import PretrainConfig
 from csdn.synthvi.layouts import WRITERS
 from csdn.synthvi.world import SynthConfig
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
+from csdn.data.sysu import GALLERY_CAMS
 from csdn.model.network import ModelConfig
 from csdn.train.reid_stage import ReIDStageConfig
 from csdn.train.text_stages import TextStageConfig
@@ -25,6 +29,8 @@ from csdn.train.text_stages import TextStageConfig
 SYNTHVI = "synthvi"  # the embedded world, generated into the cache
 DATASETS = (SYNTHVI, *REGISTERED_DATASETS)  # DataConfig.dataset choices: SynthVI or a registered dataset
 SYNTH_LAYOUTS = tuple(WRITERS)  # the registered datasets SynthVI can be written as
+SYSU_MODES = tuple(GALLERY_CAMS)  # SYSU-MM01 search modes: "all", "indoor"
+SELECTS = ("final", "best_val")  # how stage 3's result epoch is chosen
 PROFILE_ENV = "CSDN_PROFILE"
 
 
@@ -43,16 +49,16 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+            raise ConfigError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.synth_layout not in SYNTH_LAYOUTS:
-            raise ValueError(f"synth_layout must be one of {SYNTH_LAYOUTS}, got {self.synth_layout!r}")
+            raise ConfigError(f"synth_layout must be one of {SYNTH_LAYOUTS}, got {self.synth_layout!r}")
         if not self.synthetic and not self.root:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {self.dataset!r} needs a root folder: pass --data /path/to/{self.dataset} "
                 "(or data=DataConfig(root=...))"
             )
         if not 1 <= self.regdb_trial <= 10:
-            raise ValueError(f"regdb_trial must be in 1..10, got {self.regdb_trial}")
+            raise ConfigError(f"regdb_trial must be in 1..10, got {self.regdb_trial}")
 
     @property
     def synthetic(self) -> bool:
@@ -75,6 +81,10 @@ class ClipConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # how "tiny-synthvi" is pretrained
     last_stride: int = 1  # ResNet layer4 stride (1: the re-ID adaptation)
 
+    def __post_init__(self) -> None:
+        if self.last_stride not in (1, 2):
+            raise ConfigError(f"last_stride must be 1 or 2, got {self.last_stride}")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -87,6 +97,20 @@ class EvalConfig:
     sysu_modes: tuple[str, ...] = ("all", "indoor")  # SYSU search modes
     sysu_shots: tuple[int, ...] = (1,)  # SYSU shots per (id, camera): 1 single-shot, 10 multi-shot
     directions: tuple[str, ...] = ("infrared->visible", "visible->infrared")  # RegDB / LLCM directions
+
+    def __post_init__(self) -> None:
+        if self.trials < 1 or self.batch_size < 1:
+            raise ConfigError(f"need trials >= 1 and batch_size >= 1, got {self.trials} and {self.batch_size}")
+        _check_choices("sysu_modes", self.sysu_modes, SYSU_MODES)
+        _check_choices("directions", self.directions, DIRECTIONS)
+        if any(shots < 1 for shots in self.sysu_shots):
+            raise ConfigError(f"sysu_shots must be >= 1 (1 single-shot, 10 multi-shot), got {self.sysu_shots}")
+
+
+def _check_choices(name: str, values: tuple[str, ...], choices: tuple[str, ...]) -> None:
+    unknown = [v for v in values if v not in choices]
+    if unknown:
+        raise ConfigError(f"{name} may hold {', '.join(map(repr, choices))}; got {', '.join(map(repr, unknown))}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +131,15 @@ class ExperimentConfig:
     validate_every: int = 0  # validate stage 3 every this many epochs on the held-out val ids (0: never)
     sync_bn: bool = True  # several processes (torchrun): BatchNorm statistics over the global batch, not per rank
     skip_bad_images: bool = False  # leave unreadable training images out (listed in skipped.json) instead of stopping
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTS:
+            raise ConfigError(f"select must be one of {SELECTS}, got {self.select!r}")
+        if self.validate_every < 0:
+            raise ConfigError(f"validate_every must be >= 0 (0: never), got {self.validate_every}")
+        if self.select == "best_val" and self.validate_every == 0:
+            raise ConfigError("select='best_val' needs validation: set validate_every > 0 (e.g. --set validate_every=5)"
+                              ", or select='final'")
 
 
 SMOKE_SYNTH = SynthConfig(
@@ -171,7 +204,8 @@ def _real(dataset: str, arch: str) -> Callable[[str | None], ExperimentConfig]:
 
     def build(root: str | None = None) -> ExperimentConfig:
         if not root:
-            raise ValueError(f"the {dataset}-{_ARCH_NAMES[arch]} profile needs the dataset folder (--data /path/to/{dataset})")
+            raise ConfigError(f"the {dataset}-{_ARCH_NAMES[arch]} profile needs the dataset folder "
+                              f"(--data /path/to/{dataset})")
         return ExperimentConfig(
             name=f"{dataset}-{_ARCH_NAMES[arch]}",
             data=DataConfig(dataset=dataset, root=root, height=size[0], width=size[1], hold_out_val=False),
@@ -192,10 +226,11 @@ PROFILES: dict[str, Callable[[str | None], ExperimentConfig]] = {
 
 
 def get_profile(name: str, data_root: str | None = None, **overrides: Any) -> ExperimentConfig:
-    """The named profile (real-data ones need ``data_root``), top-level fields replaced by ``overrides``."""
+    """The named profile (real-data ones need ``data_root``) with top-level ``overrides`` (see
+    :func:`csdn.overrides.override` for dotted ones: ``override(get_profile("demo"), {"stage3.epochs": 10})``)."""
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    return dataclasses.replace(PROFILES[name](data_root), **overrides)
+        raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return override(PROFILES[name](data_root), overrides)
 
 
 def profile_from_env(default: str = "demo") -> str:

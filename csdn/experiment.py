@@ -37,6 +37,7 @@ from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
 from csdn.sources import open_dataset
 from csdn.data.transforms import TransformConfig, test_transform
+from csdn.errors import ConfigError
 from csdn.eval.features import extract_features
 from csdn.eval.protocols import ProtocolResult, evaluate_split
 from csdn.model.network import CSDNNet
@@ -282,9 +283,8 @@ class Experiment:
         net = CSDNNet(visual, num_ids, modality_stems=self.cfg.model.modality_stems, gem_p=self.cfg.model.gem_p)
         labels = [self.labels[r.pid] for r in self.train_cache.records]
         meta = self._meta("stage3", self.stage3_key)
-        validate = self._validator(net) if self.cfg.select == "best_val" or self.cfg.validate_every else None
-        loop = self._loop(self.cfg.stage3.epochs, validate_every=self.cfg.validate_every if validate else 0,
-                          select=self.cfg.select)
+        validate = self._validator(net) if self.cfg.validate_every else None  # best_val implies validate_every
+        loop = self._loop(self.cfg.stage3.epochs, validate_every=self.cfg.validate_every, select=self.cfg.select)
         return self._run("stage3", self.stage3_key, net, lambda run_dir: train_reid(
             net, self.train_cache, labels, prototypes, self.cfg.stage3, self.transforms, run_dir, loop,
             seed=self.cfg.seed, device=self.device, validate=validate, meta=meta, dist=self.dist,
@@ -327,8 +327,9 @@ class Experiment:
     def _validator(self, net: CSDNNet):
         split = self.dataset.validation()
         if split is None:
-            raise ValueError(f"validation needs held-out validation identities, which {self.dataset.title} does not "
-                             "provide here (SYSU-MM01 layout with hold_out_val=True has them)")
+            raise ConfigError(f"validate_every={self.cfg.validate_every} needs held-out validation identities, which "
+                              f"{self.dataset.title} does not provide here (the SYSU-MM01 layout with hold_out_val=True "
+                              "has them); set validate_every=0 and select='final' for this data")
 
         def validate(epoch: int) -> dict[str, float]:
             m = evaluate_split(self.features_of(net.embed, net, flip=False), split)

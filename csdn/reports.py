@@ -1,17 +1,25 @@
-"""Result tables and report folders shared by the CLI and the notebooks."""
+"""Result tables and report folders shared by the CLI and the notebooks.
+
+:func:`write_report_files` is the one writer of report folders (``csdn train``/``eval``/``demo``,
+``csdn ablate``, ``csdn gap``): each file is written atomically (temporary file + rename), figures as PNG.
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from csdn.artifacts import atomic_write_bytes, atomic_write_json
 from csdn.eval.protocols import ProtocolResult
+from csdn.overrides import format_overrides
 
 SUMMARY_COLUMNS = ("R1", "R10", "mAP", "mINP")
+FIGURE_DPI = 120  # resolution of every report figure
 
 
 def results_frame(results: Mapping[str, Mapping[str, ProtocolResult]]) -> pd.DataFrame:
@@ -25,23 +33,60 @@ def results_frame(results: Mapping[str, Mapping[str, ProtocolResult]]) -> pd.Dat
     return pd.DataFrame(rows).round(2)
 
 
-def write_report(folder: Path, results: Mapping[str, Mapping[str, ProtocolResult]],
-                 extra: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``results.json``, ``results.md`` and one CMC figure per protocol into ``folder``."""
-    from csdn.eval.plots import plot_cmc
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` to ``path`` as a PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = results_frame(results)
-    written = [folder / "results.json", folder / "results.md"]
-    atomic_write_json(written[0], {"summary": frame.to_dict(orient="records"), **(extra or {}),
-                                   "results": {m: {p: r.to_dict() for p, r in per.items()} for m, per in results.items()}})
-    atomic_write_bytes(written[1], (frame.to_markdown(index=False) + "\n").encode())
-    protocols = sorted({p for per in results.values() for p in per})
-    for protocol in protocols:
-        curves = {model: per[protocol] for model, per in results.items() if protocol in per}
-        fig = plot_cmc(curves, title=f"CMC, {protocol}")
-        path = folder / f"cmc_{protocol.replace(' ', '_').replace('>', '').replace('-', '_')}.png"
-        fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    atomic_write_bytes(path, buffer.getvalue())
+    plt.close(figure)
+    return Path(path)
+
+
+def write_report_files(folder: Path, files: Mapping[str, Any]) -> list[Path]:
+    """Write each ``file name -> content`` into ``folder``, atomically, and return the paths in order.
+
+    A matplotlib figure is written as a PNG (and closed), ``str`` as UTF-8 text, ``bytes`` as they are,
+    anything else (dicts, lists) as indented JSON.
+    """
+    written = []
+    for name, content in files.items():
+        path = Path(folder) / name
+        if isinstance(content, Figure):
+            save_figure(content, path)
+        elif isinstance(content, str):
+            atomic_write_bytes(path, content.encode())
+        elif isinstance(content, bytes):
+            atomic_write_bytes(path, content)
+        else:
+            atomic_write_json(path, content)
         written.append(path)
     return written
+
+
+def overrides_line(overrides: Mapping[str, Any]) -> str:
+    """The markdown line of a report header that records the config overrides of its run."""
+    return f"Overrides: `{format_overrides(overrides)}`" if overrides else "Overrides: none (the profile as defined)"
+
+
+def write_report(folder: Path, results: Mapping[str, Mapping[str, ProtocolResult]],
+                 extra: dict[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write ``results.json``, ``results.md`` and one CMC figure per protocol into ``folder``.
+
+    ``overrides`` (dotted key -> value, see :mod:`csdn.overrides`) are recorded in both files.
+    """
+    from csdn.eval.plots import plot_cmc
+
+    frame = results_frame(results)
+    overrides = dict(overrides or {})
+    files: dict[str, Any] = {
+        "results.json": {"summary": frame.to_dict(orient="records"), **(extra or {}), "overrides": overrides,
+                         "results": {m: {p: r.to_dict() for p, r in per.items()} for m, per in results.items()}},
+        "results.md": f"{overrides_line(overrides)}\n\n{frame.to_markdown(index=False)}\n",
+    }
+    for protocol in sorted({p for per in results.values() for p in per}):
+        curves = {model: per[protocol] for model, per in results.items() if protocol in per}
+        name = f"cmc_{protocol.replace(' ', '_').replace('>', '').replace('-', '_')}.png"
+        files[name] = plot_cmc(curves, title=f"CMC, {protocol}")
+    return write_report_files(folder, files)

@@ -8,14 +8,19 @@ import random
 import numpy as np
 import torch
 
+from csdn.errors import ConfigError
+
 
 def pick_device(preference: str = "auto") -> torch.device:
     """``"auto"`` gives CUDA when available, else CPU; any other string is passed to ``torch.device``."""
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError as error:
+        raise ConfigError(f"device {preference!r} is not a device name (auto, cpu, cuda, cuda:1, ...)") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {preference!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise ConfigError(f"device {preference!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     return device
 
 

@@ -170,7 +170,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     code = main(_train_args(cache, tmp_path / "reports"))
     err = capsys.readouterr().err
     assert code == 2
-    assert "csdn: non-finite loss (nan) in stage 3 epoch 2" in err and "last good checkpoint is kept" in err
+    assert "csdn: error: non-finite loss (nan) in stage 3 epoch 2" in err and "last good checkpoint is kept" in err
     assert "Traceback" not in err
 
     experiment = Experiment(exploding, cache, progress=False)
@@ -203,7 +203,7 @@ def test_unreadable_image_stops_the_run_naming_it(reference: Path, tmp_path: Pat
     images_before = sorted(p.name for p in (cache / "images").iterdir() if p.is_dir())
     assert main(_train_args(cache, tmp_path / "reports")) == 2
     err = capsys.readouterr().err
-    assert f"csdn: {bad[0]}: not a readable image" in err
+    assert f"csdn: error: {bad[0]}: not a readable image" in err
     assert "--skip-bad-images" in err and "Traceback" not in err
     assert sorted(p.name for p in (cache / "images").iterdir() if p.is_dir()) == images_before  # no partial cache
     stage_files = [p for p in (cache / "runs").rglob("*") if p.is_file() and p.suffix != ".lock"]

@@ -1,8 +1,9 @@
 """Ablations of CSDN's components: a grid of named variants x seeds on one dataset, as tidy tables.
 
-Each variant is a named transformation of a base :class:`~csdn.config.ExperimentConfig` (the full CSDN
-configuration of a profile): it sets the five component switches explicitly, and nothing else, so
-every row below is a complete, documented configuration. Runs go through :class:`~csdn.experiment.Experiment`,
+Each variant is a named dict of dotted overrides (:func:`csdn.overrides.override`) of a base
+:class:`~csdn.config.ExperimentConfig` (the full CSDN configuration of a profile): it sets the component
+switches of :data:`SWITCHES` explicitly, and nothing else, so every row below is a complete, documented
+configuration. Runs go through :class:`~csdn.experiment.Experiment`,
 whose stage caches are keyed by configuration: stage 1 is shared by every variant with the same
 prompts (``+modality prompts`` and both ``+SII`` rows), the ``+SII (official)`` row *is* the profile's
 default run (a notebook or ``csdn train`` of the same seed is reused), and a second ablation reuses
@@ -33,11 +34,11 @@ own effect, without text, is ``vision-only -> +stems``.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,54 +48,83 @@ from tqdm.auto import tqdm
 
 from csdn.config import ExperimentConfig
 from csdn.data.records import Record
+from csdn.errors import ConfigError
 from csdn.eval.protocols import ProtocolResult
 from csdn.model.network import ModelConfig
+from csdn.overrides import override
 
 ZERO_SHOT = "zero-shot CLIP"  # the reference row: the frozen CLIP image tower, no training
 Evaluate = Callable[[ExperimentConfig, bool], Mapping[str, ProtocolResult]]  # (cfg, zero_shot) -> results
 
 
+# The dotted config keys every variant sets (the column of the variant table is the last part of the key).
+SWITCHES = (
+    "model.variant",  # the network (it decides the stems and whether text is used): "csdn", "clip-reid", ...
+    "model.sii",  # the SII fusion (only the csdn variant fuses): "official", "attention", "mean", "none"
+    "model.prompt_wording",  # "paper" or "released"
+    "stage1.pairing",  # stage-1 image/text pairing: "private" or "all"
+)
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One ablation row: the component switches it sets on the base configuration."""
+    """One ablation row: the dotted overrides (one per key of :data:`SWITCHES`) it applies to the base config."""
 
     name: str  # row name in tables and figures
     what: str  # one-line description
-    variant: str  # ModelConfig.variant (it decides the stems): "csdn", "clip-reid", "vision-only", ...
-    sii: str = "none"  # ModelConfig.sii (only the csdn variant fuses)
-    prompt_wording: str = "paper"  # ModelConfig.prompt_wording: "paper" or "released"
-    pairing: str = "private"  # stage-1 TextStageConfig.pairing: "private" or "all"
+    overrides: Mapping[str, Any]  # SWITCHES key -> value, applied with csdn.overrides.override
+
+    def __post_init__(self) -> None:
+        if tuple(self.overrides) != SWITCHES:
+            raise ConfigError(f"variant {self.name!r} must set exactly {SWITCHES} in that order, "
+                              f"got {tuple(self.overrides)}")
+
+    @property
+    def switches(self) -> dict[str, Any]:
+        """The overrides by short name (variant, sii, prompt_wording, pairing), for tables."""
+        return {key.rpartition(".")[2]: value for key, value in self.overrides.items()}
 
     @property
     def uses_text(self) -> bool:
-        return ModelConfig(variant=self.variant).uses_text
+        return ModelConfig(variant=self.overrides["model.variant"]).uses_text
 
     def apply(self, base: ExperimentConfig, seed: int | None = None) -> ExperimentConfig:
-        """``base`` with this variant's switches (and ``seed`` when given); everything else is kept."""
+        """``base`` with this variant's overrides (and ``seed`` when given); everything else is kept."""
         if self.uses_text and base.stage3.hse_visible <= 0 and base.stage3.hse_infrared <= 0:
-            raise ValueError(f"variant {self.name!r} uses text, but the base config disables HSE "
-                             "(stage3.hse_visible = hse_infrared = 0), the only path from text to images")
-        model = dataclasses.replace(base.model, variant=self.variant, sii=self.sii, prompt_wording=self.prompt_wording)
-        stage1 = dataclasses.replace(base.stage1, pairing=self.pairing)
-        return dataclasses.replace(base, model=model, stage1=stage1, seed=base.seed if seed is None else seed)
+            raise ConfigError(f"variant {self.name!r} uses text, but the base config disables HSE "
+                              "(stage3.hse_visible = hse_infrared = 0), the only path from text to images")
+        return override(base, {**self.overrides, **({} if seed is None else {"seed": seed})})
 
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("vision-only", "CLIP image tower trained with ID + triplet losses, one shared stem, no text",
-            "vision-only"),
+            {"model.variant": "vision-only", "model.sii": "none", "model.prompt_wording": "paper",
+             "stage1.pairing": "private"}),
     Variant("+stems (CSDN w/o HSE)", "vision-only with modality-specific stems: the CSDN network without HSE "
-            "(prompts and SII without HSE never reach it)", "vision-only-stems"),
+            "(prompts and SII without HSE never reach it)",
+            {"model.variant": "vision-only-stems", "model.sii": "none", "model.prompt_wording": "paper",
+             "stage1.pairing": "private"}),
     Variant("clip-reid", "CLIP-ReID: one shared prompt learner, image-to-text loss (HSE weights) against it, "
-            "one shared stem", "clip-reid"),
+            "one shared stem",
+            {"model.variant": "clip-reid", "model.sii": "none", "model.prompt_wording": "paper",
+             "stage1.pairing": "private"}),
     Variant("+modality prompts", "two modality prompt learners + stems; each modality's images aligned to its "
-            "own prompts (no fusion)", "csdn"),
+            "own prompts (no fusion)",
+            {"model.variant": "csdn", "model.sii": "none", "model.prompt_wording": "paper",
+             "stage1.pairing": "private"}),
     Variant("+SII (official)", "full CSDN: released SII fusion t_vis + W_c tanh(W_v t_ir), HSE to the fused "
-            "prototypes", "csdn", sii="official"),
-    Variant("+SII (attention)", "full CSDN with a genuine multi-head attention SII", "csdn", sii="attention"),
+            "prototypes",
+            {"model.variant": "csdn", "model.sii": "official", "model.prompt_wording": "paper",
+             "stage1.pairing": "private"}),
+    Variant("+SII (attention)", "full CSDN with a genuine multi-head attention SII",
+            {"model.variant": "csdn", "model.sii": "attention", "model.prompt_wording": "paper",
+             "stage1.pairing": "private"}),
     Variant("pairing all", "full CSDN, stage 1 with every image against both learners' texts (released code)",
-            "csdn", sii="official", pairing="all"),
-    Variant("wording released", "full CSDN with the released prompt 'A photo of a X X X X person.'", "csdn",
-            sii="official", prompt_wording="released"),
+            {"model.variant": "csdn", "model.sii": "official", "model.prompt_wording": "paper",
+             "stage1.pairing": "all"}),
+    Variant("wording released", "full CSDN with the released prompt 'A photo of a X X X X person.'",
+            {"model.variant": "csdn", "model.sii": "official", "model.prompt_wording": "released",
+             "stage1.pairing": "private"}),
 )
 FULL_CSDN = "+SII (official)"
 
@@ -117,17 +147,17 @@ def get_variant(name: str) -> Variant:
     for variant in VARIANTS:
         if variant.name == name:
             return variant
-    raise ValueError(f"unknown ablation variant {name!r}; choose from {[v.name for v in VARIANTS]}")
+    raise ConfigError(f"unknown ablation variant {name!r}; choose from {[v.name for v in VARIANTS]}")
 
 
 def variants_frame(variants: Sequence[Variant] = VARIANTS) -> pd.DataFrame:
     """The variant table: name, switches and description ("-" where a switch has no effect)."""
     rows = []
     for v in variants:
-        row = dataclasses.asdict(v)
+        row = {"name": v.name, "what": v.what, **v.switches}
         if not v.uses_text:
             row.update(sii="-", prompt_wording="-", pairing="-")
-        elif v.variant != "csdn":
+        elif row["variant"] != "csdn":
             row["sii"] = "-"
         rows.append(row)
     return pd.DataFrame(rows).set_index("name")
@@ -172,8 +202,9 @@ def model_features(base: ExperimentConfig, name: str, records: Sequence[Record],
     cache), or of the frozen CLIP for :data:`ZERO_SHOT`."""
     from csdn.experiment import Experiment
 
-    cfg = base if name == ZERO_SHOT else get_variant(name).apply(base)
-    experiment = Experiment(cfg if seed is None else dataclasses.replace(cfg, seed=seed), cache_root, progress)
+    seed_change = {} if seed is None else {"seed": seed}
+    cfg = override(base, seed_change) if name == ZERO_SHOT else get_variant(name).apply(base, seed)
+    experiment = Experiment(cfg, cache_root, progress)
     features_of = experiment.zero_shot_features() if name == ZERO_SHOT else experiment.network_features()
     return features_of(list(records))
 
@@ -195,14 +226,14 @@ def run_ablation(
     """
     chosen = [get_variant(name) for name in variants] if variants is not None else list(VARIANTS)
     if not chosen or not seeds:
-        raise ValueError("an ablation needs at least one variant and one seed")
+        raise ConfigError("an ablation needs at least one variant and one seed")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+        raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
     if evaluate is None:
         if cache_root is None:
             raise ValueError("run_ablation needs cache_root (or an evaluate function)")
         evaluate = experiment_evaluator(cache_root)
-    jobs = [(ZERO_SHOT, seeds[0], dataclasses.replace(base, seed=seeds[0]))] if zero_shot else []
+    jobs = [(ZERO_SHOT, seeds[0], override(base, {"seed": seeds[0]}))] if zero_shot else []
     jobs += [(v.name, seed, v.apply(base, seed)) for seed in seeds for v in chosen]
     rows = []
     for name, seed, cfg in tqdm(jobs, desc="ablation runs", disable=not progress):

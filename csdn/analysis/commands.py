@@ -1,7 +1,9 @@
 """``csdn ablate`` and ``csdn gap``: the ablation table and the modality-gap report, written under ``--reports``.
 
 ``add_commands(subparsers)`` adds both to the ``csdn`` console script; each command function receives
-the parsed arguments with ``args.cache`` set to the artifact cache root.
+the parsed arguments with ``args.cache`` set to the artifact cache root. Both build their base
+configuration like every ``csdn`` command (:func:`csdn.cli.experiment_config`: profile, flags,
+``--config`` files, ``--set`` entries) and record its overrides in the report.
 
 - ``csdn ablate --profile demo --seeds 3 --reports reports`` trains (or loads) every ablation variant
   for seeds 0..2 and writes ``reports/demo/ablation/``: ``ablation.md`` (mean ± sd table, effects
@@ -16,13 +18,12 @@ the parsed arguments with ``args.cache`` set to the artifact cache root.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
 import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -45,14 +46,17 @@ from csdn.analysis.projection import (
     plot_projections,
     project_models,
 )
-from csdn.artifacts import atomic_write_bytes
-from csdn.config import ExperimentConfig, get_profile, profile_from_env
+from csdn.cli import EPILOG, add_config_options, config_arguments, experiment_config
+from csdn.config import profile_from_env
+from csdn.errors import ConfigError
+from csdn.overrides import format_overrides
+from csdn.reports import overrides_line, write_report_files
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``ablate`` and ``gap`` to the ``csdn`` subcommands."""
     p = subparsers.add_parser("ablate", help="ablation of CSDN's components over seeds (table + bar charts)",
-                              description=cmd_ablate.__doc__)
+                              description=cmd_ablate.__doc__, epilog=EPILOG)
     _common_options(p)
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (first-seed, first-seed + 1, ...)")
     p.add_argument("--first-seed", type=int, default=0, help="first seed")
@@ -61,9 +65,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-zero-shot", action="store_true", help="leave out the zero-shot CLIP reference row")
     p.set_defaults(func=cmd_ablate)
     p = subparsers.add_parser("gap", help="modality-gap metrics and t-SNE/UMAP of zero-shot CLIP, baselines, CSDN",
-                              description=cmd_gap.__doc__)
+                              description=cmd_gap.__doc__, epilog=EPILOG)
     _common_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the trained models (and of the projections)")
+    p.add_argument("--seed", type=int, help="seed of the trained models and of the projections (default: the "
+                   "profile's, 0)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated projections ({', '.join(METHODS)})")
     p.set_defaults(func=cmd_gap)
 
@@ -74,16 +79,7 @@ def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", help="CLIP weights: tiny-synthvi, openai, a weights file, local-dir:<folder>, random")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--reports", default="reports", help="folder for result tables and figures")
-
-
-def base_config(args: argparse.Namespace) -> ExperimentConfig:
-    """The profile's configuration with the command line's data root, CLIP weights and device."""
-    cfg = get_profile(args.profile, data_root=getattr(args, "data", None))
-    if getattr(args, "clip", None):
-        cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, weights=args.clip))
-    if getattr(args, "device", None):
-        cfg = dataclasses.replace(cfg, device=args.device)
-    return cfg
+    add_config_options(p)
 
 
 def _command(name: str, args: argparse.Namespace, options: dict[str, object]) -> str:
@@ -92,15 +88,15 @@ def _command(name: str, args: argparse.Namespace, options: dict[str, object]) ->
     for option, value in options.items():
         if value is not None and value is not False:
             words += [option] if value is True else [option, str(value)]
-    words += ["--reports", str(args.reports)]
+    words += [*config_arguments(args), "--reports", str(args.reports)]
     return " ".join(shlex.quote(w) for w in words)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Train (or load from the cache) every ablation variant for each seed and write the ablation report."""
-    base = base_config(args)
+    base, overrides = experiment_config(args)
     if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     names = [n.strip() for n in args.variants.split(",") if n.strip()] if args.variants else None
     t0 = time.perf_counter()
@@ -110,22 +106,23 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                                         "--first-seed": args.first_seed or None, "--variants": args.variants,
                                         "--no-zero-shot": args.no_zero_shot})
     folder = Path(args.reports) / base.name / "ablation"
-    written = write_ablation_report(folder, runs, command, seconds)
+    written = write_ablation_report(folder, runs, command, seconds, overrides)
     print(format_summary(summarize(runs)).to_string())
-    print(f"\nablation of {runs['variant'].nunique()} rows x {len(seeds)} seeds in {seconds:.0f}s; "
-          f"report: {', '.join(str(p) for p in written)}")
+    print(f"\nablation of {runs['variant'].nunique()} rows x {len(seeds)} seeds in {seconds:.0f}s "
+          f"(overrides: {format_overrides(overrides)}); report: {', '.join(str(p) for p in written)}")
     return 0
 
 
-def write_ablation_report(folder: Path, runs: pd.DataFrame, command: str, seconds: float) -> list[Path]:
-    """``ablation.md``, ``ablation_runs.csv``, ``ablation_summary.csv`` and one bar chart per protocol."""
-    folder = Path(folder)
+def write_ablation_report(folder: Path, runs: pd.DataFrame, command: str, seconds: float,
+                          overrides: Mapping[str, Any] | None = None) -> list[Path]:
+    """``ablation.md``, ``ablation_runs.csv``, ``ablation_summary.csv`` and one bar chart per protocol;
+    ``overrides`` (of the base configuration) are recorded in ``ablation.md``'s header."""
     summary = summarize(runs)
     seeds = sorted(set(runs["seed"]))
     variants = [v for v in VARIANTS if v.name in set(runs["variant"])]
     effect = effects(runs, "mAP")
     lines = [f"# Ablation ({len(seeds)} seed{'s' * (len(seeds) != 1)}: {seeds})", "",
-             f"Command: `{command}`  ",
+             f"Command: `{command}`  ", f"{overrides_line(overrides or {})}  ",
              f"Wall time: {seconds:.0f} s (stages already in the cache are loaded, not retrained)",
              "", "## R1 / mAP / mINP (%), mean ± sample sd over seeds", "",
              format_summary(summary).to_markdown(), "",
@@ -133,65 +130,49 @@ def write_ablation_report(folder: Path, runs: pd.DataFrame, command: str, second
              effect.round(2).to_markdown(index=False) if len(effect) else "(no comparison has both its rows)", "",
              *[f"- {describe_effects(effect, p)}" for p in dict.fromkeys(effect.get("protocol", []))], "",
              "## Variants", "", variants_frame(variants).to_markdown(), ""]
-    written = [folder / "ablation.md", folder / "ablation_runs.csv", folder / "ablation_summary.csv"]
-    atomic_write_bytes(written[0], "\n".join(lines).encode())
-    atomic_write_bytes(written[1], runs.round(4).to_csv(index=False).encode())
-    atomic_write_bytes(written[2], summary.round(4).to_csv().encode())
+    files: dict[str, Any] = {"ablation.md": "\n".join(lines), "ablation_runs.csv": runs.round(4).to_csv(index=False),
+                             "ablation_summary.csv": summary.round(4).to_csv()}
     for protocol in dict.fromkeys(runs["protocol"]):
-        path = folder / f"ablation_{_slug(protocol)}.png"
-        _save_figure(plot_ablation(runs, protocol=protocol), path)
-        written.append(path)
-    return written
+        files[f"ablation_{_slug(protocol)}.png"] = plot_ablation(runs, protocol=protocol)
+    return write_report_files(folder, files)
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
     """Measure the modality gap of zero-shot CLIP, the baselines and CSDN; write tables and t-SNE/UMAP."""
     from csdn.experiment import Experiment
 
-    base = dataclasses.replace(base_config(args), seed=args.seed)
+    base, overrides = experiment_config(args)
+    projection = ProjectionConfig(methods=tuple(m.strip() for m in args.methods.split(",")), seed=base.seed)
     t0 = time.perf_counter()
     records = gap_records(Experiment(base, Path(args.cache)).dataset, base.eval.trials)
     features = collect_features(base, records, Path(args.cache), progress=True)
-    table = gap_table({name: modality_gap(f, records, GapConfig(seed=args.seed)) for name, f in features.items()})
-    projection = ProjectionConfig(methods=tuple(m.strip() for m in args.methods.split(",")), seed=args.seed)
+    table = gap_table({name: modality_gap(f, records, GapConfig(seed=base.seed)) for name, f in features.items()})
     figure = plot_projections(project_models(features, projection), records, projection,
                               title=f"{base.name}: test features (colour: modality, marker: identity)")
     seconds = time.perf_counter() - t0
     methods = None if projection.methods == METHODS else args.methods
-    command = _command("gap", args, {"--data": args.data, "--clip": args.clip, "--seed": args.seed,
+    command = _command("gap", args, {"--data": args.data, "--clip": args.clip, "--seed": base.seed,
                                      "--methods": methods})
     folder = Path(args.reports) / base.name / "gap"
-    written = write_gap_report(folder, table, {"gap.png": plot_gap(table, title=f"{base.name}: modality gap"),
-                                               "projections.png": figure}, command, seconds)
+    figures = {"gap.png": plot_gap(table, title=f"{base.name}: modality gap"), "projections.png": figure}
+    written = write_gap_report(folder, table, figures, command, seconds, overrides)
     print(table.round(3).to_string())
-    print(f"\nmodality gap of {len(features)} models on {len(records)} test images in {seconds:.0f}s; "
-          f"report: {', '.join(str(p) for p in written)}")
+    print(f"\nmodality gap of {len(features)} models on {len(records)} test images in {seconds:.0f}s "
+          f"(overrides: {format_overrides(overrides)}); report: {', '.join(str(p) for p in written)}")
     return 0
 
 
 def write_gap_report(folder: Path, table: pd.DataFrame, figures: dict[str, Figure], command: str,
-                     seconds: float) -> list[Path]:
-    """``gap.md``, ``gap.csv`` and each of ``figures`` (file name -> figure) as a PNG."""
-    folder = Path(folder)
-    lines = ["# Modality gap of the test features", "", f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s", "",
+                     seconds: float, overrides: Mapping[str, Any] | None = None) -> list[Path]:
+    """``gap.md``, ``gap.csv`` and each of ``figures`` (file name -> figure) as a PNG; ``overrides`` (of the
+    base configuration) are recorded in ``gap.md``'s header."""
+    lines = ["# Modality gap of the test features", "", f"Command: `{command}`  ",
+             f"{overrides_line(overrides or {})}  ", f"Wall time: {seconds:.0f} s", "",
              "centroid ratio: distance between the modality centroids / RMS distance to the own centroid; "
              "modality clf acc: balanced accuracy of a 5-fold (identity-grouped) linear classifier, 50% = inseparable; "
              "NN intra / cross: nearest neighbour in the same / other modality has the same identity.", "",
              table.round(3).to_markdown(), "", *[f"![{name}]({name})" for name in figures], ""]
-    written = [folder / "gap.md", folder / "gap.csv"]
-    atomic_write_bytes(written[0], "\n".join(lines).encode())
-    atomic_write_bytes(written[1], table.round(5).to_csv().encode())
-    for name, figure in figures.items():
-        _save_figure(figure, folder / name)
-        written.append(folder / name)
-    return written
-
-
-def _save_figure(figure: Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
-    plt.close(figure)
+    return write_report_files(folder, {"gap.md": "\n".join(lines), "gap.csv": table.round(5).to_csv(), **figures})
 
 
 def _slug(protocol: str) -> str:

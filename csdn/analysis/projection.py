@@ -21,6 +21,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
 from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.errors import ConfigError
 
 METHODS = ("t-SNE", "UMAP")
 MODALITY_COLOURS = {VISIBLE: "#E69F00", INFRARED: "#3B4CC0"}  # orange visible, blue infrared
@@ -43,7 +44,7 @@ class ProjectionConfig:
     def __post_init__(self) -> None:
         unknown = set(self.methods) - set(METHODS)
         if not self.methods or unknown:
-            raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
+            raise ConfigError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
         if not 0 <= self.marked_ids <= len(IDENTITY_MARKERS):
             raise ValueError(f"marked_ids must be in 0..{len(IDENTITY_MARKERS)}, got {self.marked_ids}")
 

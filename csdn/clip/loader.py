@@ -40,6 +40,7 @@ from torchvision.transforms import v2
 
 from csdn.artifacts import atomic_write_bytes, atomic_write_json
 from csdn.clip.adapt import ClipVisual, TextEncoder, adapt_visual, visual_kind
+from csdn.errors import ClipWeightsError, ConfigError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_ARCHS = ("csdn-tiny-vit", "csdn-tiny-rn")
@@ -53,12 +54,20 @@ _POS_KEYS = ("visual.positional_embedding", "visual.attnpool.positional_embeddin
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
-class ClipWeightsUnavailable(RuntimeError):
+class ClipWeightsUnavailable(ClipWeightsError, RuntimeError):
     """Named pretrained weights are neither cached nor downloadable (offline)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(ClipWeightsError, ValueError):
     """A checkpoint does not fit the architecture it is loaded into."""
+
+
+class ClipWeightsNotFound(ClipWeightsError, FileNotFoundError):
+    """A CLIP weights file or ``local-dir:`` folder (or a file it needs) does not exist."""
+
+
+class ClipWeightsInvalid(ClipWeightsError, ValueError):
+    """A CLIP weights file, ``local-dir:`` config or pretrained tag that cannot be read or is unknown."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,10 @@ class ClipSource:
 
     def __post_init__(self) -> None:
         if len(self.image_size) != 2:
-            raise ValueError(f"image_size must be (H, W), got {self.image_size!r}")
+            raise ConfigError(f"image_size must be (H, W), got {self.image_size!r}")
         object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
         if self.last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride}")
+            raise ConfigError(f"last_stride must be 1 or 2, got {self.last_stride}")
 
 
 @dataclass
@@ -170,9 +179,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CLIP weights file not found: {path}")
+        raise ClipWeightsNotFound(f"CLIP weights file not found: {path}")
     if path.suffix not in _WEIGHT_SUFFIXES:
-        raise ValueError(f"{path}: expected a {'/'.join(_WEIGHT_SUFFIXES)} weights file")
+        raise ClipWeightsInvalid(f"{path}: expected a {'/'.join(_WEIGHT_SUFFIXES)} weights file")
     torchscript = False
     try:
         if path.suffix == ".safetensors":
@@ -187,7 +196,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path}: could not read CLIP weights ({type(error).__name__}: {error})") from error
+        raise ClipWeightsInvalid(f"{path}: could not read CLIP weights ({type(error).__name__}: {error})") from error
     state = _unwrap(raw, path)
     openai_marker = torchscript or any(key in state for key in _OPENAI_META_KEYS)
     state = {k: v for k, v in state.items() if k not in _OPENAI_META_KEYS}
@@ -200,11 +209,11 @@ def _unwrap(raw: Any, path: Path) -> dict[str, torch.Tensor]:
             raw = raw[wrapper]
             break
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(raw).__name__}")
+        raise ClipWeightsInvalid(f"{path}: expected a state dict (name -> tensor), got {type(raw).__name__}")
     state = {}
     for key, value in raw.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise ClipWeightsInvalid(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
         for prefix in ("module.", "_orig_mod."):
             while key.startswith(prefix):
                 key = key[len(prefix):]
@@ -279,7 +288,7 @@ def cached_pretrained(arch: str, tag: str, cache_dir: str | None = None) -> Path
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
         known = open_clip.list_pretrained_tags_by_model(arch)
-        raise ValueError(
+        raise ClipWeightsInvalid(
             f"{tag!r} is neither a file, a 'local-dir:' folder nor a pretrained tag of {arch!r} "
             f"(known tags: {known or 'none'})"
         )
@@ -321,7 +330,7 @@ def registered_config(arch: str) -> dict[str, Any]:
     """The open_clip model config of a registered architecture name (a deep copy)."""
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
-        raise ValueError(f"unknown CLIP architecture {arch!r}; known: {', '.join(open_clip.list_models())}")
+        raise ConfigError(f"unknown CLIP architecture {arch!r}; known: {', '.join(open_clip.list_models())}")
     return cfg
 
 
@@ -338,15 +347,15 @@ def read_local_dir(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not folder.is_dir():
-        raise FileNotFoundError(f"local-dir folder not found: {folder}")
+        raise ClipWeightsNotFound(f"local-dir folder not found: {folder}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: a local-dir: folder needs open_clip's {CONFIG_FILE}")
+        raise ClipWeightsNotFound(f"{path} is missing: a local-dir: folder needs open_clip's {CONFIG_FILE}")
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+        raise ClipWeightsInvalid(f"{path} is not valid JSON: {error}") from error
     if "model_cfg" not in config:
-        raise ValueError(f"{path} has no 'model_cfg' entry (expected open_clip's local-dir format)")
+        raise ClipWeightsInvalid(f"{path} has no 'model_cfg' entry (expected open_clip's local-dir format)")
     return config
 
 
@@ -354,7 +363,7 @@ def _local_dir_weights(folder: Path) -> Path:
     preferred = [folder / name for name in (WEIGHTS_FILE, "open_clip_pytorch_model.bin", "model.safetensors")]
     found = [p for p in preferred if p.is_file()] or sorted(p for s in _WEIGHT_SUFFIXES for p in folder.glob(f"*{s}"))
     if not found:
-        raise FileNotFoundError(f"{folder} has {CONFIG_FILE} but no weights file ({WEIGHTS_FILE} expected)")
+        raise ClipWeightsNotFound(f"{folder} has {CONFIG_FILE} but no weights file ({WEIGHTS_FILE} expected)")
     return found[0]
 
 
@@ -384,7 +393,7 @@ def _plan(source: ClipSource) -> _Plan:
         openai = openai_marker or _named_openai(path) or bool(cfg.get("quick_gelu", False))
         return _Plan(cfg, path, state, _choose(source.quick_gelu, openai), mean, std, None)
     if path.suffix in _WEIGHT_SUFFIXES or os.sep in pretrained:
-        raise FileNotFoundError(f"CLIP weights file not found: {path}")
+        raise ClipWeightsNotFound(f"CLIP weights file not found: {path}")
     cfg = registered_config(source.arch)
     weights = _tag_weights(source.arch, pretrained, source.cache_dir)
     tag_cfg = open_clip.get_pretrained_cfg(source.arch, pretrained)
@@ -433,9 +442,9 @@ def build_model(model_cfg: dict[str, Any], quick_gelu: bool) -> CLIP:
     """Instantiate an open_clip CLIP with the built-in towers from a model config (random weights)."""
     cfg = copy.deepcopy(model_cfg)
     if cfg.pop("custom_text", False) or cfg.get("text_cfg", {}).get("hf_model_name"):
-        raise ValueError("csdn needs CLIP's built-in text transformer (no custom/HF text towers)")
+        raise ConfigError("csdn needs CLIP's built-in text transformer (no custom/HF text towers)")
     if cfg.get("vision_cfg", {}).get("timm_model_name"):
-        raise ValueError("csdn needs open_clip's ModifiedResNet or VisionTransformer image tower (no timm towers)")
+        raise ConfigError("csdn needs open_clip's ModifiedResNet or VisionTransformer image tower (no timm towers)")
     cfg.pop("multimodal_cfg", None)
     cfg["quick_gelu"] = quick_gelu
     model = CLIP(**cfg)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, Protocol, get_args
 import torch
 
 from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.errors import DataError
 
 Direction = Literal["visible->infrared", "infrared->visible"]
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
@@ -30,7 +31,7 @@ DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """A dataset on disk does not have the expected layout or content."""
 
 

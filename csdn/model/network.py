@@ -29,6 +29,9 @@ from torch import Tensor, nn
 
 from csdn.clip.adapt import RESNET, ClipVisual
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE
+from csdn.errors import ConfigError
+from csdn.model.prompts import WORDINGS
+from csdn.model.sii import SII_KINDS
 
 VARIANTS = ("csdn", "clip-reid", "vision-only", "vision-only-stems")
 _STEMS = {"csdn": True, "clip-reid": False, "vision-only": False, "vision-only-stems": True}
@@ -47,7 +50,13 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+            raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.prompt_wording not in WORDINGS:
+            raise ConfigError(f"prompt_wording must be one of {WORDINGS}, got {self.prompt_wording!r}")
+        if self.sii not in SII_KINDS:
+            raise ConfigError(f"sii must be one of {SII_KINDS}, got {self.sii!r}")
+        if self.n_ctx < 1 or self.sii_heads < 1:
+            raise ConfigError(f"need n_ctx >= 1 and sii_heads >= 1, got {self.n_ctx} and {self.sii_heads}")
 
     @property
     def modality_stems(self) -> bool:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, build_once, config_key
 from csdn.clip.adapt import TextEncoder
 from csdn.clip.loader import TINY_ARCHS, ClipBundle, ClipSource, load_clip, save_local_dir
+from csdn.errors import ConfigError
 from csdn.runtime import seed_everything
 from csdn.synthvi.pool import ClipPool, clip_pool
 from csdn.synthvi.world import COLOR_ATTRIBUTES, COLOR_WORDS, SynthConfig
@@ -62,11 +63,11 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+            raise ConfigError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
         if not 0.0 <= self.augment <= 1.0:
-            raise ValueError(f"augment must lie in [0, 1], got {self.augment}")
+            raise ConfigError(f"augment must lie in [0, 1], got {self.augment}")
         if not 0.0 <= self.grayscale <= 1.0:
-            raise ValueError(f"grayscale must lie in [0, 1], got {self.grayscale}")
+            raise ConfigError(f"grayscale must lie in [0, 1], got {self.grayscale}")
 
 
 def soft_clip_loss(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE
+from csdn.errors import ConfigError
 from csdn.synthvi.cameras import LLCM_NIR_CAMS
 
 # The attribute vocabulary: every identity takes one value per attribute.
@@ -84,17 +85,18 @@ class SynthConfig:
                     "llcm_cams_per_id", "clip_images_per_id", "regdb_images", "regdb_trials")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"SynthConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"SynthConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.height < 16 or self.width < 8:
-            raise ValueError(f"SynthConfig height x width = {self.height}x{self.width} is too small (min 16x8)")
+            raise ConfigError(f"SynthConfig height x width = {self.height}x{self.width} is too small (min 16x8)")
         if not 1 <= self.val_ids < self.train_ids:  # exp/val_id.txt must list at least one id
-            raise ValueError(f"SynthConfig.val_ids must be in [1, train_ids={self.train_ids}), got {self.val_ids}")
+            raise ConfigError(f"SynthConfig.val_ids must be in [1, train_ids={self.train_ids}), got {self.val_ids}")
         if not 0.0 <= self.clip_infrared_fraction <= 1.0:
-            raise ValueError(f"SynthConfig.clip_infrared_fraction must be in [0, 1], got {self.clip_infrared_fraction}")
+            raise ConfigError(f"SynthConfig.clip_infrared_fraction must be in [0, 1], "
+                              f"got {self.clip_infrared_fraction}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"SynthConfig.jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+            raise ConfigError(f"SynthConfig.jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.llcm_cams_per_id > len(LLCM_NIR_CAMS):
-            raise ValueError(
+            raise ConfigError(
                 f"SynthConfig.llcm_cams_per_id must be <= {len(LLCM_NIR_CAMS)}, got {self.llcm_cams_per_id}"
             )
 

@@ -29,12 +29,9 @@ from safetensors.torch import load_file, save_file
 
 from csdn import __version__
 from csdn.artifacts import atomic_write_json
+from csdn.errors import CheckpointError
 
 LATEST = "latest.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used for this run (other architecture, dataset or version)."""
 
 
 @dataclass

@@ -24,12 +24,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from csdn.artifacts import atomic_write_json
+from csdn.errors import ConfigError, NonFiniteLossError
 from csdn.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from csdn.train.distributed import SINGLE, DistContext
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a training loss becomes NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ def run_epochs(stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool =
 
         stage.module.load_state_dict(load_file(str(run_dir / "best.safetensors")))
     elif cfg.select not in ("final", "best_val"):
-        raise ValueError(f"select must be 'final' or 'best_val', got {cfg.select!r}")
+        raise ConfigError(f"select must be 'final' or 'best_val', got {cfg.select!r}")
     return history
 
 

@@ -35,6 +35,7 @@ from csdn.data.images import CachedImages
 from csdn.data.records import INFRARED, VISIBLE
 from csdn.data.sampler import CrossModalitySampler
 from csdn.data.transforms import TransformConfig, train_transform
+from csdn.errors import ConfigError
 from csdn.losses import hse_loss, id_loss, msel_loss, similarity_logits, triplet_hard, triplet_wrt
 from csdn.model.network import CSDNNet
 from csdn.runtime import autocast
@@ -80,12 +81,12 @@ class ReIDStageConfig:
 
     def __post_init__(self) -> None:
         if self.triplet not in TRIPLETS:
-            raise ValueError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
+            raise ConfigError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
         if self.hse_temperature <= 0 or self.msel_weight < 0:
-            raise ValueError(f"need hse_temperature > 0 and msel_weight >= 0, got {self.hse_temperature}, "
+            raise ConfigError(f"need hse_temperature > 0 and msel_weight >= 0, got {self.hse_temperature}, "
                              f"{self.msel_weight}")
         if self.msel_weight > 0 and self.instances < 2:
-            raise ValueError("MSEL compares an image with the other images of its identity and modality: it needs "
+            raise ConfigError("MSEL compares an image with the other images of its identity and modality: it needs "
                              f"instances >= 2 (got {self.instances}); set msel_weight=0 to train with K=1")
 
     @property

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE
 from csdn.data.sampler import CrossModalitySampler
+from csdn.errors import ConfigError
 from csdn.losses import i2t_t2i_loss, similarity_logits
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import text_prototypes
@@ -55,7 +56,7 @@ class TextStageConfig:
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRINGS:
-            raise ValueError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+            raise ConfigError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
 
 
 @dataclass
