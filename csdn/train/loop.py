@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from csdn.artifacts import atomic_write_json
+from csdn.artifacts import atomic_save_tensors, atomic_write_json
 from csdn.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from csdn.train.distributed import SINGLE, DistContext
 
@@ -143,7 +142,4 @@ def _keep_best(stage: StageState, run_dir: Path, history: list[dict[str, float]]
     score = metrics.get("val_score", -math.inf)
     best = max((h.get("val_score", -math.inf) for h in history), default=-math.inf)
     if score > best:
-        weights = {k: v.detach().cpu().contiguous() for k, v in stage.module.state_dict().items()}
-        tmp = run_dir / ".best.safetensors.tmp"
-        save_file(weights, str(tmp))
-        tmp.replace(run_dir / "best.safetensors")
+        atomic_save_tensors(stage.module.state_dict(), run_dir / "best.safetensors")
