@@ -15,9 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 COMPLETE_MARKER = ".complete"
 # Version of the code that produces trained artifacts (tiny CLIP, frozen-CLIP features, stages 1-3). It is
@@ -91,3 +94,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def atomic_save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
+    """Save ``tensors`` (moved to the CPU, made contiguous) as safetensors at ``path`` atomically.
+
+    The file is written under a unique temporary name in the same folder (safe when several processes
+    save the same artifact) and renamed into place; if the save fails, the temporary file is removed and
+    ``path`` keeps what it held before.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

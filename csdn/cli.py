@@ -168,14 +168,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_pretrain_clip(args: argparse.Namespace) -> int:
     """Pretrain (or load from the cache) the profile's tiny CLIP on SynthVI captions."""
-    from csdn.synthvi.pretrain import read_history, tiny_clip
+    from csdn.synthvi.pretrain import read_summary, tiny_clip
 
     cfg, _ = experiment_config(args)
     t0 = time.perf_counter()
     folder = tiny_clip(cfg.clip.pretrain, cfg.data.synth, args.cache)
-    history = read_history(folder)
     print(f"tiny CLIP ({cfg.clip.pretrain.arch}) at local-dir:{folder} ({time.perf_counter() - t0:.1f}s)")
-    print({k: v for k, v in history.items() if not isinstance(v, list)})
+    print(read_summary(folder))
     return 0
 
 

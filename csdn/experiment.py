@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -23,11 +21,11 @@ from typing import Any
 
 import torch
 from filelock import FileLock
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, config_key
+from csdn.artifacts import TRAINING_CODE_VERSION, atomic_save_tensors, atomic_write_json, config_key
 from csdn.clip.loader import ClipBundle, ClipSource, load_clip, local_dir_source
 from csdn.synthvi.pretrain import tiny_clip
 from csdn.config import ExperimentConfig
@@ -172,11 +170,7 @@ class Experiment:
             images = CachedImages(self.train_cache, transform=test_transform(self.transforms))
             feats = self._extract(lambda x: visual(x).projected, images, visual, "CLIP features", normalize=False)
             if self.dist.is_main:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # unique: safe under concurrency
-                os.close(fd)
-                save_file({"features": feats.contiguous()}, tmp)
-                os.replace(tmp, path)
+                atomic_save_tensors({"features": feats}, path)  # unique temp file: safe under concurrency
             self.dist.barrier()
         feats = load_file(str(path))["features"]
         vis = torch.tensor([r.modality == VISIBLE for r in records])
@@ -194,9 +188,7 @@ class Experiment:
                 seed_everything(self.cfg.seed)
                 history = train(run_dir)
                 if d.is_main:
-                    weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-                    save_file(weights, str(run_dir / ".final.tmp"))
-                    (run_dir / ".final.tmp").replace(run_dir / FINAL)
+                    atomic_save_tensors(module.state_dict(), run_dir / FINAL)
                     atomic_write_json(run_dir / DONE, {"history": history, "config_key": key,
                                                        "world_size": d.world_size})
             d.barrier()

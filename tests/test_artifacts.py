@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from csdn.artifacts import atomic_write_json, build_once, config_key, is_complete
+import safetensors.torch
+import torch
+from safetensors.torch import load_file
+
+from csdn.artifacts import atomic_save_tensors, atomic_write_json, build_once, config_key, is_complete
 
 
 def test_build_once_produces_then_reuses(tmp_path: Path) -> None:
@@ -75,3 +79,27 @@ def test_atomic_write_json_roundtrip(tmp_path: Path) -> None:
     atomic_write_json(path, {"k": 1})
     assert json.loads(path.read_text()) == {"k": 1}
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_atomic_save_tensors_roundtrip_of_non_contiguous_tensors(tmp_path: Path) -> None:
+    weights = {"w": torch.arange(6.0).view(2, 3).t(), "b": torch.ones(2, requires_grad=True)}
+    atomic_save_tensors(weights, tmp_path / "sub" / "w.safetensors")
+    loaded = load_file(str(tmp_path / "sub" / "w.safetensors"))
+    assert torch.equal(loaded["w"], weights["w"]) and torch.equal(loaded["b"], torch.ones(2))
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["w.safetensors"]
+
+
+def test_atomic_save_tensors_failure_leaves_no_temp_and_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "w.safetensors"
+    atomic_save_tensors({"w": torch.zeros(3)}, target)
+
+    def half_write(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")  # a save that dies part-way
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    for path in (target, tmp_path / "new.safetensors"):
+        with pytest.raises(OSError, match="disk full"):
+            atomic_save_tensors({"w": torch.ones(3)}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp file, no half-written target
+    assert torch.equal(load_file(str(target))["w"], torch.zeros(3))

@@ -100,6 +100,18 @@ def test_plot_history_draws_losses_and_validation_panels():
         plot_history([{"epoch": 1, "lr": 0.1}])
 
 
+def test_plot_history_has_whole_epoch_ticks_also_for_a_pretraining_history():
+    pretraining = [{"epoch": 1, "loss": 3.7, "logit_scale": 14.2, "lr": 2e-3, "seconds": 0.2},
+                   {"epoch": 2, "loss": 3.6, "logit_scale": 14.1, "lr": 0.0, "seconds": 0.1}]
+    for history in (pretraining, pretraining[:1], [{"epoch": e, "loss": 1 / e} for e in range(1, 31)]):
+        ax = plot_history(history, title="tiny CLIP").axes[0]
+        ax.figure.canvas.draw()
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert [line.get_label() for line in ax.lines] == ["loss"]
+
+
 def test_plot_loss_curves_one_line_per_trained_history():
     fig = plot_loss_curves({"official": STAGE3, "none": [], "mean": STAGE3[:1]})
     assert [line.get_label() for line in fig.axes[0].lines] == ["official", "mean"]

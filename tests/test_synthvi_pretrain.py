@@ -1,4 +1,4 @@
-"""csdn.synthvi.pretrain: the contrastive loss, augmentation, schedule, a tiny end-to-end run and its cache."""
+"""csdn.synthvi.pretrain: the contrastive loss, augmentation, schedule, a tiny end-to-end run, resume, its cache."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import csdn.synthvi.pretrain as pretrain_module
 import csdn.synthvi.world as synthetic
@@ -22,6 +23,7 @@ from csdn.synthvi.pretrain import (
     multi_positive_clip_loss,
     pretrain_tiny_clip,
     read_history,
+    read_summary,
     strip_colors,
     tiny_clip,
     to_grayscale,
@@ -142,9 +144,10 @@ def test_pretraining_learns_saves_and_loads_back(tmp_path):
     seen = []
     history = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "tiny", on_epoch=lambda e, b: seen.append(e))
     assert seen == list(range(6))
-    assert len(history["loss"]) == 6 and history["loss"][-1] < history["loss"][0]
-    assert history["n_images"] == 16 and history["n_infrared"] == 4 and history["images_per_second"] > 0
-    assert read_history(tmp_path / "tiny")["loss"] == history["loss"]
+    assert [h["epoch"] for h in history] == list(range(1, 7)) and history[-1]["loss"] < history[0]["loss"]
+    summary = read_summary(tmp_path / "tiny")
+    assert summary["n_images"] == 16 and summary["n_infrared"] == 4 and summary["images_per_second"] > 0
+    assert read_history(tmp_path / "tiny") == history
     assert json.loads((tmp_path / "tiny" / "open_clip_config.json").read_text())["csdn"]["arch"] == "csdn-tiny-vit"
     bundle = load_clip(local_dir_source(tmp_path / "tiny"))
     assert bundle.image_size == SIZE and not bundle.model.training
@@ -155,7 +158,7 @@ def test_pretraining_is_deterministic(tmp_path):
                          attribute_targets=8.0)
     first = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "a")
     second = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "b")
-    assert first["loss"] == second["loss"]
+    assert [h["loss"] for h in first] == [h["loss"] for h in second]
 
 
 def test_tiny_clip_is_built_once_per_config(tmp_path, monkeypatch):
@@ -172,6 +175,7 @@ def test_tiny_clip_is_built_once_per_config(tmp_path, monkeypatch):
     again = tiny_clip(cfg, synth, tmp_path)
     assert first == again and len(calls) == 1
     assert (first / ".complete").is_file() and (first / "open_clip_model.safetensors").is_file()
+    assert len(read_history(first)) == 1 and not list((tmp_path / "runs").iterdir())  # checkpoints removed
     reseeded = PretrainConfig(arch="csdn-tiny-vit", image_size=SIZE, epochs=1, batch_size=8, seed=1)
     other = tiny_clip(reseeded, synth, tmp_path)
     assert other != first and len(calls) == 2
@@ -180,3 +184,73 @@ def test_tiny_clip_is_built_once_per_config(tmp_path, monkeypatch):
 def test_read_history_names_a_folder_without_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="history.json"):
         read_history(tmp_path)
+    with pytest.raises(FileNotFoundError, match="history.json"):
+        read_summary(tmp_path)
+
+
+class Killed(Exception):
+    """Stands for a kill after epoch 1's checkpoint."""
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "open_clip_model.safetensors"))
+
+
+def test_pretraining_killed_after_epoch_1_resumes_at_epoch_2_with_the_same_result(tmp_path):
+    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=3, batch_size=8, grayscale=0.5,
+                         warmup_epochs=1.5)
+    straight = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "straight")
+
+    def kill_after_epoch_1(epoch, bundle):
+        if epoch == 1:  # epoch 2 is trained, but the loop has checkpointed only epoch 1
+            raise Killed()
+
+    with pytest.raises(Killed):
+        pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "out", on_epoch=kill_after_epoch_1, run_dir=tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["epoch"] == 1
+    seen = []
+    resumed = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "out", on_epoch=lambda e, b: seen.append(e),
+                                 run_dir=tmp_path / "run")
+    assert seen == [1, 2]  # epochs 2 and 3
+    expected, got = _weights(tmp_path / "straight"), _weights(tmp_path / "out")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in run] for run in (straight, resumed)]
+    assert untimed[0] == untimed[1] and read_history(tmp_path / "out") == resumed
+
+
+def test_tiny_clip_resumes_a_killed_build_from_its_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_module, "clip_pool", lambda cfg, heldout=False: fake_pool())
+    cfg = PretrainConfig(arch="csdn-tiny-vit", image_size=SIZE, epochs=2, batch_size=8)
+    synth = synthetic.SynthConfig(height=SIZE[0], width=SIZE[1])
+    original = pretrain_module.save_local_dir
+
+    def killed(*args, **kwargs):  # a kill after the last epoch's checkpoint, before the folder is saved
+        raise Killed()
+
+    monkeypatch.setattr(pretrain_module, "save_local_dir", killed)
+    with pytest.raises(Killed):
+        tiny_clip(cfg, synth, tmp_path)
+    key = pretrain_module.tiny_clip_key(cfg, synth)
+    run = tmp_path / "runs" / f"tiny_clip-{key}"
+    assert (run / "checkpoints" / "latest.json").is_file() and not (tmp_path / "tiny_clip" / key).exists()
+    monkeypatch.setattr(pretrain_module, "save_local_dir", original)
+
+    def no_training(*args):
+        def train_epoch(epoch, tick):
+            raise AssertionError(f"epoch {epoch + 1} trained again")
+
+        return train_epoch
+
+    monkeypatch.setattr(pretrain_module, "_epoch_runner", no_training)  # both epochs are checkpointed
+    folder = tiny_clip(cfg, synth, tmp_path)
+    assert [h["epoch"] for h in read_history(folder)] == [1, 2] and not run.exists()
+
+
+def test_read_history_and_summary_of_an_earlier_dict_of_lists_folder(tmp_path):
+    old = {"loss": [3.0, 2.5], "seconds": [1.0, 1.2], "logit_scale": [14.2, 14.1], "arch": "csdn-tiny-rn",
+           "epochs": 2, "total_seconds": 2.2, "images_per_second": 80.0, "threads": 2, "config": {"epochs": 2}}
+    (tmp_path / "history.json").write_text(json.dumps(old))
+    assert read_history(tmp_path) == [{"epoch": 1, "loss": 3.0, "seconds": 1.0, "logit_scale": 14.2},
+                                      {"epoch": 2, "loss": 2.5, "seconds": 1.2, "logit_scale": 14.1}]
+    assert read_summary(tmp_path) == {"arch": "csdn-tiny-rn", "epochs": 2, "total_seconds": 2.2,
+                                      "images_per_second": 80.0, "threads": 2, "config": {"epochs": 2}}

@@ -58,7 +58,11 @@ def validation_keys(history: History) -> list[str]:
 
 
 def plot_history(history: History, title: str = "training") -> Figure:
-    """Loss terms per epoch, and a second panel with the validation metrics when the history has any."""
+    """Loss terms per epoch, and a second panel with the validation metrics when the history has any.
+
+    ``history`` is a list of per-epoch dicts: a stage's (``Experiment.histories``) or the tiny-CLIP
+    pretraining's (:func:`csdn.synthvi.pretrain.read_history`).
+    """
     frame = history_frame(history)
     losses, metrics = loss_keys(history), validation_keys(history)
     if not losses:
@@ -357,7 +361,7 @@ def _format(key: str, value: float) -> str:
 
 
 def _decorate(ax, ylabel: str, title: str) -> None:
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, also for a single one
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -5,18 +5,22 @@ generated from attributes: every image and caption of the same identity and moda
 and (``attribute_targets`` > 0) a caption also claims a share ``exp(k * (agreement - 1))`` of every
 image whose attributes it matches, where agreement counts only what both modalities can show
 (infrared: no colours). Without it, colour words alone separate almost every pair in a batch and a
-tiny model never learns garments; ``attribute_targets=0`` is plain (multi-positive) CLIP. The result
-is saved as an open_clip ``local-dir:`` folder (``open_clip_config.json`` + safetensors +
-``history.json``) and loaded back with :func:`csdn.clip.load_clip` like any other CLIP.
+tiny model never learns garments; ``attribute_targets=0`` is plain (multi-positive) CLIP. Training runs
+on the stages' shared loop (per-epoch checkpoints, resume after a kill, progress bar) with a per-step
+learning-rate schedule. The result is saved as an open_clip ``local-dir:`` folder (``open_clip_config.json``
++ safetensors + ``history.json`` + ``summary.json``) and loaded back with :func:`csdn.clip.load_clip` like
+any other CLIP.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
-import time
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, build_once, config_key
 from csdn.clip.adapt import TextEncoder
@@ -34,10 +37,12 @@ from csdn.errors import ConfigError
 from csdn.runtime import seed_everything
 from csdn.synthvi.pool import ClipPool, clip_pool
 from csdn.synthvi.world import COLOR_ATTRIBUTES, COLOR_WORDS, SynthConfig
+from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 
 log = logging.getLogger(__name__)
 
-HISTORY_FILE = "history.json"
+HISTORY_FILE = "history.json"  # per-epoch metrics: a list of dicts, as the stages' histories
+SUMMARY_FILE = "summary.json"  # counts, timing, throughput and config of the run
 _MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -177,93 +182,144 @@ def pool_groups(pool: ClipPool) -> torch.Tensor:
     return torch.tensor([index[k] for k in keys], dtype=torch.long)
 
 
-def pretrain_tiny_clip(
-    cfg: PretrainConfig,
-    pool,
-    out_dir: Path,
-    device: str | torch.device = "cpu",
-    on_epoch: Callable[[int, ClipBundle], None] | None = None,
-) -> dict[str, Any]:
-    """Pretrain a CLIP of ``cfg.arch`` from scratch on ``pool`` and save it as a ``local-dir:`` folder.
+@dataclass
+class _PoolTensors:
+    """The first ``n`` pool entries as tensors a contrastive step draws its batch from."""
 
-    ``pool`` is a SynthVI ``ClipPool`` (images, captions, modalities, pids). ``on_epoch(epoch, bundle)``,
-    if given, is called after every epoch (e.g. to track zero-shot accuracy; the model is in train mode
-    again afterwards). Returns the history that is also written to ``out_dir/history.json``: loss and
-    seconds per epoch, throughput, counts, config.
-    """
-    n = len(pool.captions) if cfg.max_images is None else min(cfg.max_images, len(pool.captions))
-    if n < cfg.batch_size:
-        raise ValueError(f"the pool has {n} images, fewer than one batch of {cfg.batch_size}; lower batch_size")
-    seed_everything(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    bundle = load_clip(ClipSource(cfg.arch, None, cfg.image_size), device=device)
-    model = bundle.model.train()
-    text_tower = TextEncoder(model, bundle.tokenizer, frozen=False)
-    tokens = bundle.tokenizer(list(pool.captions[:n]))
+    images: torch.Tensor  # (n, H, W, 3) uint8
+    tokens: torch.Tensor  # (n, context) caption tokens
+    plain_tokens: torch.Tensor | None  # tokens of the captions without colour words (grayscale > 0 only)
+    visible: torch.Tensor  # (n,) bool: visible images (those that may be shown in grayscale)
+    groups: torch.Tensor  # (n,) identity x modality group
+    codes: torch.Tensor | None  # (n, A) attribute codes (attribute_targets > 0 only)
+    observable: torch.Tensor | None  # (n, A) attributes each image's modality shows (attribute_targets > 0 only)
+
+
+def _pool_tensors(cfg: PretrainConfig, pool, tokenizer, n: int) -> _PoolTensors:
+    """Tokens, images, groups and (as ``cfg`` needs them) colour-free tokens and attributes of ``pool[:n]``."""
+    tokens = tokenizer(list(pool.captions[:n]))
     visible = torch.tensor([m == "visible" for m in pool.modalities[:n]])
-    if cfg.grayscale > 0:
-        plain_tokens = bundle.tokenizer([strip_colors(c, COLOR_WORDS) for c in pool.captions[:n]])
+    plain = tokenizer([strip_colors(c, COLOR_WORDS) for c in pool.captions[:n]]) if cfg.grayscale > 0 else None
     images = torch.from_numpy(np.ascontiguousarray(pool.images[:n]))
-    groups = pool_groups(pool)[:n]
-    if cfg.attribute_targets > 0:
-        codes, observable = (t[:n] for t in pool_attributes(pool))
+    codes, observable = (t[:n] for t in pool_attributes(pool)) if cfg.attribute_targets > 0 else (None, None)
+    return _PoolTensors(images, tokens, plain, visible, pool_groups(pool)[:n], codes, observable)
 
-    steps_per_epoch = n // cfg.batch_size
+
+def _batch_loss(cfg: PretrainConfig, bundle: ClipBundle, text_tower: TextEncoder, data: _PoolTensors,
+                idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The contrastive loss of the batch ``idx`` (grayscale and augmentation drawn from ``generator``)."""
+    batch_images, batch_tokens = data.images[idx], data.tokens[idx]
+    if cfg.grayscale > 0:
+        gray = data.visible[idx] & (torch.rand(len(idx), generator=generator) < cfg.grayscale)
+        batch_images = torch.where(gray[:, None, None, None], to_grayscale(batch_images), batch_images)
+        batch_tokens = torch.where(gray[:, None], data.plain_tokens[idx], batch_tokens)
+    x = augment_batch(bundle.to_input(batch_images), cfg.augment, generator)
+    positives = (data.groups[idx, None] == data.groups[None, idx]).float()
+    if cfg.attribute_targets > 0:
+        agreement = attribute_agreement(data.codes[idx], data.observable[idx])
+        positives = torch.maximum(positives, torch.exp(cfg.attribute_targets * (agreement - 1.0)))
+    model = bundle.model
+    return soft_clip_loss(model.encode_image(x), text_tower.encode_tokens(batch_tokens), positives.to(x.device),
+                          model.logit_scale)
+
+
+def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, steps_per_epoch: int):
+    """Fused AdamW and its per-step schedule (linear warm-up, cosine decay to zero)."""
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = max(1, int(round(cfg.warmup_epochs * steps_per_epoch)))
     optimizer = torch.optim.AdamW(  # fused: ~8x faster steps on CPU (the 49408-token embedding dominates)
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps))
+    return optimizer, scheduler
 
-    history: dict[str, Any] = {"loss": [], "seconds": [], "logit_scale": []}
-    start = time.perf_counter()
-    progress = tqdm(range(cfg.epochs), desc=f"pretrain {cfg.arch}", unit="epoch")
-    for epoch in progress:
-        tic, losses = time.perf_counter(), []
+
+def _epoch_runner(cfg: PretrainConfig, bundle: ClipBundle, data: _PoolTensors, optimizer: torch.optim.Optimizer,
+                  generator: torch.Generator, on_epoch: Callable[[int, ClipBundle], None] | None):
+    """The loop's ``train_epoch``: one shuffled pass over the pool in whole batches, then ``on_epoch``."""
+    model, n = bundle.model, len(data.images)
+    text_tower = TextEncoder(model, bundle.tokenizer, frozen=False)
+
+    def train_epoch(epoch: int, tick: Callable[[], None]) -> dict[str, float]:
+        losses = []
         order = torch.randperm(n, generator=generator)
-        for step in range(steps_per_epoch):
+        for step in range(n // cfg.batch_size):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            batch_images, batch_tokens = images[idx], tokens[idx]
-            if cfg.grayscale > 0:
-                gray = visible[idx] & (torch.rand(len(idx), generator=generator) < cfg.grayscale)
-                batch_images = torch.where(gray[:, None, None, None], to_grayscale(batch_images), batch_images)
-                batch_tokens = torch.where(gray[:, None], plain_tokens[idx], batch_tokens)
-            x = augment_batch(bundle.to_input(batch_images), cfg.augment, generator)
-            positives = (groups[idx, None] == groups[None, idx]).float()
-            if cfg.attribute_targets > 0:
-                agreement = attribute_agreement(codes[idx], observable[idx])
-                positives = torch.maximum(positives, torch.exp(cfg.attribute_targets * (agreement - 1.0)))
-            loss = soft_clip_loss(
-                model.encode_image(x), text_tower.encode_tokens(batch_tokens), positives.to(x.device), model.logit_scale
-            )
+            loss = _batch_loss(cfg, bundle, text_tower, data, idx, generator)
+            check_finite(loss, f"tiny-CLIP pretraining epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
             losses.append(loss.item())
-        history["loss"].append(float(np.mean(losses)))
-        history["seconds"].append(time.perf_counter() - tic)
-        history["logit_scale"].append(float(model.logit_scale.detach().exp()))
-        progress.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+            tick()  # the loop steps the per-step schedule
+        metrics = {"loss": float(np.mean(losses)), "logit_scale": float(model.logit_scale.detach().exp())}
+        log.info("pretrain %s epoch %d/%d loss %.4f", cfg.arch, epoch + 1, cfg.epochs, metrics["loss"])
         if on_epoch is not None:
             on_epoch(epoch, bundle)
             model.train()
-        log.info("pretrain %s epoch %d/%d loss %.4f (%.1fs)", cfg.arch, epoch + 1, cfg.epochs, history["loss"][-1],
-                 history["seconds"][-1])
-    total = time.perf_counter() - start
-    history.update(
-        arch=cfg.arch, epochs=cfg.epochs, total_seconds=total,
-        images_per_second=steps_per_epoch * cfg.batch_size * cfg.epochs / total,
-        n_images=n, n_infrared=sum(m == "infrared" for m in pool.modalities[:n]), threads=torch.get_num_threads(),
-        load_average=os.getloadavg()[0], config=asdict(cfg),
+        return metrics
+
+    return train_epoch
+
+
+def pretrain_tiny_clip(
+    cfg: PretrainConfig,
+    pool,
+    out_dir: Path,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[int, ClipBundle], None] | None = None,
+    run_dir: Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Pretrain a CLIP of ``cfg.arch`` from scratch on ``pool`` and save it as a ``local-dir:`` folder.
+
+    ``pool`` is a SynthVI ``ClipPool`` (images, captions, modalities, pids). Training runs on the shared
+    loop of the stages (:func:`csdn.train.loop.run_epochs`): it checkpoints every epoch into ``run_dir``
+    and, called again with the same ``run_dir`` after a kill, resumes from the last checkpoint (None: a
+    temporary folder, no resume). ``on_epoch(epoch, bundle)``, if given, is called after every epoch (e.g.
+    to track zero-shot accuracy; the model is in train mode again afterwards). Returns the per-epoch
+    history (``epoch``, ``loss``, ``logit_scale``, ``lr``, ``seconds``), also written to
+    ``out_dir/history.json``; throughput, counts and config go to ``out_dir/summary.json``.
+    """
+    n = len(pool.captions) if cfg.max_images is None else min(cfg.max_images, len(pool.captions))
+    if n < cfg.batch_size:
+        raise ValueError(f"the pool has {n} images, fewer than one batch of {cfg.batch_size}; lower batch_size")
+    if run_dir is None:
+        with tempfile.TemporaryDirectory(prefix="csdn-pretrain-") as tmp:
+            return pretrain_tiny_clip(cfg, pool, out_dir, device, on_epoch, Path(tmp), progress)
+    seed_everything(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    bundle = load_clip(ClipSource(cfg.arch, None, cfg.image_size), device=device)
+    model = bundle.model.train()
+    data = _pool_tensors(cfg, pool, bundle.tokenizer, n)
+    optimizer, scheduler = _optimizer(model, cfg, n // cfg.batch_size)
+    stage = StageState(
+        f"pretrain {cfg.arch}", model, optimizer, scheduler,
+        _epoch_runner(cfg, bundle, data, optimizer, generator, on_epoch), n // cfg.batch_size,
+        extra_state=lambda: {"generator": generator.get_state()},
+        load_extra_state=lambda state: generator.set_state(state["generator"]),
+        meta={"arch": cfg.arch, "stage": "tiny_clip", "key": config_key(asdict(cfg)), "n_images": n},
+        scheduler_per_step=True,
     )
+    history = run_epochs(stage, run_dir, LoopConfig(epochs=cfg.epochs, keep_checkpoints=1, progress=progress))
     model.eval()
     save_local_dir(bundle, out_dir)
     atomic_write_json(Path(out_dir) / HISTORY_FILE, history)
+    atomic_write_json(Path(out_dir) / SUMMARY_FILE, _summary(cfg, pool, n, history))
     return history
+
+
+def _summary(cfg: PretrainConfig, pool, n: int, history: list[dict[str, float]]) -> dict[str, Any]:
+    """Counts, training time over all epochs (also those of a run that was resumed), throughput, config."""
+    total = sum(h["seconds"] for h in history)
+    return {
+        "arch": cfg.arch, "epochs": cfg.epochs, "total_seconds": total,
+        "images_per_second": (n // cfg.batch_size) * cfg.batch_size * cfg.epochs / total,
+        "n_images": n, "n_infrared": sum(m == "infrared" for m in pool.modalities[:n]),
+        "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0], "config": asdict(cfg),
+    }
 
 
 def tiny_clip_key(cfg: PretrainConfig, synth: SynthConfig) -> str:
@@ -279,34 +335,48 @@ def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path) -> Path
     """The ``local-dir:`` folder of the tiny CLIP pretrained with ``cfg`` on ``synth``'s CLIP pool.
 
     Computed once and cached under ``cache_root/tiny_clip/<key>`` (safe under concurrent callers);
-    load it with ``load_clip(local_dir_source(path))``.
+    load it with ``load_clip(local_dir_source(path))``. While it trains, its checkpoints live in
+    ``cache_root/runs/tiny_clip-<key>`` (outside the build's temporary folder, which a failed build
+    removes), so a killed or interrupted pretraining resumes there; they are removed once the folder is complete.
     """
     if cfg.arch not in TINY_ARCHS:
         log.warning("pretraining %s from scratch on SynthVI: expect it to be slow", cfg.arch)
-    target = Path(cache_root) / "tiny_clip" / tiny_clip_key(cfg, synth)
-    return build_once(target, lambda tmp: pretrain_tiny_clip(cfg, clip_pool(synth), tmp))
+    key = tiny_clip_key(cfg, synth)
+    target = Path(cache_root) / "tiny_clip" / key
+    run_dir = Path(cache_root) / "runs" / f"tiny_clip-{key}"
+    folder = build_once(target, lambda tmp: pretrain_tiny_clip(cfg, clip_pool(synth), tmp, run_dir=run_dir))
+    shutil.rmtree(run_dir, ignore_errors=True)  # the folder is complete: nothing will resume from these
+    return folder
 
 
-def read_history(folder: Path) -> dict[str, Any]:
-    """The ``history.json`` of a pretrained tiny CLIP folder."""
-    import json
-
-    path = Path(folder) / HISTORY_FILE
+def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: not a folder written by pretrain_tiny_clip")
     return json.loads(path.read_text())
 
 
-def plot_history(history: dict[str, Any]):
-    """Loss per epoch of a pretraining run, with its timing in the title."""
-    import matplotlib.pyplot as plt
+def read_history(folder: Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics (``history.json``) of a pretrained tiny CLIP folder, one dict per epoch.
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    ax.plot(epochs, history["loss"], marker="o")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("contrastive loss")
-    ax.set_title(f"{history['arch']}: {history['total_seconds']:.0f} s, "
-                 f"{history['images_per_second']:.0f} images/s, {history['threads']} threads", fontsize=9)
-    fig.tight_layout()
-    return fig
+    A folder of an earlier version, whose ``history.json`` holds a list per metric next to the run's
+    summary, is read the same way (its per-epoch lists become one dict per epoch).
+    """
+    history = _read_json(Path(folder) / HISTORY_FILE)
+    if isinstance(history, list):
+        return history
+    columns = {k: v for k, v in history.items() if isinstance(v, list) and len(v) == len(history["loss"])}
+    return [{"epoch": i + 1, **{k: v[i] for k, v in columns.items()}} for i in range(len(history["loss"]))]
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """Counts, timing, throughput and config (``summary.json``) of a pretrained tiny CLIP folder.
+
+    For a folder of an earlier version (no ``summary.json``) they are read from its ``history.json``.
+    """
+    path = Path(folder) / SUMMARY_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    old = _read_json(Path(folder) / HISTORY_FILE)
+    if isinstance(old, list):
+        raise FileNotFoundError(f"{path} is missing: not a folder written by pretrain_tiny_clip")
+    return {k: v for k, v in old.items() if not isinstance(v, list)}

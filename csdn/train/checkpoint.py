@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from csdn import __version__
-from csdn.artifacts import atomic_write_json
+from csdn.artifacts import atomic_save_tensors, atomic_write_json
 from csdn.errors import CheckpointError
 
 LATEST = "latest.json"
@@ -89,8 +89,7 @@ def save_checkpoint(
     final = ckpt_root / f"epoch_{epoch:04d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
     try:
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        atomic_save_tensors(model.state_dict(), tmp / "model.safetensors")
         torch.save(train_state, tmp / "train_state.pt")
         full_meta = {**meta, "epoch": epoch, "version": __version__}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str))

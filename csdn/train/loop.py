@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from csdn.artifacts import atomic_write_json
+from csdn.artifacts import atomic_save_tensors, atomic_write_json
 from csdn.errors import ConfigError, NonFiniteLossError
 from csdn.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from csdn.train.distributed import SINGLE, DistContext
@@ -48,13 +47,14 @@ class StageState:
     name: str  # stage name for logs ("stage1", ...)
     module: torch.nn.Module  # the trainable module whose weights are checkpointed
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per epoch
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per epoch (or per step, see below)
     train_epoch: Callable[[int, Callable[[], None]], dict[str, float]]  # (epoch, tick) -> metrics
     steps_per_epoch: int  # for the progress bar
     validate: Callable[[int], dict[str, float]] | None = None  # epoch -> metrics incl. "score"
     extra_state: Callable[[], dict[str, Any]] = field(default=lambda: {})  # e.g. sampler RNG
     load_extra_state: Callable[[dict[str, Any]], None] = field(default=lambda state: None)
     meta: dict[str, Any] = field(default_factory=dict)  # identity of the run (arch, num_ids, config)
+    scheduler_per_step: bool = False  # step the scheduler at every tick (after each optimizer step), not per epoch
 
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
@@ -83,8 +83,9 @@ def run_epochs(stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool =
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         stage.module.train()
-        metrics = stage.train_epoch(epoch, lambda: bar.update(1))
-        stage.scheduler.step()
+        metrics = stage.train_epoch(epoch, lambda: _tick(stage, bar))
+        if not stage.scheduler_per_step:
+            stage.scheduler.step()
         metrics = {"epoch": epoch + 1, **metrics, "lr": stage.optimizer.param_groups[0]["lr"],
                    "seconds": time.perf_counter() - t0}
         if stage.validate is not None and cfg.validate_every and (epoch + 1) % cfg.validate_every == 0:
@@ -106,6 +107,13 @@ def run_epochs(stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool =
     elif cfg.select not in ("final", "best_val"):
         raise ConfigError(f"select must be 'final' or 'best_val', got {cfg.select!r}")
     return history
+
+
+def _tick(stage: StageState, bar: tqdm) -> None:
+    """One optimizer step is done: advance the progress bar (and a per-step scheduler)."""
+    if stage.scheduler_per_step:
+        stage.scheduler.step()
+    bar.update(1)
 
 
 def _state(stage: StageState, history: list[dict[str, float]]) -> dict[str, Any]:
@@ -140,7 +148,4 @@ def _keep_best(stage: StageState, run_dir: Path, history: list[dict[str, float]]
     score = metrics.get("val_score", -math.inf)
     best = max((h.get("val_score", -math.inf) for h in history), default=-math.inf)
     if score > best:
-        weights = {k: v.detach().cpu().contiguous() for k, v in stage.module.state_dict().items()}
-        tmp = run_dir / ".best.safetensors.tmp"
-        save_file(weights, str(tmp))
-        tmp.replace(run_dir / "best.safetensors")
+        atomic_save_tensors(stage.module.state_dict(), run_dir / "best.safetensors")
