@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # process on two cores spin-wait); a fresh artifact cache per test run keeps it honest.
 NB_WORKERS ?= 2
 
-.PHONY: setup demo test test-unit test-browser lab bench clean
+.PHONY: setup demo test lint test-unit test-browser lab bench clean
 
 setup: $(STAMP)
 
@@ -22,11 +22,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/csdn demo
 
-test: setup
+test: setup lint
 	@cache=$${CSDN_TEST_CACHE:-$$(mktemp -d -t csdn-test-cache.XXXXXX)}; \
 	echo "artifact cache for this test run: $$cache"; \
 	CSDN_CACHE=$$cache $(PY) -m pytest -q tests && \
 	CSDN_CACHE=$$cache CSDN_PROFILE=smoke OMP_NUM_THREADS=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 -n $(NB_WORKERS) notebooks/
+
+# The lint gate (ruff: pyflakes, pycodestyle, isort, bugbear, pyupgrade; formatting; notebooks included).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-unit: setup
 	$(PY) -m pytest -q tests

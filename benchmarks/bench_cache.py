@@ -80,8 +80,8 @@ def main() -> None:
             cache = ImageCache.build(records, size, Path(tmp) / "cache", progress=False)
             build = time.perf_counter() - start
             dataset = CachedImages(cache)
-            cached = median_seconds(lambda: cached_epoch(dataset), args.repeats)
-            decoded = median_seconds(lambda: decoding_epoch(records, size), args.repeats)
+            cached = median_seconds(lambda dataset=dataset: cached_epoch(dataset), args.repeats)
+            decoded = median_seconds(lambda size=size: decoding_epoch(records, size), args.repeats)
             label = f"{size[0]}x{size[1]}"
             print(f"{label:>9} | {build:8.3f} | {cached:13.4f} | {decoded:14.4f} | {decoded / cached:7.1f}x")
 

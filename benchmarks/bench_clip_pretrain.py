@@ -20,6 +20,7 @@ from open_clip.loss import ClipLoss
 
 from csdn.clip.adapt import TextEncoder
 from csdn.clip.loader import TINY_ARCHS, ClipSource, load_clip
+from csdn.synthvi.pool import clip_pool
 from csdn.synthvi.pretrain import (
     PretrainConfig,
     attribute_agreement,
@@ -28,7 +29,6 @@ from csdn.synthvi.pretrain import (
     pool_groups,
     soft_clip_loss,
 )
-from csdn.synthvi.pool import clip_pool
 from csdn.synthvi.world import SynthConfig
 
 

@@ -28,9 +28,9 @@ import time
 import numpy as np
 import torch
 
+from csdn.data.registry import DATASETS
 from csdn.eval.metrics import evaluate
 from csdn.eval.rerank import k_reciprocal_rerank
-from csdn.data.registry import DATASETS
 
 RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
@@ -71,13 +71,22 @@ def loop_evaluate(scores, q_pids, g_pids, q_cams, g_cams, max_rank=MAX_RANK):
         first_of_each = np.sort(np.unique(ranked_pids, return_index=True)[1])
         first = np.flatnonzero(ranked_pids[first_of_each] == q_pids[q])[0] + 1
         if first <= max_rank:
-            cmc_sum[first - 1:] += 1
+            cmc_sum[first - 1 :] += 1
     return cmc_sum / len(aps), float(np.mean(aps)), float(np.mean(inps)), len(aps)
 
 
 def vectorised_evaluate(scores, q_pids, g_pids, q_cams, g_cams):
-    m = evaluate(scores, q_pids, g_pids, q_cams, g_cams, rules=RULES["sysu"], higher_is_better=True,
-                 dedup_ids=True, max_rank=MAX_RANK)
+    m = evaluate(
+        scores,
+        q_pids,
+        g_pids,
+        q_cams,
+        g_cams,
+        rules=RULES["sysu"],
+        higher_is_better=True,
+        dedup_ids=True,
+        max_rank=MAX_RANK,
+    )
     return m.cmc, m.mAP, m.mINP, m.num_valid_queries
 
 
@@ -113,12 +122,16 @@ def bench_metrics(shots: int, repeats: int, loop_repeats: int) -> bool:
     trials, *labels = synthetic_sysu(shots)
     shape = trials[0].shape
     fast_time, fast, slow_time, slow = timed_alternately(
-        lambda: run_all(vectorised_evaluate, trials, labels), lambda: run_all(loop_evaluate, trials, labels),
-        repeats, loop_repeats)
+        lambda: run_all(vectorised_evaluate, trials, labels),
+        lambda: run_all(loop_evaluate, trials, labels),
+        repeats,
+        loop_repeats,
+    )
     diff = max_difference(fast, slow)
     mean_r1 = np.mean([r[0][0] for r in fast])
-    print(f"{'single' if shots == 1 else 'multi'}-shot {shape[0]} x {shape[1]}, {TRIALS} trials "
-          f"(mean R1 {mean_r1:.3f}):")
+    print(
+        f"{'single' if shots == 1 else 'multi'}-shot {shape[0]} x {shape[1]}, {TRIALS} trials (mean R1 {mean_r1:.3f}):"
+    )
     print(f"  vectorised  median {fast_time:8.3f} s  ({repeats} runs)")
     print(f"  loop        median {slow_time:8.3f} s  ({loop_repeats} runs)")
     print(f"  speed-up    {slow_time / fast_time:8.1f} x   max |difference| over all metrics: {diff:.1e}")
@@ -137,13 +150,13 @@ def bench_rerank() -> None:
     elapsed = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     same = q_pids[:, None] == g_pids[None, :]
-    before = evaluate(q @ g.T, q_pids, g_pids, [6] * len(q), [1] * len(g), rules=RULES["regdb"],
-                      higher_is_better=True)
-    after = evaluate(dist, q_pids, g_pids, [6] * len(q), [1] * len(g), rules=RULES["regdb"],
-                     higher_is_better=False)
-    print(f"re-ranking {tuple(dist.shape)} (512-d, {int(same.any(1).sum())} valid queries): "
-          f"{elapsed:.1f} s, process peak RSS {peak_mib:.0f} MiB; "
-          f"mAP {before.mAP:.3f} -> {after.mAP:.3f}, R1 {before.r1:.3f} -> {after.r1:.3f}")
+    before = evaluate(q @ g.T, q_pids, g_pids, [6] * len(q), [1] * len(g), rules=RULES["regdb"], higher_is_better=True)
+    after = evaluate(dist, q_pids, g_pids, [6] * len(q), [1] * len(g), rules=RULES["regdb"], higher_is_better=False)
+    print(
+        f"re-ranking {tuple(dist.shape)} (512-d, {int(same.any(1).sum())} valid queries): "
+        f"{elapsed:.1f} s, process peak RSS {peak_mib:.0f} MiB; "
+        f"mAP {before.mAP:.3f} -> {after.mAP:.3f}, R1 {before.r1:.3f} -> {after.r1:.3f}"
+    )
 
 
 def main() -> int:

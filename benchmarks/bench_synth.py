@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from csdn.synthvi.layouts import write_sysu
 from csdn.synthvi.cameras import SYSU_CAMERAS
+from csdn.synthvi.layouts import write_sysu
 from csdn.synthvi.render import render_image
 from csdn.synthvi.world import PURPOSE_SYSU, SynthConfig, image_rng, make_identities
 
@@ -37,8 +37,13 @@ def time_render(cfg: SynthConfig) -> tuple[float, int]:
     for ident in people:
         for cam in SYSU_CAMERAS:
             for k in range(1, cfg.images_per_cam + 1):
-                render_image(ident, cam, image_rng(cfg.seed, PURPOSE_SYSU, ident.pid, 2 * cam.cam, k),
-                             height=cfg.height, width=cfg.width)
+                render_image(
+                    ident,
+                    cam,
+                    image_rng(cfg.seed, PURPOSE_SYSU, ident.pid, 2 * cam.cam, k),
+                    height=cfg.height,
+                    width=cfg.width,
+                )
                 n += 1
     return time.perf_counter() - start, n
 
@@ -51,8 +56,10 @@ def main() -> None:
     cfg = SynthConfig()
     if args.ids:
         cfg = dataclasses.replace(cfg, train_ids=args.ids, val_ids=min(cfg.val_ids, args.ids - 1))
-    print(f"config: {cfg.train_ids} train + {cfg.test_ids} test ids, {cfg.images_per_cam} images/cam, "
-          f"{cfg.height}x{cfg.width}, {args.repeats} repeats")
+    print(
+        f"config: {cfg.train_ids} train + {cfg.test_ids} test ids, {cfg.images_per_cam} images/cam, "
+        f"{cfg.height}x{cfg.width}, {args.repeats} repeats"
+    )
     results = {}
     for name, fn in (("render only (baseline)", time_render), ("write_sysu (full tree)", time_writer)):
         runs = [fn(cfg) for _ in range(args.repeats)]

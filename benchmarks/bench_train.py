@@ -147,7 +147,7 @@ def bench_arch(setting: Setting, device: torch.device, warmup: int, repeats: int
     for _ in range(repeats):
         baseline = _timed(baseline_step, device)
         fwd_bwd: list[float] = []
-        step = _timed(lambda: fwd_bwd.append(csdn_step()), device)
+        step = _timed(lambda fwd_bwd=fwd_bwd: fwd_bwd.append(csdn_step()), device)
         rounds.append((baseline, fwd_bwd[0], step))
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     baseline, fwd_bwd, step = (statistics.median(column) for column in zip(*rounds))
@@ -161,8 +161,10 @@ def _row(setting: Setting, t: Timing) -> str:
     batch = f"{setting.ids}x{setting.instances}x3={setting.images}"
     rate = lambda seconds: setting.images / seconds  # noqa: E731
     peak = f"{t.peak_gib:10.2f}" if t.peak_gib is not None else f"{'-':>10}"
-    return (f"{setting.arch:<14}{size:>9}{batch:>12}{rate(t.baseline):>13.1f}{rate(t.csdn_fwd_bwd):>14.1f}"
-            f"{rate(t.csdn_step):>12.1f}{t.fwd_bwd_ratio:>10.2f}{t.ratio:>8.2f}{peak}")
+    return (
+        f"{setting.arch:<14}{size:>9}{batch:>12}{rate(t.baseline):>13.1f}{rate(t.csdn_fwd_bwd):>14.1f}"
+        f"{rate(t.csdn_step):>12.1f}{t.fwd_bwd_ratio:>10.2f}{t.ratio:>8.2f}{peak}"
+    )
 
 
 def main() -> None:
@@ -181,12 +183,18 @@ def main() -> None:
     device = pick_device(args.device)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {device} ({where}); autocast: {device.type == 'cuda'}; warm-up {args.warmup}, "
-          f"median of {args.repeats} steps; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    print("img/s = images per second (batch = P ids x K x (2 visible views + 1 infrared)); "
-          "ratio = CSDN time / bare-tower time")
-    print(f"{'arch':<14}{'size':>9}{'batch':>12}{'tower img/s':>13}{'fwd+bwd img/s':>14}{'step img/s':>12}"
-          f"{'fb ratio':>10}{'ratio':>8}{'peak GiB':>10}")
+    print(
+        f"device: {device} ({where}); autocast: {device.type == 'cuda'}; warm-up {args.warmup}, "
+        f"median of {args.repeats} steps; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+    print(
+        "img/s = images per second (batch = P ids x K x (2 visible views + 1 infrared)); "
+        "ratio = CSDN time / bare-tower time"
+    )
+    print(
+        f"{'arch':<14}{'size':>9}{'batch':>12}{'tower img/s':>13}{'fwd+bwd img/s':>14}{'step img/s':>12}"
+        f"{'fb ratio':>10}{'ratio':>8}{'peak GiB':>10}"
+    )
     for arch in archs:
         print(_row(SETTINGS[arch], bench_arch(SETTINGS[arch], device, args.warmup, args.repeats)), flush=True)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")

@@ -29,21 +29,44 @@ from csdn.model.network import VARIANTS
 from csdn.overrides import format_overrides, load_overrides, override, parse_overrides
 
 EXIT_BAD_INPUT = 2  # exit status of a CsdnError (and of argparse's usage errors)
-EPILOG = ("Config: --profile, then the flags, then --config files, then --set KEY=VALUE (dotted keys such as "
-          "stage3.epochs=10 or model.sii=attention; a later value wins). Exit status 2 on bad input "
-          "(one line: csdn: error: ...); any other error is a bug and shows its traceback.")
+EPILOG = (
+    "Config: --profile, then the flags, then --config files, then --set KEY=VALUE (dotted keys such as "
+    "stage3.epochs=10 or model.sii=attention; a later value wins). Exit status 2 on bad input "
+    "(one line: csdn: error: ...); any other error is a bug and shows its traceback."
+)
 # argparse destination -> the dotted config key its flag sets (when given)
-FLAG_OVERRIDES = {"seed": "seed", "device": "device", "clip": "clip.weights", "arch": "clip.arch",
-                  "variant": "model.variant", "sii": "model.sii", "sync_bn": "sync_bn",
-                  "skip_bad_images": "skip_bad_images", "layout": "data.synth_layout"}
+FLAG_OVERRIDES = {
+    "seed": "seed",
+    "device": "device",
+    "clip": "clip.weights",
+    "arch": "clip.arch",
+    "variant": "model.variant",
+    "sii": "model.sii",
+    "sync_bn": "sync_bn",
+    "skip_bad_images": "skip_bad_images",
+    "layout": "data.synth_layout",
+}
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
     """``--set KEY=VALUE`` and ``--config FILE``, both repeatable."""
-    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field by its dotted key, e.g. --set stage3.epochs=10 (repeatable)")
-    p.add_argument("--config", dest="config_files", action="append", default=[], metavar="FILE", type=Path,
-                   help="a .yaml/.yml/.json file of overrides (dotted keys or nested mappings; repeatable)")
+    p.add_argument(
+        "--set",
+        dest="set_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field by its dotted key, e.g. --set stage3.epochs=10 (repeatable)",
+    )
+    p.add_argument(
+        "--config",
+        dest="config_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        type=Path,
+        help="a .yaml/.yml/.json file of overrides (dotted keys or nested mappings; repeatable)",
+    )
 
 
 def command_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,8 +95,7 @@ def config_arguments(args: argparse.Namespace) -> list[str]:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Generate SynthVI in a layout (into --out, or the artifact cache) and print its statistics."""
-    from csdn.synthvi.layouts import WRITERS, synthvi_root
-    from csdn.synthvi.layouts import load_metadata
+    from csdn.synthvi.layouts import WRITERS, load_metadata, synthvi_root
 
     cfg, _ = experiment_config(args)
     layout = cfg.data.synth_layout
@@ -135,8 +157,14 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace, cfg: ExperimentConfig, overrides: dict[str, Any], experiment, results: dict,
-            seconds: float) -> None:
+def _report(
+    args: argparse.Namespace,
+    cfg: ExperimentConfig,
+    overrides: dict[str, Any],
+    experiment,
+    results: dict,
+    seconds: float,
+) -> None:
     from csdn.reports import results_frame, write_report
 
     print(f"profile {cfg.name}; overrides: {format_overrides(overrides)}\n")
@@ -144,13 +172,21 @@ def _report(args: argparse.Namespace, cfg: ExperimentConfig, overrides: dict[str
         for result in per_protocol.values():
             print(result.table(), end="\n\n")
     print(results_frame(results).to_string(index=False))
-    extra = {"profile": cfg.name, "seconds": seconds, "histories": experiment.histories,
-             "world_size": experiment.dist.world_size, "config": to_dict(cfg)}
+    extra = {
+        "profile": cfg.name,
+        "seconds": seconds,
+        "histories": experiment.histories,
+        "world_size": experiment.dist.world_size,
+        "config": to_dict(cfg),
+    }
     if cfg.skip_bad_images:
         extra["skipped_images"] = experiment.skipped_images
         if experiment.skipped_images:
-            print(f"\nskipped {len(experiment.skipped_images)} unreadable training image(s), listed in "
-                  f"{experiment.train_cache.directory / 'skipped.json'} and in the report", file=sys.stderr)
+            print(
+                f"\nskipped {len(experiment.skipped_images)} unreadable training image(s), listed in "
+                f"{experiment.train_cache.directory / 'skipped.json'} and in the report",
+                file=sys.stderr,
+            )
     folder = Path(args.reports) / cfg.name
     written = write_report(folder, results, extra=extra, overrides=overrides)
     print(f"\nfinished in {seconds:.1f}s; report: {', '.join(str(p) for p in written)}")
@@ -186,12 +222,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csdn", description=__doc__, epilog=EPILOG)
-    parser.add_argument("--cache", type=Path, default=None, help="artifact cache root (default $CSDN_CACHE or ~/.cache/csdn)")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="artifact cache root (default $CSDN_CACHE or ~/.cache/csdn)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help_text: str, default_profile: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG)
-        p.add_argument("--profile", default=default_profile or profile_from_env(), help="named profile (smoke, demo, ...)")
+        p.add_argument(
+            "--profile", default=default_profile or profile_from_env(), help="named profile (smoke, demo, ...)"
+        )
         add_config_options(p)
         p.set_defaults(func=fn)
         return p
@@ -204,23 +244,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="root folder of the real dataset")
     p.add_argument("--layout", choices=SYNTH_LAYOUTS, help="SynthVI layout (without --dataset)")
     p = add("pretrain-clip", cmd_pretrain_clip, "pretrain the tiny CLIP on SynthVI captions")
-    for name, fn, text in (("train", cmd_train, "train CSDN (three stages) and evaluate"),
-                           ("eval", cmd_eval, "evaluate the trained model (cached stages are reused)"),
-                           ("demo", cmd_demo, "the whole embedded pipeline on the demo profile")):
+    for name, fn, text in (
+        ("train", cmd_train, "train CSDN (three stages) and evaluate"),
+        ("eval", cmd_eval, "evaluate the trained model (cached stages are reused)"),
+        ("demo", cmd_demo, "the whole embedded pipeline on the demo profile"),
+    ):
         p = add(name, fn, text, default_profile="demo" if name == "demo" else None)
         p.add_argument("--data", help="dataset root for real-data profiles (sysu-rn50, regdb-vitb16, ...)")
         p.add_argument("--clip", help="CLIP weights: tiny-synthvi, openai, a weights file, local-dir:<folder>, random")
         p.add_argument("--arch", help="open_clip architecture (RN50, ViT-B-16, csdn-tiny-rn, csdn-tiny-vit)")
-        p.add_argument("--variant", choices=list(VARIANTS),
-                       help="the network: csdn; clip-reid or vision-only (one shared stem); vision-only-stems")
+        p.add_argument(
+            "--variant",
+            choices=list(VARIANTS),
+            help="the network: csdn; clip-reid or vision-only (one shared stem); vision-only-stems",
+        )
         p.add_argument("--sii", choices=["official", "attention", "mean", "none"])
         p.add_argument("--seed", type=int)
         p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
         p.add_argument("--reports", default="reports", help="folder for result tables and figures")
-        p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
-                       help="under torchrun: BatchNorm statistics over the global batch (default) or per process")
-        p.add_argument("--skip-bad-images", action="store_true", default=None,
-                       help="leave unreadable training images out (listed in the report) instead of stopping")
+        p.add_argument(
+            "--sync-bn",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="under torchrun: BatchNorm statistics over the global batch (default) or per process",
+        )
+        p.add_argument(
+            "--skip-bad-images",
+            action="store_true",
+            default=None,
+            help="leave unreadable training images out (listed in the report) instead of stopping",
+        )
         if name == "eval":
             p.add_argument("--zero-shot", action="store_true", help="also evaluate the frozen CLIP")
     from csdn.analysis.commands import add_commands

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from csdn.data.protocol import DIRECTIONS
-from csdn.errors import ConfigError
-from csdn.overrides import override
-from csdn.synthvi.pretrain import PretrainConfig
-from csdn.synthvi.layouts import WRITERS
-from csdn.synthvi.world import SynthConfig
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.data.sysu import GALLERY_CAMS
+from csdn.errors import ConfigError
 from csdn.model.network import ModelConfig
+from csdn.overrides import override
+from csdn.synthvi.layouts import WRITERS
+from csdn.synthvi.pretrain import PretrainConfig
+from csdn.synthvi.world import SynthConfig
 from csdn.train.reid_stage import ReIDStageConfig
 from csdn.train.text_stages import TextStageConfig
 
@@ -138,13 +138,24 @@ class ExperimentConfig:
         if self.validate_every < 0:
             raise ConfigError(f"validate_every must be >= 0 (0: never), got {self.validate_every}")
         if self.select == "best_val" and self.validate_every == 0:
-            raise ConfigError("select='best_val' needs validation: set validate_every > 0 (e.g. --set validate_every=5)"
-                              ", or select='final'")
+            raise ConfigError(
+                "select='best_val' needs validation: set validate_every > 0 (e.g. --set validate_every=5)"
+                ", or select='final'"
+            )
 
 
 SMOKE_SYNTH = SynthConfig(
-    height=64, width=32, clip_ids=24, train_ids=12, val_ids=4, test_ids=8, images_per_cam=2,
-    llcm_cams_per_id=2, clip_images_per_id=4, regdb_images=4, regdb_trials=2,
+    height=64,
+    width=32,
+    clip_ids=24,
+    train_ids=12,
+    val_ids=4,
+    test_ids=8,
+    images_per_cam=2,
+    llcm_cams_per_id=2,
+    clip_images_per_id=4,
+    regdb_images=4,
+    regdb_trials=2,
 )
 
 # The embedded default departs from the release where measurements on it said so (README, "Fidelity";
@@ -173,8 +184,7 @@ def _smoke(root: str | None = None) -> ExperimentConfig:
         clip=ClipConfig(pretrain=PretrainConfig(image_size=size, epochs=2, batch_size=32)),
         stage1=quick,
         stage2=quick,
-        stage3=ReIDStageConfig(epochs=2, warmup_epochs=1, milestones=(1,), ids_per_batch=4, instances=2,
-                               **DEMO_STAGE3),
+        stage3=ReIDStageConfig(epochs=2, warmup_epochs=1, milestones=(1,), ids_per_batch=4, instances=2, **DEMO_STAGE3),
         eval=EvalConfig(trials=2),
         validate_every=1,
     )
@@ -204,8 +214,9 @@ def _real(dataset: str, arch: str) -> Callable[[str | None], ExperimentConfig]:
 
     def build(root: str | None = None) -> ExperimentConfig:
         if not root:
-            raise ConfigError(f"the {dataset}-{_ARCH_NAMES[arch]} profile needs the dataset folder "
-                              f"(--data /path/to/{dataset})")
+            raise ConfigError(
+                f"the {dataset}-{_ARCH_NAMES[arch]} profile needs the dataset folder (--data /path/to/{dataset})"
+            )
         return ExperimentConfig(
             name=f"{dataset}-{_ARCH_NAMES[arch]}",
             data=DataConfig(dataset=dataset, root=root, height=size[0], width=size[1], hold_out_val=False),

@@ -27,13 +27,11 @@ from torch.utils.data import Dataset, Subset
 
 from csdn.artifacts import TRAINING_CODE_VERSION, atomic_save_tensors, atomic_write_json, config_key
 from csdn.clip.loader import ClipBundle, ClipSource, load_clip, local_dir_source
-from csdn.synthvi.pretrain import tiny_clip
 from csdn.config import ExperimentConfig
 from csdn.data.cache import ImageCache
 from csdn.data.images import CachedImages
 from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
-from csdn.sources import open_dataset
 from csdn.data.transforms import TransformConfig, test_transform
 from csdn.errors import ConfigError
 from csdn.eval.features import extract_features
@@ -42,6 +40,8 @@ from csdn.model.network import CSDNNet
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import make_sii, text_prototypes
 from csdn.runtime import pick_device, seed_everything
+from csdn.sources import open_dataset
+from csdn.synthvi.pretrain import tiny_clip
 from csdn.train.distributed import DistContext
 from csdn.train.loop import LoopConfig
 from csdn.train.reid_stage import train_reid
@@ -58,8 +58,9 @@ class Experiment:
     by default one process on ``cfg.device``. Only rank 0 shows progress bars.
     """
 
-    def __init__(self, cfg: ExperimentConfig, cache_root: Path, progress: bool = True,
-                 dist: DistContext | None = None) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, cache_root: Path, progress: bool = True, dist: DistContext | None = None
+    ) -> None:
         self.cfg = cfg
         self.cache_root = Path(cache_root)
         self.dist = dist or DistContext(device=pick_device(cfg.device))
@@ -104,13 +105,16 @@ class Experiment:
         """The training images' cache; with ``cfg.skip_bad_images`` unreadable ones are left out."""
         skip = self.cfg.skip_bad_images
         try:
-            return ImageCache.build(self.train_records, self.image_size, self.cache_root, progress=self.progress,
-                                    skip_bad=skip)
+            return ImageCache.build(
+                self.train_records, self.image_size, self.cache_root, progress=self.progress, skip_bad=skip
+            )
         except DatasetError as error:
             if skip:
                 raise
-            raise DatasetError(f"{error}. To train without unreadable training images instead, set "
-                               "skip_bad_images=True (csdn train --skip-bad-images)") from error
+            raise DatasetError(
+                f"{error}. To train without unreadable training images instead, set "
+                "skip_bad_images=True (csdn train --skip-bad-images)"
+            ) from error
 
     @property
     def skipped_images(self) -> list[dict]:
@@ -121,10 +125,18 @@ class Experiment:
         """:func:`extract_features` of ``images``, split over the ranks and gathered in order."""
         d = self.dist
         if not d.distributed or len(images) < d.world_size:
-            return extract_features(encode, images, device=self.device, progress=self.progress, model=model,
-                                    desc=desc, **kw)
-        local = extract_features(encode, Subset(images, list(d.shard(len(images)))), device=self.device,
-                                 progress=self.progress, model=model, desc=desc, **kw)
+            return extract_features(
+                encode, images, device=self.device, progress=self.progress, model=model, desc=desc, **kw
+            )
+        local = extract_features(
+            encode,
+            Subset(images, list(d.shard(len(images)))),
+            device=self.device,
+            progress=self.progress,
+            model=model,
+            desc=desc,
+            **kw,
+        )
         return d.gather_rows(local, len(images))
 
     # -- CLIP ---------------------------------------------------------------------------------------
@@ -152,8 +164,7 @@ class Experiment:
 
     def _key(self, *parts: Any) -> str:
         """The cache key of a trained artifact: data, CLIP, seed, the training code's version and ``parts``."""
-        return config_key([asdict(self.cfg.data), asdict(self.cfg.clip), self.cfg.seed, TRAINING_CODE_VERSION,
-                           *parts])
+        return config_key([asdict(self.cfg.data), asdict(self.cfg.clip), self.cfg.seed, TRAINING_CODE_VERSION, *parts])
 
     @cached_property
     def clip_features(self) -> CachedFeatures:
@@ -161,8 +172,15 @@ class Experiment:
         records = self.train_cache.records  # the training records (less unreadable ones when skipping)
         skipped = [entry["index"] for entry in self.train_cache.skipped]
         # Frozen-CLIP features depend on the data and the CLIP, not on the run seed: shared across seeds.
-        key = config_key([asdict(self.cfg.data), asdict(self.cfg.clip), "clip-features", TRAINING_CODE_VERSION,
-                          *([skipped] if skipped else [])])
+        key = config_key(
+            [
+                asdict(self.cfg.data),
+                asdict(self.cfg.clip),
+                "clip-features",
+                TRAINING_CODE_VERSION,
+                *([skipped] if skipped else []),
+            ]
+        )
         path = self.cache_root / "features" / f"clip-{key}.safetensors"
         labels = torch.tensor([self.labels[r.pid] for r in records])
         if not self.dist.agree(path.is_file()):
@@ -189,8 +207,9 @@ class Experiment:
                 history = train(run_dir)
                 if d.is_main:
                     atomic_save_tensors(module.state_dict(), run_dir / FINAL)
-                    atomic_write_json(run_dir / DONE, {"history": history, "config_key": key,
-                                                       "world_size": d.world_size})
+                    atomic_write_json(
+                        run_dir / DONE, {"history": history, "config_key": key, "world_size": d.world_size}
+                    )
             d.barrier()
         module.load_state_dict(load_file(str(run_dir / FINAL)))
         self.histories[name] = json.loads((run_dir / DONE).read_text())["history"]
@@ -206,8 +225,13 @@ class Experiment:
 
     def _meta(self, stage: str, key: str) -> dict[str, Any]:
         """What a stage's checkpoints must match to be resumed (checked in this order, most telling first)."""
-        return {"arch": self.cfg.clip.arch, "dataset": self.cfg.data.dataset, "num_ids": self.num_ids,
-                "stage": stage, "key": key}
+        return {
+            "arch": self.cfg.clip.arch,
+            "dataset": self.cfg.data.dataset,
+            "num_ids": self.num_ids,
+            "stage": stage,
+            "key": key,
+        }
 
     @cached_property
     def stage1_key(self) -> str:
@@ -221,13 +245,34 @@ class Experiment:
             raise ValueError("the vision-only variant has no prompts")
         m, enc = self.cfg.model, self.text_encoder
         generator = torch.Generator().manual_seed(self.cfg.seed)
-        prompts = ModalityPrompts.build(self.num_ids, shared=m.shared_prompts, wording=m.prompt_wording,
-                                        token_embedding=enc.token_embedding, tokenizer=self.clip.tokenizer,
-                                        context_length=self.clip.context_length, n_ctx=m.n_ctx, generator=generator)
+        prompts = ModalityPrompts.build(
+            self.num_ids,
+            shared=m.shared_prompts,
+            wording=m.prompt_wording,
+            token_embedding=enc.token_embedding,
+            tokenizer=self.clip.tokenizer,
+            context_length=self.clip.context_length,
+            n_ctx=m.n_ctx,
+            generator=generator,
+        )
         meta = self._meta("stage1", self.stage1_key)
-        return self._run("stage1", self.stage1_key, prompts, lambda run_dir: train_prompts(
-            prompts, enc, self.clip_features, self.cfg.stage1, run_dir, self._loop(self.cfg.stage1.epochs),
-            seed=self.cfg.seed, device=self.device, meta=meta, dist=self.dist))
+        return self._run(
+            "stage1",
+            self.stage1_key,
+            prompts,
+            lambda run_dir: train_prompts(
+                prompts,
+                enc,
+                self.clip_features,
+                self.cfg.stage1,
+                run_dir,
+                self._loop(self.cfg.stage1.epochs),
+                seed=self.cfg.seed,
+                device=self.device,
+                meta=meta,
+                dist=self.dist,
+            ),
+        )
 
     @cached_property
     def prompt_text_features(self) -> dict[str, Tensor]:
@@ -247,9 +292,24 @@ class Experiment:
         t = self.prompt_text_features
         meta = self._meta("stage2", key)
         torch.manual_seed(self.cfg.seed)
-        return self._run("stage2", key, sii, lambda run_dir: train_sii(
-            sii, t[VISIBLE], t[INFRARED], self.clip_features, self.cfg.stage2, run_dir,
-            self._loop(self.cfg.stage2.epochs), seed=self.cfg.seed, device=self.device, meta=meta, dist=self.dist))
+        return self._run(
+            "stage2",
+            key,
+            sii,
+            lambda run_dir: train_sii(
+                sii,
+                t[VISIBLE],
+                t[INFRARED],
+                self.clip_features,
+                self.cfg.stage2,
+                run_dir,
+                self._loop(self.cfg.stage2.epochs),
+                seed=self.cfg.seed,
+                device=self.device,
+                meta=meta,
+                dist=self.dist,
+            ),
+        )
 
     @cached_property
     def prototypes(self) -> dict[str, Tensor] | None:
@@ -262,8 +322,9 @@ class Experiment:
     @cached_property
     def stage3_key(self) -> str:
         upstream = self.stage1_key if self.cfg.model.uses_text else self._key("no-text")
-        return config_key([upstream, asdict(self.cfg.model), asdict(self.cfg.stage2), asdict(self.cfg.stage3),
-                           self.cfg.select])
+        return config_key(
+            [upstream, asdict(self.cfg.model), asdict(self.cfg.stage2), asdict(self.cfg.stage3), self.cfg.select]
+        )
 
     @cached_property
     def network(self) -> CSDNNet:
@@ -277,10 +338,27 @@ class Experiment:
         meta = self._meta("stage3", self.stage3_key)
         validate = self._validator(net) if self.cfg.validate_every else None  # best_val implies validate_every
         loop = self._loop(self.cfg.stage3.epochs, validate_every=self.cfg.validate_every, select=self.cfg.select)
-        return self._run("stage3", self.stage3_key, net, lambda run_dir: train_reid(
-            net, self.train_cache, labels, prototypes, self.cfg.stage3, self.transforms, run_dir, loop,
-            seed=self.cfg.seed, device=self.device, validate=validate, meta=meta, dist=self.dist,
-            sync_bn=self.cfg.sync_bn))
+        return self._run(
+            "stage3",
+            self.stage3_key,
+            net,
+            lambda run_dir: train_reid(
+                net,
+                self.train_cache,
+                labels,
+                prototypes,
+                self.cfg.stage3,
+                self.transforms,
+                run_dir,
+                loop,
+                seed=self.cfg.seed,
+                device=self.device,
+                validate=validate,
+                meta=meta,
+                dist=self.dist,
+                sync_bn=self.cfg.sync_bn,
+            ),
+        )
 
     # -- features and evaluation --------------------------------------------------------------------
 
@@ -299,8 +377,14 @@ class Experiment:
                 if not rows:
                     continue
                 images = CachedImages(cache, transform=test_transform(self.transforms), indices=rows)
-                feats = self._extract(lambda x, m=modality: embed(x, m), images, model, f"{modality} features",
-                                      batch_size=self.cfg.eval.batch_size, flip=flip)
+                feats = self._extract(
+                    lambda x, m=modality: embed(x, m),
+                    images,
+                    model,
+                    f"{modality} features",
+                    batch_size=self.cfg.eval.batch_size,
+                    flip=flip,
+                )
                 out = torch.empty(len(records), feats.shape[1]) if out is None else out
                 out[rows] = feats
             return out
@@ -319,9 +403,11 @@ class Experiment:
     def _validator(self, net: CSDNNet):
         split = self.dataset.validation()
         if split is None:
-            raise ConfigError(f"validate_every={self.cfg.validate_every} needs held-out validation identities, which "
-                              f"{self.dataset.title} does not provide here (the SYSU-MM01 layout with hold_out_val=True "
-                              "has them); set validate_every=0 and select='final' for this data")
+            raise ConfigError(
+                f"validate_every={self.cfg.validate_every} needs held-out validation identities, which "
+                f"{self.dataset.title} does not provide here (the SYSU-MM01 layout with hold_out_val=True "
+                "has them); set validate_every=0 and select='final' for this data"
+            )
 
         def validate(epoch: int) -> dict[str, float]:
             m = evaluate_split(self.features_of(net.embed, net, flip=False), split)
@@ -337,5 +423,7 @@ class Experiment:
     def evaluate(self, features_of=None) -> dict[str, ProtocolResult]:
         """The dataset's test protocols for ``features_of`` (default: the trained network), by split name."""
         features_of = features_of or self.network_features()
-        return {split.name: evaluate_split(features_of, split, self.cfg.eval.rerank)
-                for split in self.dataset.test_splits(self.split_options())}
+        return {
+            split.name: evaluate_split(features_of, split, self.cfg.eval.rerank)
+            for split in self.dataset.test_splits(self.split_options())
+        }

@@ -44,15 +44,14 @@ def supcon_loss(
     mean, over the columns ``j`` with ``labels_b[j] == labels_a[i]``, of ``log_softmax(logits[i])[j]``;
     the result is the mean over anchors. Raw dot products (no normalisation) and temperature 1 are what
     CLIP-ReID and CSDN use. The i2t and t2i directions are two calls with the arguments swapped
-    (see :func:`i2t_t2i_loss`). ``cosine=True`` L2-normalises both sides first. Every anchor needs at least one positive column (the released code would
-    silently return NaN); a ValueError names the offending rows otherwise.
+    (see :func:`i2t_t2i_loss`). ``cosine=True`` L2-normalises both sides first. Every anchor needs at
+    least one positive column (the released code would silently return NaN); a ValueError names the
+    offending rows otherwise.
     """
     _check_features_labels("supcon_loss (anchors)", features, labels_a)
     _check_features_labels("supcon_loss (columns)", prototypes_features, labels_b)
     if features.shape[1] != prototypes_features.shape[1]:
-        raise ValueError(
-            f"supcon_loss: anchor dim {features.shape[1]} != column dim {prototypes_features.shape[1]}"
-        )
+        raise ValueError(f"supcon_loss: anchor dim {features.shape[1]} != column dim {prototypes_features.shape[1]}")
     positives = (labels_a[:, None] == labels_b[None, :]).to(features.dtype)
     n_pos = positives.sum(dim=1)
     if bool((n_pos == 0).any()):
@@ -110,8 +109,9 @@ def similarity_logits(a: Tensor, b: Tensor, temperature: float = 1.0, cosine: bo
     return a @ b.T / temperature
 
 
-def hse_loss(image_proj_feats: Tensor, text_prototypes: Tensor, labels: Tensor, temperature: float = 1.0,
-             cosine: bool = False) -> Tensor:
+def hse_loss(
+    image_proj_feats: Tensor, text_prototypes: Tensor, labels: Tensor, temperature: float = 1.0, cosine: bool = False
+) -> Tensor:
     """High-level Semantic Embedding loss: ``CE(image_proj_feats @ text_prototypes.T / temperature, labels)``.
 
     ``text_prototypes`` is ``(num_ids, d)``: one frozen (fused) text feature per training identity, row =
@@ -200,8 +200,9 @@ def triplet_hard(features: Tensor, labels: Tensor, margin: float = 0.3, normaliz
 # --------------------------------------------------------------------------------------------------------
 
 
-def msel_loss(visible: Tensor, visible_labels: Tensor, infrared: Tensor, infrared_labels: Tensor,
-              normalize: bool = False) -> Tensor:
+def msel_loss(
+    visible: Tensor, visible_labels: Tensor, infrared: Tensor, infrared_labels: Tensor, normalize: bool = False
+) -> Tensor:
     """The latest release's MSEL term on one feature (GeM or projected) of a cross-modality batch.
 
     For every image: ``cross`` = its mean Euclidean distance to the same-identity images of the *other*
@@ -222,8 +223,12 @@ def msel_loss(visible: Tensor, visible_labels: Tensor, infrared: Tensor, infrare
     eye_v = torch.eye(len(visible_labels), dtype=torch.bool, device=visible.device)
     eye_i = torch.eye(len(infrared_labels), dtype=torch.bool, device=infrared.device)
     intra_v, intra_i = same_v & ~eye_v, same_i & ~eye_i
-    if not (bool(intra_v.any(1).all()) and bool(intra_i.any(1).all())
-            and bool(cross_vi.any(1).all()) and bool(cross_vi.any(0).all())):
+    if not (
+        bool(intra_v.any(1).all())
+        and bool(intra_i.any(1).all())
+        and bool(cross_vi.any(1).all())
+        and bool(cross_vi.any(0).all())
+    ):
         raise ValueError("msel_loss: every identity needs at least two images in each modality of the batch")
 
     def masked_mean(dist: Tensor, mask: Tensor) -> Tensor:

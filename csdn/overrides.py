@@ -99,8 +99,9 @@ def load_overrides(path: str | Path, config_type: type | None = None) -> dict[st
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of keys to values (e.g. 'stage3.epochs: 10'), "
-                          f"got a {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of keys to values (e.g. 'stage3.epochs: 10'), got a {type(data).__name__}"
+        )
     try:
         return check_overrides(config_type, data) if config_type is not None else flatten(data)
     except ConfigError as error:
@@ -150,18 +151,23 @@ def _checked(config_type: type, flat: Mapping[str, Any], path: str) -> dict[str,
         inner = types_[name]
         if not (isinstance(inner, type) and dataclasses.is_dataclass(inner)):
             first = next(iter(sub))
-            raise ConfigError(f"unknown key '{path}{name}.{first}': {path}{name} is a value "
-                              f"({_type_name(inner)}), not a config section")
+            raise ConfigError(
+                f"unknown key '{path}{name}.{first}': {path}{name} is a value "
+                f"({_type_name(inner)}), not a config section"
+            )
         if name in tree:
-            raise ConfigError(f"{path}{name} is set both as a whole and field by field "
-                              f"({path}{name}.{next(iter(sub))})")
+            raise ConfigError(
+                f"{path}{name} is set both as a whole and field by field ({path}{name}.{next(iter(sub))})"
+            )
         tree[name] = _checked(inner, sub, f"{path}{name}.")
     return tree
 
 
 def _build(cfg: C, tree: Mapping[str, Any], path: str) -> C:
-    changes = {name: _build(getattr(cfg, name), sub, f"{path}{name}.") if isinstance(sub, dict) else sub
-               for name, sub in tree.items()}
+    changes = {
+        name: _build(getattr(cfg, name), sub, f"{path}{name}.") if isinstance(sub, dict) else sub
+        for name, sub in tree.items()
+    }
     try:
         return dataclasses.replace(cfg, **changes)
     except ValueError as error:  # a __post_init__ check (ConfigError or a plain ValueError)
@@ -190,8 +196,10 @@ def _coerce(value: Any, field_type: Any, key: str) -> Any:
         if isinstance(value, field_type):
             return value
         fields = ", ".join(field_types(field_type))
-        raise ConfigError(f"{key} is a config section ({field_type.__name__}), got {type(value).__name__} {value!r}; "
-                          f"set its fields instead ({key}.<field>=...); {key} has: {fields}")
+        raise ConfigError(
+            f"{key} is a config section ({field_type.__name__}), got {type(value).__name__} {value!r}; "
+            f"set its fields instead ({key}.<field>=...); {key} has: {fields}"
+        )
     elif field_type is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     elif field_type is int and isinstance(value, int) and not isinstance(value, bool):

@@ -27,9 +27,17 @@ def results_frame(results: Mapping[str, Mapping[str, ProtocolResult]]) -> pd.Dat
     rows = []
     for model, per_protocol in results.items():
         for protocol, result in per_protocol.items():
-            rows.append({"model": model, "protocol": protocol, "trials": len(result.trials),
-                         "R1": 100 * result.rank(1), "R10": 100 * result.rank(10),
-                         "mAP": 100 * result.mAP, "mINP": 100 * result.mINP})
+            rows.append(
+                {
+                    "model": model,
+                    "protocol": protocol,
+                    "trials": len(result.trials),
+                    "R1": 100 * result.rank(1),
+                    "R10": 100 * result.rank(10),
+                    "mAP": 100 * result.mAP,
+                    "mINP": 100 * result.mINP,
+                }
+            )
     return pd.DataFrame(rows).round(2)
 
 
@@ -70,8 +78,12 @@ def overrides_line(overrides: Mapping[str, Any]) -> str:
     return f"Overrides: `{format_overrides(overrides)}`" if overrides else "Overrides: none (the profile as defined)"
 
 
-def write_report(folder: Path, results: Mapping[str, Mapping[str, ProtocolResult]],
-                 extra: dict[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> list[Path]:
+def write_report(
+    folder: Path,
+    results: Mapping[str, Mapping[str, ProtocolResult]],
+    extra: dict[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[Path]:
     """Write ``results.json``, ``results.md`` and one CMC figure per protocol into ``folder``.
 
     ``overrides`` (dotted key -> value, see :mod:`csdn.overrides`) are recorded in both files.
@@ -81,8 +93,12 @@ def write_report(folder: Path, results: Mapping[str, Mapping[str, ProtocolResult
     frame = results_frame(results)
     overrides = dict(overrides or {})
     files: dict[str, Any] = {
-        "results.json": {"summary": frame.to_dict(orient="records"), **(extra or {}), "overrides": overrides,
-                         "results": {m: {p: r.to_dict() for p, r in per.items()} for m, per in results.items()}},
+        "results.json": {
+            "summary": frame.to_dict(orient="records"),
+            **(extra or {}),
+            "overrides": overrides,
+            "results": {m: {p: r.to_dict() for p, r in per.items()} for m, per in results.items()},
+        },
         "results.md": f"{overrides_line(overrides)}\n\n{frame.to_markdown(index=False)}\n",
     }
     for protocol in sorted({p for per in results.values() for p in per}):

@@ -52,8 +52,13 @@ def test_each_variant_sets_its_switches():
     assert len({repr(cfg) for cfg in m.values()}) == len(VARIANTS)  # no two rows train the same thing
     # the variant switches never touch data, CLIP, stage-2/3 optimisation or evaluation
     for cfg in m.values():
-        assert (cfg.data, cfg.clip, cfg.stage2, cfg.stage3, cfg.eval) == (BASE.data, BASE.clip, BASE.stage2,
-                                                                          BASE.stage3, BASE.eval)
+        assert (cfg.data, cfg.clip, cfg.stage2, cfg.stage3, cfg.eval) == (
+            BASE.data,
+            BASE.clip,
+            BASE.stage2,
+            BASE.stage3,
+            BASE.eval,
+        )
 
 
 def test_text_variants_refuse_a_base_without_hse():
@@ -96,10 +101,16 @@ def fake_evaluate(calls):
 
 def test_run_ablation_tidy_table():
     calls = []
-    runs = run_ablation(BASE, seeds=(3, 5), variants=["vision-only", FULL_CSDN], evaluate=fake_evaluate(calls),
-                        progress=False)
-    assert calls == [("csdn", "official", 3, True), ("vision-only", "none", 3, False), ("csdn", "official", 3, False),
-                     ("vision-only", "none", 5, False), ("csdn", "official", 5, False)]
+    runs = run_ablation(
+        BASE, seeds=(3, 5), variants=["vision-only", FULL_CSDN], evaluate=fake_evaluate(calls), progress=False
+    )
+    assert calls == [
+        ("csdn", "official", 3, True),
+        ("vision-only", "none", 3, False),
+        ("csdn", "official", 3, False),
+        ("vision-only", "none", 5, False),
+        ("csdn", "official", 5, False),
+    ]
     assert list(runs.columns) == ["variant", "seed", "protocol", "R1", "R10", "mAP", "mINP", "seconds"]
     assert len(runs) == 10  # (1 zero-shot + 2 variants x 2 seeds) x 2 protocols
     row = runs[(runs.variant == FULL_CSDN) & (runs.seed == 5) & (runs.protocol == "all")].iloc[0]
@@ -124,8 +135,12 @@ def test_distinct_configs_must_not_share_a_stage3_run():
 
 
 def tidy(values: dict[str, list[float]], protocols=("all",)) -> pd.DataFrame:
-    rows = [{"variant": v, "seed": s, "protocol": p, "R1": x, "mAP": x, "mINP": x}
-            for v, xs in values.items() for s, x in enumerate(xs) for p in protocols]
+    rows = [
+        {"variant": v, "seed": s, "protocol": p, "R1": x, "mAP": x, "mINP": x}
+        for v, xs in values.items()
+        for s, x in enumerate(xs)
+        for p in protocols
+    ]
     return pd.DataFrame(rows)
 
 
@@ -177,12 +192,28 @@ def test_ablate_command_writes_the_report(tmp_path: Path, monkeypatch, capsys):
     parser = argparse.ArgumentParser()
     commands.add_commands(parser.add_subparsers())
     reports = tmp_path / "reports"
-    args = parser.parse_args(["ablate", "--profile", "smoke", "--seeds", "2", "--variants",
-                              "vision-only, +SII (official)", "--reports", str(reports)])
+    args = parser.parse_args(
+        [
+            "ablate",
+            "--profile",
+            "smoke",
+            "--seeds",
+            "2",
+            "--variants",
+            "vision-only, +SII (official)",
+            "--reports",
+            str(reports),
+        ]
+    )
     args.cache = tmp_path / "cache"
     assert args.func(args) == 0
-    assert seen == {"seeds": [0, 1], "variants": ["vision-only", FULL_CSDN], "zero_shot": True,
-                    "cache": tmp_path / "cache", "profile": "smoke"}
+    assert seen == {
+        "seeds": [0, 1],
+        "variants": ["vision-only", FULL_CSDN],
+        "zero_shot": True,
+        "cache": tmp_path / "cache",
+        "profile": "smoke",
+    }
     folder = reports / "smoke" / "ablation"
     text = (folder / "ablation.md").read_text()
     assert "csdn ablate --profile smoke --seeds 2 --variants 'vision-only, +SII (official)'" in text
@@ -207,8 +238,10 @@ def test_describe_effects_names_what_is_beyond_the_noise():
     runs = tidy({"ref": [48.0, 49.0, 50.0], "better": [50.0, 52.0, 54.0], "noisy": [49.0, 48.0, 53.0]})
     table = effects(runs, "mAP", [("clear", "better", "ref"), ("noise", "noisy", "ref")])
     text = describe_effects(table)
-    assert text == ("all, mAP points, 3 paired seeds, 95% interval in brackets: beyond the seed noise: "
-                    "clear +3.0 (±2.5). Within the noise: noise +1.0 (±5.0).")
+    assert text == (
+        "all, mAP points, 3 paired seeds, 95% interval in brackets: beyond the seed noise: "
+        "clear +3.0 (±2.5). Within the noise: noise +1.0 (±5.0)."
+    )
     single = effects(tidy({"ref": [48.0], "one": [50.0]}), "mAP", [("x", "one", "ref")])
     assert "one seed only" in describe_effects(single)
     with pytest.raises(ValueError, match="not in the effects table"):

@@ -5,7 +5,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 import safetensors.torch
 import torch
 from safetensors.torch import load_file

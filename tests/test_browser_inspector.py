@@ -25,8 +25,16 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "08_query_gallery_inspector.ipynb"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 RUN_TIMEOUT_MS = 15 * 60 * 1000  # trains the smoke stages from scratch: minutes on a busy laptop
 STEP_TIMEOUT_MS = 60 * 1000  # one widget re-render
 
@@ -69,20 +77,38 @@ def lab(tmp_path):
     # Every cell stays in the page (no virtual scrolling), so the widget can be found wherever it is;
     # the notebook's kernel starts without a dialog; no news toast over the screenshots.
     (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
-        json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True}))
+        json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True})
+    )
     (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false"}))
+        json.dumps({"fetchNews": "false"})
+    )
     port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, CSDN_PROFILE="smoke", CSDN_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_DATA_DIR=str(tmp_path / "data"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
+    env = dict(
+        os.environ,
+        CSDN_PROFILE="smoke",
+        CSDN_CACHE=str(tmp_path / "cache"),
+        HF_HUB_OFFLINE="1",
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        JUPYTER_DATA_DIR=str(tmp_path / "data"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+    )
     env.pop("MPLBACKEND", None)
     log = tmp_path / "jupyter.log"
-    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-               f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-               "--LabApp.extension_manager=readonly", "--allow-root"]
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+        "--allow-root",
+    ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -127,7 +153,7 @@ def test_inspector_in_jupyterlab(lab, tmp_path):
                 inspector.wait_for(timeout=RUN_TIMEOUT_MS)
             except sync_api.TimeoutError:
                 page.screenshot(path=str(tmp_path / "timeout.png"))
-                raise AssertionError(f"the inspector did not render; server log:\n{log.read_text()[-3000:]}")
+                raise AssertionError(f"the inspector did not render; server log:\n{log.read_text()[-3000:]}") from None
             assert page.locator(".jp-OutputArea-output", has_text="Traceback").count() == 0
             summary = inspector.locator(".widget-html").first
             first_summary = summary.inner_text()
@@ -139,8 +165,11 @@ def test_inspector_in_jupyterlab(lab, tmp_path):
             query = inspector.locator(".widget-dropdown", has=page.locator("label", has_text="query")).locator("select")
             assert query.locator("option").count() >= 2
             query.select_option(index=1)
-            page.wait_for_function("([el, old]) => el.innerText !== old",
-                                   arg=[summary.element_handle(), first_summary], timeout=STEP_TIMEOUT_MS)
+            page.wait_for_function(
+                "([el, old]) => el.innerText !== old",
+                arg=[summary.element_handle(), first_summary],
+                timeout=STEP_TIMEOUT_MS,
+            )
             assert inspector.locator(".widget-output img").first.get_attribute("src") != first_image
             inspector.screenshot(path=str(tmp_path / "2_other_query.png"))
 
@@ -151,8 +180,11 @@ def test_inspector_in_jupyterlab(lab, tmp_path):
             identity.wait_for(state="visible", timeout=STEP_TIMEOUT_MS)
             pid = identity.locator("select option").nth(2).inner_text()
             identity.locator("select").select_option(index=2)
-            page.wait_for_function("([el, pid]) => el.innerText.includes(`query pid ${pid},`)",
-                                   arg=[summary.element_handle(), pid], timeout=STEP_TIMEOUT_MS)
+            page.wait_for_function(
+                "([el, pid]) => el.innerText.includes(`query pid ${pid},`)",
+                arg=[summary.element_handle(), pid],
+                timeout=STEP_TIMEOUT_MS,
+            )
             assert summary.inner_text() != second_summary
             inspector.screenshot(path=str(tmp_path / "3_by_identity.png"))
             page.screenshot(path=str(tmp_path / "4_page.png"))

@@ -35,9 +35,13 @@ def test_demo_on_smoke_writes_a_report(tmp_path: Path, capsys) -> None:
     assert "zero-shot CLIP" in out and "SYSU-MM01 at " in out
     summary = json.loads((reports / "smoke" / "results.json").read_text())["summary"]
     assert {(row["model"], row["protocol"]) for row in summary} == {
-        ("csdn", "all 1-shot"), ("csdn", "indoor 1-shot"),
-        ("zero-shot CLIP", "all 1-shot"), ("zero-shot CLIP", "indoor 1-shot"),
-        ("attribute oracle (ceiling)", "all 1-shot"), ("attribute oracle (ceiling)", "indoor 1-shot")}
+        ("csdn", "all 1-shot"),
+        ("csdn", "indoor 1-shot"),
+        ("zero-shot CLIP", "all 1-shot"),
+        ("zero-shot CLIP", "indoor 1-shot"),
+        ("attribute oracle (ceiling)", "all 1-shot"),
+        ("attribute oracle (ceiling)", "indoor 1-shot"),
+    }
     assert all(0 <= row["mAP"] <= 100 for row in summary)
     oracle = [row for row in summary if row["model"].startswith("attribute oracle")]
     assert all(row["mAP"] > 50 for row in oracle)  # the world is solvable from invariant attributes
@@ -60,28 +64,72 @@ def _config(argv: list[str]):
 
 def test_train_with_set_overrides_records_them_in_the_report(cache: Path, tmp_path: Path, capsys) -> None:
     reports = tmp_path / "reports"
-    code = main(["--cache", str(cache), "train", "--profile", "smoke", "--set", "stage3.epochs=1",
-                 "--set", "model.sii=attention", "--reports", str(reports)])
+    code = main(
+        [
+            "--cache",
+            str(cache),
+            "train",
+            "--profile",
+            "smoke",
+            "--set",
+            "stage3.epochs=1",
+            "--set",
+            "model.sii=attention",
+            "--reports",
+            str(reports),
+        ]
+    )
     assert code == 0
     assert "profile smoke; overrides: stage3.epochs=1, model.sii=attention" in capsys.readouterr().out
     report = json.loads((reports / "smoke" / "results.json").read_text())
     assert report["overrides"] == {"stage3.epochs": 1, "model.sii": "attention"}
     assert report["config"]["stage3"]["epochs"] == 1 and report["config"]["model"]["sii"] == "attention"
     assert len(report["histories"]["stage3"]) == 1  # the override reached the training
-    assert (reports / "smoke" / "results.md").read_text().startswith(
-        "Overrides: `stage3.epochs=1, model.sii=attention`")
+    assert (
+        (reports / "smoke" / "results.md").read_text().startswith("Overrides: `stage3.epochs=1, model.sii=attention`")
+    )
 
 
 def test_flags_then_config_files_then_set_entries(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("model:\n  sii: mean\nstage3.epochs: 4\nclip:\n  pretrain:\n    epochs: 3\n")
     (tmp_path / "b.json").write_text(json.dumps({"stage3": {"epochs": 5}, "stage3.milestones": [2, 4]}))
-    cfg, overrides = _config(["train", "--profile", "smoke", "--sii", "attention", "--seed", "7", "--clip", "random",
-                              "--config", str(tmp_path / "a.yaml"), "--config", str(tmp_path / "b.json"),
-                              "--set", "seed=8", "--set", "eval.flip=false"])
-    assert overrides == {"seed": 8, "clip.weights": "random", "model.sii": "mean", "stage3.epochs": 5,
-                         "clip.pretrain.epochs": 3, "stage3.milestones": [2, 4], "eval.flip": False}
+    cfg, overrides = _config(
+        [
+            "train",
+            "--profile",
+            "smoke",
+            "--sii",
+            "attention",
+            "--seed",
+            "7",
+            "--clip",
+            "random",
+            "--config",
+            str(tmp_path / "a.yaml"),
+            "--config",
+            str(tmp_path / "b.json"),
+            "--set",
+            "seed=8",
+            "--set",
+            "eval.flip=false",
+        ]
+    )
+    assert overrides == {
+        "seed": 8,
+        "clip.weights": "random",
+        "model.sii": "mean",
+        "stage3.epochs": 5,
+        "clip.pretrain.epochs": 3,
+        "stage3.milestones": [2, 4],
+        "eval.flip": False,
+    }
     assert (cfg.seed, cfg.clip.weights, cfg.model.sii, cfg.stage3.epochs, cfg.stage3.milestones) == (
-        8, "random", "mean", 5, (2, 4))
+        8,
+        "random",
+        "mean",
+        5,
+        (2, 4),
+    )
     assert cfg.clip.pretrain.epochs == 3 and cfg.eval.flip is False
     assert _config(["train", "--profile", "smoke"]) == (get_profile("smoke"), {})  # no flag, no override
 
@@ -103,18 +151,34 @@ def test_dataset_and_layout_flags_are_overrides_too() -> None:
     assert (cfg.seed, cfg.clip.weights, cfg.device) == (2, "random", "cpu")
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--set", "stage3.epoch=1"], "unknown key 'stage3.epoch' (did you mean 'stage3.epochs'?); stage3 has: epochs, "),
-    (["--set", "stage3.epochs=ten"], "stage3.epochs must be int, got str 'ten'"),
-    (["--set", "stage3.epochs"], "override 'stage3.epochs' is not KEY=VALUE"),
-    (["--set", "select=best_val", "--set", "validate_every=0"], "select='best_val' needs validation"),
-    (["--set", "model.sii=fancy"], "model.sii=fancy: sii must be one of"),
-    (["--sii", "none", "--set", "stage3=3"], "stage3 is a config section (ReIDStageConfig)"),
-    (["--config", "nowhere.yaml"], "nowhere.yaml: cannot read the overrides file"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--set", "stage3.epoch=1"],
+            "unknown key 'stage3.epoch' (did you mean 'stage3.epochs'?); stage3 has: epochs, ",
+        ),
+        (["--set", "stage3.epochs=ten"], "stage3.epochs must be int, got str 'ten'"),
+        (["--set", "stage3.epochs"], "override 'stage3.epochs' is not KEY=VALUE"),
+        (["--set", "select=best_val", "--set", "validate_every=0"], "select='best_val' needs validation"),
+        (["--set", "model.sii=fancy"], "model.sii=fancy: sii must be one of"),
+        (["--sii", "none", "--set", "stage3=3"], "stage3 is a config section (ReIDStageConfig)"),
+        (["--config", "nowhere.yaml"], "nowhere.yaml: cannot read the overrides file"),
+    ],
+)
 def test_bad_overrides_give_one_line_and_exit_2(args: list[str], expected: str, tmp_path: Path, capsys) -> None:
-    code = main(["--cache", str(tmp_path / "cache"), "train", "--profile", "smoke", *args,
-                 "--reports", str(tmp_path / "reports")])
+    code = main(
+        [
+            "--cache",
+            str(tmp_path / "cache"),
+            "train",
+            "--profile",
+            "smoke",
+            *args,
+            "--reports",
+            str(tmp_path / "reports"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("csdn: error: ") and expected in err
@@ -136,8 +200,19 @@ def test_genuine_bugs_keep_their_traceback(cache: Path, tmp_path: Path, monkeypa
 
     monkeypatch.setattr(csdn.experiment, "train_prompts", broken)
     with pytest.raises(RuntimeError, match="shape mismatch") as error:
-        main(["--cache", str(cache), "train", "--profile", "smoke", "--set", "stage1.epochs=1",
-              "--reports", str(tmp_path / "reports")])
+        main(
+            [
+                "--cache",
+                str(cache),
+                "train",
+                "--profile",
+                "smoke",
+                "--set",
+                "stage1.epochs=1",
+                "--reports",
+                str(tmp_path / "reports"),
+            ]
+        )
     assert not isinstance(error.value, CsdnError)
     assert any(entry.name == "broken" for entry in error.traceback)  # raised where the bug is
 
@@ -151,13 +226,47 @@ def test_ablate_records_its_overrides(tmp_path: Path, monkeypatch, capsys) -> No
 
     def fake_run(base, seeds, variants, zero_shot, cache_root):
         bases.append(base)
-        return pd.DataFrame([{"variant": v, "seed": s, "protocol": "all", "R1": 50.0, "R10": 90.0, "mAP": 40.0,
-                              "mINP": 20.0, "seconds": 1.0} for v in variants for s in seeds])
+        return pd.DataFrame(
+            [
+                {
+                    "variant": v,
+                    "seed": s,
+                    "protocol": "all",
+                    "R1": 50.0,
+                    "R10": 90.0,
+                    "mAP": 40.0,
+                    "mINP": 20.0,
+                    "seconds": 1.0,
+                }
+                for v in variants
+                for s in seeds
+            ]
+        )
 
     monkeypatch.setattr(commands, "run_ablation", fake_run)
     reports = tmp_path / "reports"
-    assert main(["--cache", str(tmp_path), "ablate", "--profile", "smoke", "--seeds", "1", "--variants", "vision-only",
-                 "--set", "stage3.epochs=1", "--clip", "random", "--reports", str(reports)]) == 0
+    assert (
+        main(
+            [
+                "--cache",
+                str(tmp_path),
+                "ablate",
+                "--profile",
+                "smoke",
+                "--seeds",
+                "1",
+                "--variants",
+                "vision-only",
+                "--set",
+                "stage3.epochs=1",
+                "--clip",
+                "random",
+                "--reports",
+                str(reports),
+            ]
+        )
+        == 0
+    )
     assert bases[0].stage3.epochs == 1 and bases[0].clip.weights == "random"
     text = (reports / "smoke" / "ablation" / "ablation.md").read_text()
     assert "--clip random --seeds 1 --variants vision-only --set stage3.epochs=1" in text
@@ -175,8 +284,9 @@ def test_one_report_writer_for_figures_text_and_json(tmp_path: Path) -> None:
 
     figure, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    written = write_report_files(tmp_path / "r", {"a.md": "# title\n", "b.json": {"overrides": {"seed": 1}},
-                                                  "c.csv": b"x\n1\n", "d.png": figure})
+    written = write_report_files(
+        tmp_path / "r", {"a.md": "# title\n", "b.json": {"overrides": {"seed": 1}}, "c.csv": b"x\n1\n", "d.png": figure}
+    )
     assert [p.name for p in written] == ["a.md", "b.json", "c.csv", "d.png"]
     assert (tmp_path / "r" / "a.md").read_text() == "# title\n"
     assert json.loads((tmp_path / "r" / "b.json").read_text()) == {"overrides": {"seed": 1}}

@@ -147,8 +147,15 @@ def test_model_wrapper_is_unwrapped(tmp_path, vit_state):
 
 def test_release_markers_switch_on_quick_gelu(tmp_path, vit_state):
     marked = tmp_path / "weights.pt"
-    torch.save({**vit_state, "input_resolution": torch.tensor(224), "context_length": torch.tensor(48),
-                "vocab_size": torch.tensor(49408)}, marked)
+    torch.save(
+        {
+            **vit_state,
+            "input_resolution": torch.tensor(224),
+            "context_length": torch.tensor(48),
+            "vocab_size": torch.tensor(49408),
+        },
+        marked,
+    )
     bundle = load_clip(ClipSource("csdn-tiny-vit", str(marked), SIZE))
     assert bundle.quick_gelu and _has_quick_gelu(bundle.model)
 

@@ -56,8 +56,9 @@ def _toy_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 3, generator=g, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 
 
-def _train_toy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DistContext, sync_bn: bool = True,
-               steps: int = 3) -> list[float]:
+def _train_toy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DistContext, sync_bn: bool = True, steps: int = 3
+) -> list[float]:
     """SGD steps on ID cross-entropy (local mean) + a batch-coupling triplet term (on the gathered batch)."""
     params = [p for n, p in model.named_parameters() if "unused" not in n]
     ddp = wrap_ddp(model, ctx, sync_bn=sync_bn)
@@ -221,8 +222,10 @@ def test_torchrun_two_gloo_processes_match_one_process(one_process: Path, tmp_pa
                 assert h2[key] == pytest.approx(h1[key], abs=LOSS_TOL), (stage, h1["epoch"], key)
         assert _max_gap(weights_1, weights_2) < WEIGHT_TOL, stage
     assert not list(cache.rglob("*.tmp")) and not list(cache.rglob(".epoch_*"))  # nothing half-written
-    summary = [json.loads((root / "smoke" / "results.json").read_text())["summary"]
-               for root in (one_process / "reports", tmp_path / "reports")]
+    summary = [
+        json.loads((root / "smoke" / "results.json").read_text())["summary"]
+        for root in (one_process / "reports", tmp_path / "reports")
+    ]
     for row_1, row_2 in zip(*summary):  # evaluation on gathered features: the same test results
         assert row_2["protocol"] == row_1["protocol"]
         assert row_2["mAP"] == pytest.approx(row_1["mAP"], abs=0.05)

@@ -43,8 +43,7 @@ def image(value, h=8, w=4):
 
 def test_rank_list_frames_and_titles():
     gallery = [image(v) for v in (10, 20, 30, 40)]
-    fig = plot_rank_list(image(0), gallery, [True, False, True, False], [0.9, 0.8, 0.7, 0.6], k=3,
-                         title="query 7")
+    fig = plot_rank_list(image(0), gallery, [True, False, True, False], [0.9, 0.8, 0.7, 0.6], k=3, title="query 7")
     axes = fig.axes
     assert len(axes) == 4  # query + top 3
     expected = ["tab:blue", "green", "red", "green"]
@@ -63,16 +62,20 @@ def test_rank_list_k_clipped_to_gallery():
     assert len(fig.axes) == 3
 
 
-@pytest.mark.parametrize("args, message", [
-    (dict(k=0), "k must be"),
-    (dict(gallery_images=[]), "empty"),
-    (dict(correct=[True]), "at least 2"),
-    (dict(query_image=np.zeros((8, 4, 3))), "query_image must be an H x W x 3 uint8"),
-    (dict(gallery_images=[image(1), np.zeros((8, 4), np.uint8)]), r"gallery_images\[1\]"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (dict(k=0), "k must be"),
+        (dict(gallery_images=[]), "empty"),
+        (dict(correct=[True]), "at least 2"),
+        (dict(query_image=np.zeros((8, 4, 3))), "query_image must be an H x W x 3 uint8"),
+        (dict(gallery_images=[image(1), np.zeros((8, 4), np.uint8)]), r"gallery_images\[1\]"),
+    ],
+)
 def test_rank_list_bad_input(args, message):
-    call = dict(query_image=image(0), gallery_images=[image(1), image(2)], correct=[True, False],
-                scores=[0.5, 0.4], k=2)
+    call = dict(
+        query_image=image(0), gallery_images=[image(1), image(2)], correct=[True, False], scores=[0.5, 0.4], k=2
+    )
     call.update(args)
     with pytest.raises(ValueError, match=message):
         plot_rank_list(**call)

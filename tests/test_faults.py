@@ -31,8 +31,8 @@ from csdn.config import get_profile
 from csdn.data.cache import ImageCache
 from csdn.data.protocol import DatasetError
 from csdn.data.records import Record
-from csdn.sources import open_dataset
 from csdn.experiment import DONE, FINAL, Experiment
+from csdn.sources import open_dataset
 from csdn.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
 # Runs the csdn CLI, pausing (and announcing it in a marker file) at a chosen moment of stage 3.
@@ -82,8 +82,13 @@ def _train_args(cache: Path, reports: Path) -> list[str]:
 
 
 def _train(cache: Path, reports: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "csdn", *_train_args(cache, reports)], env=_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "csdn", *_train_args(cache, reports)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -118,14 +123,19 @@ def _copy(reference: Path, dst: Path, stages: tuple[str, ...] = ("stage1", "stag
 
 @pytest.mark.parametrize("moment", ["mid-epoch", "mid-checkpoint"])
 def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(
-        reference: Path, tmp_path: Path, moment: str) -> None:
+    reference: Path, tmp_path: Path, moment: str
+) -> None:
     # mid-epoch: a run from scratch (data, CLIP, stages 1-3 all computed by the killed process);
     # mid-checkpoint: stages 1-2 come from the cache
     cache = tmp_path / "cache" if moment == "mid-epoch" else _copy(reference, tmp_path / "cache")
     marker = tmp_path / "paused"
     process = subprocess.Popen(
         [sys.executable, "-c", PAUSING_CLI, str(marker), moment, *_train_args(cache, tmp_path / "reports")],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not marker.exists():
@@ -160,12 +170,14 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
-        reference: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    reference: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     cache = _copy(reference, tmp_path / "cache")
     smoke = get_profile("smoke")
     # epoch 2 multiplies the learning rate by 1e30: the weights blow up and the loss becomes NaN
-    exploding = dataclasses.replace(smoke, stage3=dataclasses.replace(smoke.stage3, epochs=3, milestones=(1,),
-                                                                       gamma=1e30))
+    exploding = dataclasses.replace(
+        smoke, stage3=dataclasses.replace(smoke.stage3, epochs=3, milestones=(1,), gamma=1e30)
+    )
     monkeypatch.setattr(csdn.cli, "get_profile", lambda name, data_root=None: exploding)
     code = main(_train_args(cache, tmp_path / "reports"))
     err = capsys.readouterr().err
@@ -232,7 +244,10 @@ def test_image_cache_skips_bad_files_only_when_asked(tmp_path: Path) -> None:
     assert [(e["index"], e["path"]) for e in cache.skipped] == [(1, records[1].path), (3, records[3].path)]
     assert "cannot read the image file" in cache.skipped[1]["reason"]
     assert json.loads((cache.directory / "skipped.json").read_text()) == cache.skipped
-    assert ImageCache.build(records, (8, 4), tmp_path / "cache", progress=False, skip_bad=True).directory == cache.directory
+    assert (
+        ImageCache.build(records, (8, 4), tmp_path / "cache", progress=False, skip_bad=True).directory
+        == cache.directory
+    )
     ImageCache.build(records[:3], (8, 4), tmp_path / "cache", progress=False, skip_bad=True)
     with pytest.raises(DatasetError, match=r"1.png: not a readable image .*1 unreadable image\(s\) in all"):
         ImageCache.build(records[:3], (8, 4), tmp_path / "cache", progress=False)  # the same key, not skipping
@@ -281,12 +296,12 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("change", ["dataset", "architecture", "version"])
 def test_foreign_checkpoint_fails_with_a_clear_error_and_is_left_alone(
-        reference: Path, tmp_path: Path, change: str) -> None:
+    reference: Path, tmp_path: Path, change: str
+) -> None:
     cache = _copy(reference, tmp_path / "cache", stages=())
     smoke = get_profile("smoke")
     if change == "dataset":  # the val_id identities join training: 12 identities instead of 8
-        cfg = dataclasses.replace(smoke, data=dataclasses.replace(smoke.data, hold_out_val=False),
-                                  validate_every=0)
+        cfg = dataclasses.replace(smoke, data=dataclasses.replace(smoke.data, hold_out_val=False), validate_every=0)
         expected = r"num_ids=8 but this run needs num_ids=12 \(a checkpoint of another dataset or split"
     elif change == "architecture":
         cfg = dataclasses.replace(smoke, clip=dataclasses.replace(smoke.clip, arch="csdn-tiny-vit", weights="random"))

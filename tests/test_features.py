@@ -78,8 +78,10 @@ def test_flip_changes_features_of_asymmetric_images():
     assert not torch.allclose(plain, flipped)
     # A left-right symmetric image has the same feature with or without flip.
     sym = torch.cat([x[..., :3], torch.flip(x[..., :3], dims=[3])], dim=3)
-    torch.testing.assert_close(extract_features(net, TensorDataset(sym), flip=True, progress=False),
-                               extract_features(net, TensorDataset(sym), flip=False, progress=False))
+    torch.testing.assert_close(
+        extract_features(net, TensorDataset(sym), flip=True, progress=False),
+        extract_features(net, TensorDataset(sym), flip=False, progress=False),
+    )
 
 
 def test_plain_tensor_items_and_bound_method():

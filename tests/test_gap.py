@@ -18,10 +18,10 @@ from csdn.analysis.gap import (
     modality_gap,
     nearest_neighbour_accuracy,
 )
-from csdn.data.sysu import SYSUMM01
 from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.data.sysu import SYSUMM01
 
-V, I = VISIBLE, INFRARED
+V, I = VISIBLE, INFRARED  # noqa: E741 (I for infrared, beside V)
 
 
 def records_of(pids, modalities):
@@ -167,8 +167,9 @@ def test_gap_command_writes_tables_and_projections(tmp_path: Path, monkeypatch, 
     monkeypatch.setattr(commands, "collect_features", fake_features)
     parser = argparse.ArgumentParser()
     commands.add_commands(parser.add_subparsers())
-    args = parser.parse_args(["gap", "--profile", "smoke", "--methods", "t-SNE",
-                              "--reports", str(tmp_path / "reports")])
+    args = parser.parse_args(
+        ["gap", "--profile", "smoke", "--methods", "t-SNE", "--reports", str(tmp_path / "reports")]
+    )
     args.cache = tmp_path / "cache"
     assert args.func(args) == 0
     folder = tmp_path / "reports" / "smoke" / "gap"

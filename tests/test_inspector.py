@@ -18,13 +18,13 @@ from csdn.analysis.inspector import (
     render,
 )
 from csdn.analysis.widgets import Inspector, build_inspector
-from csdn.data.records import INFRARED, VISIBLE, Record
-from csdn.eval.metrics import evaluate
-from csdn.eval.plots import CORRECT_COLOUR, WRONG_COLOUR
 from csdn.data.llcm import LLCM
+from csdn.data.records import INFRARED, VISIBLE, Record
 from csdn.data.regdb import RegDB
 from csdn.data.registry import DATASETS
 from csdn.data.sysu import SYSUMM01
+from csdn.eval.metrics import evaluate
+from csdn.eval.plots import CORRECT_COLOUR, WRONG_COLOUR
 
 RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
@@ -59,8 +59,10 @@ def world(tmp_path):
     feats_b = feats_a.clone()
     feats_b[0] = torch.tensor([0.6, 0.8])
     # A second split: RegDB rules (nothing removed) over the last two queries and the first three images.
-    splits = {"sysu split": Split(RULES["sysu"], tuple(query), tuple(gallery)),
-              "regdb split": Split(RULES["regdb"], tuple(query[1:]), tuple(gallery[:3]))}
+    splits = {
+        "sysu split": Split(RULES["sysu"], tuple(query), tuple(gallery)),
+        "regdb split": Split(RULES["regdb"], tuple(query[1:]), tuple(gallery[:3])),
+    }
     return InspectorData(splits, query + gallery, {"A": feats_a, "B": feats_b}), query, gallery
 
 
@@ -136,9 +138,17 @@ def test_first_match_agrees_with_the_metrics(protocol):
     features[3] = features[31]  # a tie
     data = InspectorData({"s": Split(RULES[protocol], tuple(query), tuple(gallery))}, query + gallery, {"m": features})
     first = data.ranking("m", "s").first_match
-    metrics = evaluate(features[:30] @ features[30:].T, [r.pid for r in query], [r.pid for r in gallery],
-                       [r.cam for r in query], [r.cam for r in gallery], rules=RULES[protocol], higher_is_better=True,
-                       dedup_ids=False, max_rank=25)
+    metrics = evaluate(
+        features[:30] @ features[30:].T,
+        [r.pid for r in query],
+        [r.pid for r in gallery],
+        [r.cam for r in query],
+        [r.cam for r in gallery],
+        rules=RULES[protocol],
+        higher_is_better=True,
+        dedup_ids=False,
+        max_rank=25,
+    )
     valid = first[first > 0]
     assert metrics.num_valid_queries == len(valid)
     expected = [(valid <= k).double().mean().item() for k in range(1, 26)]
@@ -181,13 +191,21 @@ class _Llcm(LLCM):
 
 class _Regdb(RegDB):
     def __init__(self):
-        self.trial, self.test_visible, self.test_thermal = 4, [Record("/v", 1, 1, VISIBLE)], [Record("/t", 1, 2, INFRARED)]
+        self.trial, self.test_visible, self.test_thermal = (
+            4,
+            [Record("/v", 1, 1, VISIBLE)],
+            [Record("/t", 1, 2, INFRARED)],
+        )
 
 
 def test_protocol_splits_names_and_contents():
     sysu = protocol_splits(_Sysu(), trials=(0, 1))
-    assert list(sysu) == ["all 1-shot, trial 0", "all 1-shot, trial 1", "indoor 1-shot, trial 0",
-                          "indoor 1-shot, trial 1"]
+    assert list(sysu) == [
+        "all 1-shot, trial 0",
+        "all 1-shot, trial 1",
+        "indoor 1-shot, trial 0",
+        "indoor 1-shot, trial 1",
+    ]
     assert sysu["indoor 1-shot, trial 1"].gallery[0].path == "/g1indoor"
     assert sysu["all 1-shot, trial 0"].rules == SYSUMM01.rules
     llcm = protocol_splits(_Llcm(), trials=(2,), directions=("visible->infrared",))
@@ -225,13 +243,16 @@ def test_render_marks_and_title(world):
     axes = fig.axes
     assert len(axes) == 3  # the query and the top 2
     assert [ax.spines["left"].get_edgecolor() for ax in axes[1:]] == [
-        pytest.approx(_rgba(WRONG_COLOUR)), pytest.approx(_rgba(CORRECT_COLOUR))]
+        pytest.approx(_rgba(WRONG_COLOUR)),
+        pytest.approx(_rgba(CORRECT_COLOUR)),
+    ]
     assert axes[1].get_title() == "1\n0.800"
     assert "A · sysu split" in fig.get_suptitle() and "first true match: rank 2" in fig.get_suptitle()
 
 
 def _rgba(colour):
     from matplotlib.colors import to_rgba
+
     return to_rgba(colour)
 
 

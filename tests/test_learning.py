@@ -16,13 +16,13 @@ from csdn.config import DEMO_STAGE3, get_profile
 from csdn.data.cache import ImageCache
 from csdn.data.images import CachedImages
 from csdn.data.records import INFRARED, VISIBLE, label_map
-from csdn.sources import open_dataset
+from csdn.data.registry import DATASETS
 from csdn.data.transforms import test_transform
 from csdn.eval.protocols import evaluate_features
 from csdn.model.network import CSDNNet
+from csdn.sources import open_dataset
 from csdn.train.loop import LoopConfig
 from csdn.train.reid_stage import ReIDStageConfig, train_reid
-from csdn.data.registry import DATASETS
 
 RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
@@ -30,8 +30,16 @@ SIZE = (64, 32)
 EPOCHS = 20
 # The embedded default's stage-3 recipe on a 64x32 world, shortened (a higher learning rate, a 2-pixel pad)
 # and with HSE weighted up so that a collapse of the projected feature would show within 20 epochs.
-STAGE3 = ReIDStageConfig(**{**DEMO_STAGE3, "lr": 3e-3, "pad": 2}, epochs=EPOCHS, warmup_epochs=1, milestones=(15,),
-                         ids_per_batch=4, instances=2, hse_visible=0.5, hse_infrared=0.5)
+STAGE3 = ReIDStageConfig(
+    **{**DEMO_STAGE3, "lr": 3e-3, "pad": 2},
+    epochs=EPOCHS,
+    warmup_epochs=1,
+    milestones=(15,),
+    ids_per_batch=4,
+    instances=2,
+    hse_visible=0.5,
+    hse_infrared=0.5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +75,17 @@ def _train(world, tmp_path: Path, modality_stems: bool, cfg: ReIDStageConfig = S
     g = torch.Generator().manual_seed(3)
     # text prototypes with the norm of CLIP text features (about 20), where raw-logit HSE collapses
     protos = 20 * torch.nn.functional.normalize(torch.randn(num_ids, visual.embed_dim, generator=g), dim=1)
-    history = train_reid(net, cache, labels, {VISIBLE: protos, INFRARED: protos}, cfg, tcfg, tmp_path,
-                         LoopConfig(epochs=cfg.epochs, progress=False), seed=0)
+    history = train_reid(
+        net,
+        cache,
+        labels,
+        {VISIBLE: protos, INFRARED: protos},
+        cfg,
+        tcfg,
+        tmp_path,
+        LoopConfig(epochs=cfg.epochs, progress=False),
+        seed=0,
+    )
     return history, before, _cross_modality_map(net, cache, tcfg), num_ids
 
 

@@ -46,7 +46,7 @@ def deen_process_gallery_llcm(data_path: str, modal: int, trial: int) -> list[st
     folder = "test_vis" if modal == 1 else "test_nir"
     cams = [f"{folder}/cam{c}" for c in ((1, 2, 10) if modal == 1 else (1, 4))]
     with open(os.path.join(data_path, "idx/test_id.txt")) as handle:
-        ids = ["%04d" % int(y) for y in handle.read().splitlines()[0].split(",")]
+        ids = [f"{int(y):04d}" for y in handle.read().splitlines()[0].split(",")]
     files = []
     for pid in sorted(ids):
         for cam in cams:

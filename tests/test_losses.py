@@ -222,6 +222,7 @@ def test_hse_cosine_cannot_be_lowered_by_shrinking_features():
     assert hse_loss(wrong * 0.01, protos, y) < hse_loss(wrong, protos, y)
     # cosine logits: the scale of the feature does not matter
     assert hse_loss(wrong * 0.01, protos, y, 0.1, cosine=True).item() == pytest.approx(
-        hse_loss(wrong, protos, y, 0.1, cosine=True).item())
+        hse_loss(wrong, protos, y, 0.1, cosine=True).item()
+    )
     expected = math.log(1 + math.exp(10.0))  # logits (0, 10): -log softmax_0
     assert hse_loss(wrong, protos, y, 0.1, cosine=True).item() == pytest.approx(expected, rel=1e-6)

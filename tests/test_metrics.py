@@ -4,26 +4,33 @@ import numpy as np
 import pytest
 import torch
 
+from csdn.data.registry import DATASETS
 from csdn.eval import metrics as metrics_module
 from csdn.eval.metrics import evaluate, rank_gallery
-from csdn.data.registry import DATASETS
 
 RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
 
-def run(scores, q_pids, g_pids, q_cams=None, g_cams=None, *, protocol="regdb", higher=True, dedup=None,
-        max_rank=5):
+def run(scores, q_pids, g_pids, q_cams=None, g_cams=None, *, protocol="regdb", higher=True, dedup=None, max_rank=5):
     q_cams = [1] * len(q_pids) if q_cams is None else q_cams
     g_cams = [1] * len(g_pids) if g_cams is None else g_cams
-    return evaluate(np.asarray(scores, dtype=float), q_pids, g_pids, q_cams, g_cams, rules=RULES[protocol],
-                    higher_is_better=higher, dedup_ids=dedup, max_rank=max_rank)
+    return evaluate(
+        np.asarray(scores, dtype=float),
+        q_pids,
+        g_pids,
+        q_cams,
+        g_cams,
+        rules=RULES[protocol],
+        higher_is_better=higher,
+        dedup_ids=dedup,
+        max_rank=max_rank,
+    )
 
 
 def test_regdb_distances_golden():
     # Query 0 (pid 1): ranked pids 2,3,1,1,2 -> hits at 3,4: AP=(1/3+2/4)/2=5/12, INP=2/4, first=3.
     # Query 1 (pid 2): ranked pids 2,1,1,3,2 -> hits at 1,5: AP=(1/1+2/5)/2=0.7, INP=2/5, first=1.
-    dist = [[0.5, 0.1, 0.3, 0.2, 0.9],
-            [0.2, 0.4, 0.1, 0.3, 0.05]]
+    dist = [[0.5, 0.1, 0.3, 0.2, 0.9], [0.2, 0.4, 0.1, 0.3, 0.05]]
     m = run(dist, [1, 2], [1, 2, 1, 3, 2], higher=False)
     np.testing.assert_allclose(m.cmc, [0.5, 0.5, 1.0, 1.0, 1.0])
     assert m.mAP == pytest.approx((5 / 12 + 0.7) / 2)
@@ -58,14 +65,14 @@ def test_signed_zeros_tie_and_precision_does_not_matter():
     scores, q_pids, g_pids, q_cams, g_cams = random_problem(seed=5)
     args = (q_pids, g_pids, q_cams, g_cams)
     as32 = scores.astype(np.float32)
-    same(evaluate(as32, *args, rules=RULES["llcm"], higher_is_better=True),
-         evaluate(as32.astype(np.float64), *args, rules=RULES["llcm"], higher_is_better=True))
+    same(
+        evaluate(as32, *args, rules=RULES["llcm"], higher_is_better=True),
+        evaluate(as32.astype(np.float64), *args, rules=RULES["llcm"], higher_is_better=True),
+    )
 
 
 def test_query_without_match_is_skipped_and_counted():
-    dist = [[0.5, 0.1, 0.3, 0.2, 0.9],
-            [0.2, 0.4, 0.1, 0.3, 0.05],
-            [0.1, 0.2, 0.3, 0.4, 0.5]]
+    dist = [[0.5, 0.1, 0.3, 0.2, 0.9], [0.2, 0.4, 0.1, 0.3, 0.05], [0.1, 0.2, 0.3, 0.4, 0.5]]
     with_orphan = run(dist, [1, 2, 9], [1, 2, 1, 3, 2], higher=False)
     without = run(dist[:2], [1, 2], [1, 2, 1, 3, 2], higher=False)
     assert (with_orphan.num_queries, with_orphan.num_valid_queries) == (3, 2)
@@ -109,8 +116,7 @@ def test_multi_shot_dedup_counts_each_identity_once():
     for m in (dedup, raw):
         assert m.mAP == pytest.approx(7 / 24) and m.mINP == pytest.approx(1 / 3)
     # SYSU's default is deduplication.
-    np.testing.assert_allclose(run(scores, [1], g_pids, [6], [1] * 6, protocol="sysu", max_rank=6).cmc,
-                               dedup.cmc)
+    np.testing.assert_allclose(run(scores, [1], g_pids, [6], [1] * 6, protocol="sysu", max_rank=6).cmc, dedup.cmc)
 
 
 def test_dedup_after_the_cam_filter():
@@ -168,7 +174,7 @@ def reference_loop(scores, q_pids, g_pids, q_cams, g_cams, protocol, dedup, max_
         inps.append(len(pos) / pos[-1])
         ranked_ids = list(dict.fromkeys(g_pids[g] for g in keep)) if dedup else [g_pids[g] for g in keep]
         first = ranked_ids.index(q_pids[q]) + 1
-        cmc_hits[first - 1:] += 1
+        cmc_hits[first - 1 :] += 1
     return cmc_hits / len(aps), np.mean(aps), np.mean(inps), len(aps)
 
 
@@ -180,8 +186,17 @@ def test_matches_a_per_query_loop_with_ties(protocol, dedup, monkeypatch):
     q_pids, g_pids = rng.integers(0, 6, 25), rng.integers(0, 5, 30)
     q_cams, g_cams = rng.choice([3, 6], 25), rng.integers(1, 5, 30)
     scores = np.round(rng.random((25, 30)), 1)  # coarse values: many ties
-    m = evaluate(scores, q_pids, g_pids, q_cams, g_cams, rules=RULES[protocol], higher_is_better=True,
-                 dedup_ids=dedup, max_rank=10)
+    m = evaluate(
+        scores,
+        q_pids,
+        g_pids,
+        q_cams,
+        g_cams,
+        rules=RULES[protocol],
+        higher_is_better=True,
+        dedup_ids=dedup,
+        max_rank=10,
+    )
     cmc, mAP, mINP, valid = reference_loop(scores, q_pids, g_pids, q_cams, g_cams, protocol, dedup, 10)
     np.testing.assert_allclose(m.cmc, cmc, rtol=0, atol=1e-12)
     assert m.mAP == pytest.approx(mAP, abs=1e-12) and m.mINP == pytest.approx(mINP, abs=1e-12)
@@ -208,10 +223,24 @@ def test_permuting_gallery_or_queries_changes_nothing(protocol):
     base = evaluate(scores, q_pids, g_pids, q_cams, g_cams, rules=RULES[protocol], higher_is_better=True)
     g_perm = np.random.default_rng(2).permutation(len(g_pids))
     q_perm = np.random.default_rng(3).permutation(len(q_pids))
-    same(base, evaluate(scores[:, g_perm], q_pids, g_pids[g_perm], q_cams, g_cams[g_perm],
-                        rules=RULES[protocol], higher_is_better=True))
-    same(base, evaluate(scores[q_perm], q_pids[q_perm], g_pids, q_cams[q_perm], g_cams,
-                        rules=RULES[protocol], higher_is_better=True))
+    same(
+        base,
+        evaluate(
+            scores[:, g_perm],
+            q_pids,
+            g_pids[g_perm],
+            q_cams,
+            g_cams[g_perm],
+            rules=RULES[protocol],
+            higher_is_better=True,
+        ),
+    )
+    same(
+        base,
+        evaluate(
+            scores[q_perm], q_pids[q_perm], g_pids, q_cams[q_perm], g_cams, rules=RULES[protocol], higher_is_better=True
+        ),
+    )
 
 
 def test_scores_and_distances_agree_and_monotone_maps_change_nothing():
@@ -219,8 +248,10 @@ def test_scores_and_distances_agree_and_monotone_maps_change_nothing():
     args = (q_pids, g_pids, q_cams, g_cams)
     base = evaluate(scores, *args, rules=RULES["sysu"], higher_is_better=True)
     same(base, evaluate(-scores, *args, rules=RULES["sysu"], higher_is_better=False))
-    same(base, evaluate(torch.tensor(np.exp(scores), dtype=torch.float32), *args, rules=RULES["sysu"],
-                        higher_is_better=True))
+    same(
+        base,
+        evaluate(torch.tensor(np.exp(scores), dtype=torch.float32), *args, rules=RULES["sysu"], higher_is_better=True),
+    )
 
 
 def test_perfect_ranking_scores_one():
@@ -230,22 +261,39 @@ def test_perfect_ranking_scores_one():
     assert np.all(m.cmc == 1.0) and m.mAP == 1.0 and m.mINP == 1.0
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(max_rank=0), "max_rank"),
-    (dict(q_pids=[1, 2, 3]), "q_pids"),
-    (dict(g_cams=[1]), "g_cams"),
-    (dict(scores=[[0.1, float("nan")], [0.2, 0.3]]), "NaN"),
-    (dict(scores=np.zeros((2, 0))), "non-empty"),
-    (dict(q_pids=[1.5, 2.0]), "integers"),
-    (dict(q_pids=[7, 8]), "no query has a true match"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_rank=0), "max_rank"),
+        (dict(q_pids=[1, 2, 3]), "q_pids"),
+        (dict(g_cams=[1]), "g_cams"),
+        (dict(scores=[[0.1, float("nan")], [0.2, 0.3]]), "NaN"),
+        (dict(scores=np.zeros((2, 0))), "non-empty"),
+        (dict(q_pids=[1.5, 2.0]), "integers"),
+        (dict(q_pids=[7, 8]), "no query has a true match"),
+    ],
+)
 def test_bad_input_is_rejected(kwargs, message):
-    args = dict(scores=[[0.1, 0.2], [0.2, 0.3]], q_pids=[1, 2], g_pids=[1, 2], q_cams=[1, 1],
-                g_cams=[1, 1], rules=RULES["regdb"], max_rank=5)
+    args = dict(
+        scores=[[0.1, 0.2], [0.2, 0.3]],
+        q_pids=[1, 2],
+        g_pids=[1, 2],
+        q_cams=[1, 1],
+        g_cams=[1, 1],
+        rules=RULES["regdb"],
+        max_rank=5,
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        evaluate(np.asarray(args.pop("scores"), dtype=float), args.pop("q_pids"), args.pop("g_pids"),
-                 args.pop("q_cams"), args.pop("g_cams"), higher_is_better=True, **args)
+        evaluate(
+            np.asarray(args.pop("scores"), dtype=float),
+            args.pop("q_pids"),
+            args.pop("g_pids"),
+            args.pop("q_cams"),
+            args.pop("g_cams"),
+            higher_is_better=True,
+            **args,
+        )
 
 
 def test_rules_must_be_gallery_rules():
@@ -260,8 +308,14 @@ def test_removed_mask_broadcasts_over_queries_and_gallery():
     g_pid, g_cam = torch.tensor([[1, 2, 1, 3]]), torch.tensor([[2, 2, 1, 3]])
     # SYSU: the camera-3 query loses every camera-2 image, whatever its identity.
     assert RULES["sysu"].removed(q_pid, q_cam, g_pid, g_cam).tolist() == [
-        [True, True, False, False], [False, False, False, False], [False, False, False, False]]
+        [True, True, False, False],
+        [False, False, False, False],
+        [False, False, False, False],
+    ]
     # LLCM: a query loses its own identity seen by its own camera only.
     assert RULES["llcm"].removed(q_pid, q_cam, g_pid, g_cam).tolist() == [
-        [False, False, False, False], [True, False, False, False], [False, False, False, False]]
+        [False, False, False, False],
+        [True, False, False, False],
+        [False, False, False, False],
+    ]
     assert not RULES["regdb"].removed(q_pid, q_cam, g_pid, g_cam).any()

@@ -97,9 +97,12 @@ def _count_stem_batchnorm_calls(net: CSDNNet, parts) -> list[int]:
     """Batch sizes seen by the first BatchNorm of the stem(s), one entry per forward call."""
     seen: list[int] = []
     stems = {id(net.stem_for(m)): net.stem_for(m) for m in (VISIBLE, INFRARED)}
-    hooks = [next(m for m in stem.modules() if isinstance(m, torch.nn.BatchNorm2d))
-             .register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
-             for stem in stems.values()]
+    hooks = [
+        next(m for m in stem.modules() if isinstance(m, torch.nn.BatchNorm2d)).register_forward_hook(
+            lambda mod, inp, out: seen.append(inp[0].shape[0])
+        )
+        for stem in stems.values()
+    ]
     net.train()
     net(parts)
     for h in hooks:
@@ -129,9 +132,15 @@ def test_shared_stem_training_output_does_not_depend_on_modality_split() -> None
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("variant, stems, text", [
-    ("csdn", True, True), ("clip-reid", False, True), ("vision-only", False, False),
-    ("vision-only-stems", True, False)])
+@pytest.mark.parametrize(
+    "variant, stems, text",
+    [
+        ("csdn", True, True),
+        ("clip-reid", False, True),
+        ("vision-only", False, False),
+        ("vision-only-stems", True, False),
+    ],
+)
 def test_variant_name_decides_the_network(variant, stems, text) -> None:
     cfg = ModelConfig(variant=variant)
     assert cfg.modality_stems is stems and cfg.uses_text is text

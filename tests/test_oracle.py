@@ -17,11 +17,11 @@ from csdn.analysis.oracle import (
     identity_attributes,
     oracle_features,
 )
-from csdn.synthvi.layouts import load_metadata, write_regdb, write_sysu
-from csdn.synthvi.world import ATTRIBUTES, SynthConfig
 from csdn.data.protocol import SplitOptions
 from csdn.data.regdb import RegDB
 from csdn.data.sysu import SYSUMM01
+from csdn.synthvi.layouts import load_metadata, write_regdb, write_sysu
+from csdn.synthvi.world import ATTRIBUTES, SynthConfig
 
 # Seed 6: two of the 24 test identities share every invariant attribute (a real tie).
 TINY = SynthConfig(seed=6, height=32, width=16, clip_ids=2, train_ids=3, val_ids=1, test_ids=24, images_per_cam=2)
@@ -74,7 +74,9 @@ def test_oracle_reaches_the_share_its_ties_allow(sysu):
 def test_every_combination_unique_gives_perfect_retrieval(sysu):
     attributes = identity_attributes(sysu.root)
     combos = itertools.product(*(ATTRIBUTES[a] for a in INVARIANT))
-    report = attribute_oracle(sysu, with_invariant(attributes, dict(zip(sysu.test_ids, combos))), options=SplitOptions(trials=TRIALS))
+    report = attribute_oracle(
+        sysu, with_invariant(attributes, dict(zip(sysu.test_ids, combos))), options=SplitOptions(trials=TRIALS)
+    )
     assert report.combinations == len(sysu.test_ids)
     for result in report.results.values():
         assert result.r1 == 1.0 and result.mAP == pytest.approx(1.0)
@@ -85,7 +87,9 @@ def test_ties_do_not_favour_the_true_match(sysu):
     same = {pid: tuple(ATTRIBUTES[a][0] for a in INVARIANT) for pid in sysu.test_ids}
     n = len(sysu.test_ids)
     for seed in (0, 1):
-        report = attribute_oracle(sysu, with_invariant(attributes, same), options=SplitOptions(trials=TRIALS), seed=seed)
+        report = attribute_oracle(
+            sysu, with_invariant(attributes, same), options=SplitOptions(trials=TRIALS), seed=seed
+        )
         assert report.combinations == 1
         for result in report.results.values():
             assert result.r1 == pytest.approx(1 / n)  # chance: one identity of n wins the single tie
@@ -93,9 +97,17 @@ def test_ties_do_not_favour_the_true_match(sysu):
 
 def test_colours_do_not_change_the_oracle_feature(sysu):
     attributes = identity_attributes(sysu.root)
-    recoloured = {pid: {**a, **{c: ATTRIBUTES[c][(ATTRIBUTES[c].index(a[c]) + 1) % len(ATTRIBUTES[c])]
-                                for c in COLOURS if a[c] in ATTRIBUTES[c]}}
-                  for pid, a in attributes.items()}
+    recoloured = {
+        pid: {
+            **a,
+            **{
+                c: ATTRIBUTES[c][(ATTRIBUTES[c].index(a[c]) + 1) % len(ATTRIBUTES[c])]
+                for c in COLOURS
+                if a[c] in ATTRIBUTES[c]
+            },
+        }
+        for pid, a in attributes.items()
+    }
     records = sysu.query[:6] + sysu.gallery(0)
     query = frozenset(sysu.query)
     features = oracle_features(records, attributes, query)

@@ -27,9 +27,20 @@ SMOKE = get_profile("smoke")
 
 
 def test_override_sets_fields_of_several_types_and_keeps_the_rest():
-    cfg = override(SMOKE, {"seed": 3, "stage3.epochs": 10, "stage3.lr": 1, "model.sii": "attention",
-                           "eval.flip": False, "stage3.milestones": [5, 8], "data.root": "/data/x",
-                           "clip.pretrain.max_images": None, "clip.pretrain.epochs": 7})
+    cfg = override(
+        SMOKE,
+        {
+            "seed": 3,
+            "stage3.epochs": 10,
+            "stage3.lr": 1,
+            "model.sii": "attention",
+            "eval.flip": False,
+            "stage3.milestones": [5, 8],
+            "data.root": "/data/x",
+            "clip.pretrain.max_images": None,
+            "clip.pretrain.epochs": 7,
+        },
+    )
     assert (cfg.seed, cfg.stage3.epochs, cfg.model.sii, cfg.eval.flip) == (3, 10, "attention", False)
     assert cfg.stage3.lr == 1.0 and isinstance(cfg.stage3.lr, float)  # an int is accepted for a float
     assert cfg.stage3.milestones == (5, 8)  # a list becomes the tuple the field holds
@@ -49,8 +60,11 @@ def test_override_accepts_nested_mappings_and_whole_sections():
 
 
 def test_override_builds_configs_equal_to_nested_replace():
-    by_hand = dataclasses.replace(SMOKE, stage1=dataclasses.replace(SMOKE.stage1, pairing="all"),
-                                  model=dataclasses.replace(SMOKE.model, variant="vision-only"))
+    by_hand = dataclasses.replace(
+        SMOKE,
+        stage1=dataclasses.replace(SMOKE.stage1, pairing="all"),
+        model=dataclasses.replace(SMOKE.model, variant="vision-only"),
+    )
     assert override(SMOKE, {"stage1.pairing": "all", "model.variant": "vision-only"}) == by_hand
 
 
@@ -68,20 +82,23 @@ def test_unknown_key_names_it_and_lists_the_valid_keys():
         override(SMOKE, {"seed.x": 1})
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("stage3.epochs", "ten", r"stage3.epochs must be int, got str 'ten'"),
-    ("stage3.epochs", 2.5, r"stage3.epochs must be int, got float 2.5"),
-    ("stage3.epochs", True, r"stage3.epochs must be int, got bool True"),
-    ("eval.flip", 1, r"eval.flip must be bool, got int 1"),
-    ("model.sii", None, r"model.sii must be str, got NoneType None"),
-    ("stage3.lr", "fast", r"stage3.lr must be float, got str 'fast'"),
-    ("data.root", 5, r"data.root must be str \| None, got int 5"),
-    ("stage3.milestones", [1, "x"], r"stage3.milestones\[1\] must be int, got str 'x'"),
-    ("stage3.milestones", 3, r"stage3.milestones must be tuple\[int, \.\.\.\], got int 3"),
-    ("clip.pretrain.image_size", [1, 2, 3], r"clip.pretrain.image_size must be tuple\[int, int\] \(2 items\)"),
-    ("stage3", 3, r"stage3 is a config section \(ReIDStageConfig\), got int 3.*stage3 has: epochs, lr"),
-    ("clip", ModelConfig(), r"clip is a config section \(ClipConfig\), got ModelConfig"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("stage3.epochs", "ten", r"stage3.epochs must be int, got str 'ten'"),
+        ("stage3.epochs", 2.5, r"stage3.epochs must be int, got float 2.5"),
+        ("stage3.epochs", True, r"stage3.epochs must be int, got bool True"),
+        ("eval.flip", 1, r"eval.flip must be bool, got int 1"),
+        ("model.sii", None, r"model.sii must be str, got NoneType None"),
+        ("stage3.lr", "fast", r"stage3.lr must be float, got str 'fast'"),
+        ("data.root", 5, r"data.root must be str \| None, got int 5"),
+        ("stage3.milestones", [1, "x"], r"stage3.milestones\[1\] must be int, got str 'x'"),
+        ("stage3.milestones", 3, r"stage3.milestones must be tuple\[int, \.\.\.\], got int 3"),
+        ("clip.pretrain.image_size", [1, 2, 3], r"clip.pretrain.image_size must be tuple\[int, int\] \(2 items\)"),
+        ("stage3", 3, r"stage3 is a config section \(ReIDStageConfig\), got int 3.*stage3 has: epochs, lr"),
+        ("clip", ModelConfig(), r"clip is a config section \(ClipConfig\), got ModelConfig"),
+    ],
+)
 def test_wrong_type_names_the_key(key, value, expected):
     with pytest.raises(ConfigError, match=expected):
         override(SMOKE, {key: value})
@@ -120,8 +137,14 @@ def test_parse_override_reads_yaml_values():
 
 
 def test_format_overrides_reads_back():
-    changes = {"stage3.epochs": 1, "model.sii": "attention", "data.root": None, "name": "true", "x": (1, 2),
-               "stage3.lr": 1e-3}
+    changes = {
+        "stage3.epochs": 1,
+        "model.sii": "attention",
+        "data.root": None,
+        "name": "true",
+        "x": (1, 2),
+        "stage3.lr": 1e-3,
+    }
     text = format_overrides(changes)
     assert text == 'stage3.epochs=1, model.sii=attention, data.root=null, name="true", x=[1, 2], stage3.lr=0.001'
     assert format_overrides({}) == "none"
@@ -131,17 +154,29 @@ def test_format_overrides_reads_back():
 
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
 def test_load_overrides_from_files_dotted_and_nested(tmp_path: Path, suffix: str):
-    content = {"stage3.epochs": 3, "model": {"sii": "mean"}, "clip": {"pretrain.epochs": 4},
-               "stage3.milestones": [1, 2], "data.root": None}
+    content = {
+        "stage3.epochs": 3,
+        "model": {"sii": "mean"},
+        "clip": {"pretrain.epochs": 4},
+        "stage3.milestones": [1, 2],
+        "data.root": None,
+    }
     path = tmp_path / f"run{suffix}"
     if suffix == ".json":
         path.write_text(json.dumps(content))
     else:
-        path.write_text("stage3.epochs: 3\nmodel:\n  sii: mean\nclip:\n  pretrain.epochs: 4\n"
-                        "stage3.milestones: [1, 2]\ndata.root: null\n")
+        path.write_text(
+            "stage3.epochs: 3\nmodel:\n  sii: mean\nclip:\n  pretrain.epochs: 4\n"
+            "stage3.milestones: [1, 2]\ndata.root: null\n"
+        )
     loaded = load_overrides(path, ExperimentConfig)
-    assert loaded == {"stage3.epochs": 3, "model.sii": "mean", "clip.pretrain.epochs": 4,
-                      "stage3.milestones": [1, 2], "data.root": None}
+    assert loaded == {
+        "stage3.epochs": 3,
+        "model.sii": "mean",
+        "clip.pretrain.epochs": 4,
+        "stage3.milestones": [1, 2],
+        "data.root": None,
+    }
     cfg = override(SMOKE, loaded)
     assert (cfg.stage3.epochs, cfg.model.sii, cfg.clip.pretrain.epochs, cfg.stage3.milestones) == (3, "mean", 4, (1, 2))
 
@@ -154,13 +189,26 @@ def test_load_overrides_yaml_scientific_floats_and_empty_file(tmp_path: Path):
 
 
 def test_bad_override_files_name_the_file(tmp_path: Path):
-    cases = {"missing.yaml": None, "bad.yaml": "stage3: [1,\n", "bad.json": "{'a': 1}", "list.yaml": "- 1\n- 2\n",
-             "run.toml": "a = 1", "typo.yaml": "stage3:\n  epoch: 3\n", "type.json": '{"stage3.epochs": "x"}'}
-    expected = {"missing.yaml": "cannot read the overrides file", "bad.yaml": "not valid YAML",
-                "bad.json": "not valid JSON", "list.yaml": "expected a mapping of keys to values, got a list"
-                .replace("values, ", "values (e.g. 'stage3.epochs: 10'), "),
-                "run.toml": "must end in .yaml, .yml, .json", "typo.yaml": "unknown key 'stage3.epoch'",
-                "type.json": "stage3.epochs must be int"}
+    cases = {
+        "missing.yaml": None,
+        "bad.yaml": "stage3: [1,\n",
+        "bad.json": "{'a': 1}",
+        "list.yaml": "- 1\n- 2\n",
+        "run.toml": "a = 1",
+        "typo.yaml": "stage3:\n  epoch: 3\n",
+        "type.json": '{"stage3.epochs": "x"}',
+    }
+    expected = {
+        "missing.yaml": "cannot read the overrides file",
+        "bad.yaml": "not valid YAML",
+        "bad.json": "not valid JSON",
+        "list.yaml": "expected a mapping of keys to values, got a list".replace(
+            "values, ", "values (e.g. 'stage3.epochs: 10'), "
+        ),
+        "run.toml": "must end in .yaml, .yml, .json",
+        "typo.yaml": "unknown key 'stage3.epoch'",
+        "type.json": "stage3.epochs must be int",
+    }
     for name, text in cases.items():
         path = tmp_path / name
         if text is not None:
@@ -216,19 +264,37 @@ def test_enumerated_choices_are_checked():
 
 def test_ablation_variants_are_override_dicts_giving_the_configs_of_before():
     def before(v, base, seed=None):  # the variants' transformation as it was written before the overrides
-        model = dataclasses.replace(base.model, variant=v.overrides["model.variant"], sii=v.overrides["model.sii"],
-                                    prompt_wording=v.overrides["model.prompt_wording"])
+        model = dataclasses.replace(
+            base.model,
+            variant=v.overrides["model.variant"],
+            sii=v.overrides["model.sii"],
+            prompt_wording=v.overrides["model.prompt_wording"],
+        )
         stage1 = dataclasses.replace(base.stage1, pairing=v.overrides["stage1.pairing"])
         return dataclasses.replace(base, model=model, stage1=stage1, seed=base.seed if seed is None else seed)
 
-    names = ["vision-only", "+stems (CSDN w/o HSE)", "clip-reid", "+modality prompts", "+SII (official)",
-             "+SII (attention)", "pairing all", "wording released"]
+    names = [
+        "vision-only",
+        "+stems (CSDN w/o HSE)",
+        "clip-reid",
+        "+modality prompts",
+        "+SII (official)",
+        "+SII (attention)",
+        "pairing all",
+        "wording released",
+    ]
     assert [v.name for v in VARIANTS] == names
     switches = [tuple(v.overrides.values()) for v in VARIANTS]
-    assert switches == [("vision-only", "none", "paper", "private"), ("vision-only-stems", "none", "paper", "private"),
-                        ("clip-reid", "none", "paper", "private"), ("csdn", "none", "paper", "private"),
-                        ("csdn", "official", "paper", "private"), ("csdn", "attention", "paper", "private"),
-                        ("csdn", "official", "paper", "all"), ("csdn", "official", "released", "private")]
+    assert switches == [
+        ("vision-only", "none", "paper", "private"),
+        ("vision-only-stems", "none", "paper", "private"),
+        ("clip-reid", "none", "paper", "private"),
+        ("csdn", "none", "paper", "private"),
+        ("csdn", "official", "paper", "private"),
+        ("csdn", "attention", "paper", "private"),
+        ("csdn", "official", "paper", "all"),
+        ("csdn", "official", "released", "private"),
+    ]
     for base in (SMOKE, get_profile("demo")):
         for v in VARIANTS:
             for seed in (None, 0, 2):

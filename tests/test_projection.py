@@ -106,8 +106,9 @@ def ablation_runs() -> pd.DataFrame:
     for variant, values in (("zero-shot CLIP", [10.0]), ("vision-only", [20.0, 30.0]), ("CSDN", [40.0, 44.0])):
         for seed, v in enumerate(values):
             for protocol in ("all 1-shot", "indoor 1-shot"):
-                rows.append({"variant": variant, "seed": seed, "protocol": protocol, "R1": v, "mAP": v / 2,
-                             "mINP": v / 4})
+                rows.append(
+                    {"variant": variant, "seed": seed, "protocol": protocol, "R1": v, "mAP": v / 2, "mINP": v / 4}
+                )
     return pd.DataFrame(rows)
 
 
@@ -132,9 +133,15 @@ def test_ablation_bars_refuse_bad_tables():
 
 
 def test_gap_figure_panels():
-    table = pd.DataFrame({"centroid ratio": [2.0, 0.5], "modality clf acc (%)": [100.0, 60.0],
-                          "NN intra (%)": [40.0, 80.0], "NN cross (%)": [10.0, 70.0]},
-                         index=pd.Index(["zero-shot CLIP", "CSDN"], name="model"))
+    table = pd.DataFrame(
+        {
+            "centroid ratio": [2.0, 0.5],
+            "modality clf acc (%)": [100.0, 60.0],
+            "NN intra (%)": [40.0, 80.0],
+            "NN cross (%)": [10.0, 70.0],
+        },
+        index=pd.Index(["zero-shot CLIP", "CSDN"], name="model"),
+    )
     fig = plot_gap(table)
     ratio, classifier, nn = fig.axes[:3]
     assert sorted(p.get_height() for p in ratio.patches) == [0.5, 2.0]

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from csdn.data.llcm import LLCM
 from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.data.regdb import RegDB
+from csdn.data.registry import DATASETS
+from csdn.data.sysu import SYSUMM01
 from csdn.eval.metrics import evaluate
 from csdn.eval.protocols import (
     ProtocolResult,
@@ -17,10 +21,6 @@ from csdn.eval.protocols import (
     evaluate_sysu,
 )
 from csdn.eval.rerank import RerankConfig, k_reciprocal_rerank
-from csdn.data.registry import DATASETS
-from csdn.data.llcm import LLCM
-from csdn.data.regdb import RegDB
-from csdn.data.sysu import SYSUMM01
 
 RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
@@ -50,8 +50,15 @@ class HandSYSU(SYSUMM01):
         0: [rec("g0a", 1, 1), rec("g0b", 2, 1)],
         1: [rec("g1a", 1, 2), rec("g1b", 2, 1), rec("g1c", 1, 4)],
     }
-    table = {"/data/q1.jpg": E1, "/data/q2.jpg": E2, "/data/g0a.jpg": E1, "/data/g0b.jpg": E2,
-             "/data/g1a.jpg": E1, "/data/g1b.jpg": MIX, "/data/g1c.jpg": E2}
+    table = {
+        "/data/q1.jpg": E1,
+        "/data/q2.jpg": E2,
+        "/data/g0a.jpg": E1,
+        "/data/g0b.jpg": E2,
+        "/data/g1a.jpg": E1,
+        "/data/g1b.jpg": MIX,
+        "/data/g1c.jpg": E2,
+    }
 
     def __init__(self):
         self.gallery_calls = []
@@ -77,7 +84,8 @@ def test_sysu_trials_golden_and_features_extracted_once():
     assert len(features_of.calls) == 2
     assert features_of.calls[0] == HandSYSU.query
     assert sorted(r.path for r in features_of.calls[1]) == sorted(
-        r.path for g in HandSYSU.galleries.values() for r in g)
+        r.path for g in HandSYSU.galleries.values() for r in g
+    )
 
 
 def test_sysu_equals_direct_evaluation_per_trial_and_shares_gallery_images():
@@ -106,9 +114,16 @@ def test_sysu_equals_direct_evaluation_per_trial_and_shares_gallery_images():
     for trial, m in zip((3, 7), result.per_trial):
         gallery = Data().gallery(trial)
         g = torch.tensor([table[r.path] for r in gallery])
-        direct = evaluate(q @ g.T, [r.pid for r in query], [r.pid for r in gallery],
-                          [r.cam for r in query], [r.cam for r in gallery], rules=RULES["sysu"],
-                          higher_is_better=True, dedup_ids=True)
+        direct = evaluate(
+            q @ g.T,
+            [r.pid for r in query],
+            [r.pid for r in gallery],
+            [r.cam for r in query],
+            [r.cam for r in gallery],
+            rules=RULES["sysu"],
+            higher_is_better=True,
+            dedup_ids=True,
+        )
         np.testing.assert_allclose(m.cmc, direct.cmc)
         assert m.mAP == pytest.approx(direct.mAP) and m.mINP == pytest.approx(direct.mINP)
 
@@ -121,8 +136,15 @@ def test_rerank_option_uses_reranked_distances():
     gallery = HandSYSU.galleries[1]
     g = torch.tensor([HandSYSU.table[r.path] for r in gallery])
     dist = k_reciprocal_rerank(q, g, k1=2, k2=1, lambda_value=0.5)
-    direct = evaluate(dist, [1, 2], [r.pid for r in gallery], [3, 6], [r.cam for r in gallery],
-                      rules=RULES["sysu"], higher_is_better=False)
+    direct = evaluate(
+        dist,
+        [1, 2],
+        [r.pid for r in gallery],
+        [3, 6],
+        [r.cam for r in gallery],
+        rules=RULES["sysu"],
+        higher_is_better=False,
+    )
     np.testing.assert_allclose(result.per_trial[0].cmc, direct.cmc)
     assert result.mAP == pytest.approx(direct.mAP)
     assert evaluate_sysu(Lookup(HandSYSU.table), HandSYSU(), trials=[0], rerank=True).r1 == 1.0
@@ -132,8 +154,13 @@ class FakeLLCM(LLCM):
     """Identities 1, 2; cameras 1, 2 in both modalities; one image per (modality, id, camera, k)."""
 
     def __init__(self):
-        self.records = [rec(f"{m}{pid}c{cam}k{k}", pid, cam, m)
-                        for m in (VISIBLE, INFRARED) for pid in (1, 2) for cam in (1, 2) for k in (0, 1)]
+        self.records = [
+            rec(f"{m}{pid}c{cam}k{k}", pid, cam, m)
+            for m in (VISIBLE, INFRARED)
+            for pid in (1, 2)
+            for cam in (1, 2)
+            for k in (0, 1)
+        ]
 
     def query(self, direction):
         modality = direction.split("->")[0]
@@ -147,8 +174,9 @@ class FakeLLCM(LLCM):
 def test_llcm_directions_and_same_camera_removal():
     data = FakeLLCM()
     # Identity direction + a camera offset: each query's best match is its own pid's same-camera image.
-    table = {r.path: (float(r.pid == 1), float(r.pid == 2), 0.5 * (r.cam == 1), 0.5 * (r.cam == 2))
-             for r in data.records}
+    table = {
+        r.path: (float(r.pid == 1), float(r.pid == 2), 0.5 * (r.cam == 1), 0.5 * (r.cam == 2)) for r in data.records
+    }
     for direction, query_modality in (("visible->infrared", VISIBLE), ("infrared->visible", INFRARED)):
         features_of = Lookup(table)
         result = evaluate_llcm(features_of, data, direction, trials=2)
@@ -192,9 +220,11 @@ class FakeRegDB(RegDB):
 
 def regdb_model(trial):
     """Trial 1: identity features (perfect). Trial 2: thermal features swapped between identities."""
+
     def features_of(records):
         pids = [r.pid if trial == 1 or r.modality == VISIBLE else 1 - r.pid for r in records]
         return torch.eye(2)[pids]
+
     return features_of
 
 
@@ -227,8 +257,9 @@ def test_regdb_from_a_root_folder(tmp_path):
                 lines.append(f"{folder}/{pid}/{k}.bmp {pid}")
         for split in ("train", "test"):
             (tmp_path / "idx" / f"{split}_{kind}_1.txt").write_text("\n".join(lines) + "\n")
-    result = evaluate_regdb(lambda t: (lambda records: torch.eye(2)[[r.pid for r in records]]),
-                            tmp_path, "visible->infrared", trials=[1])
+    result = evaluate_regdb(
+        lambda t: lambda records: torch.eye(2)[[r.pid for r in records]], tmp_path, "visible->infrared", trials=[1]
+    )
     assert result.name == "RegDB visible->thermal" and result.r1 == 1.0 and result.mAP == 1.0
 
 

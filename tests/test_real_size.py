@@ -118,9 +118,15 @@ ONE_EPOCH = LoopConfig(epochs=1, progress=False)
 
 
 def _prompts(bundle: ClipBundle, text_encoder) -> ModalityPrompts:
-    return ModalityPrompts.build(2, shared=False, wording="paper", token_embedding=text_encoder.token_embedding,
-                                 tokenizer=bundle.tokenizer, context_length=bundle.context_length,
-                                 generator=torch.Generator().manual_seed(4))
+    return ModalityPrompts.build(
+        2,
+        shared=False,
+        wording="paper",
+        token_embedding=text_encoder.token_embedding,
+        tokenizer=bundle.tokenizer,
+        context_length=bundle.context_length,
+        generator=torch.Generator().manual_seed(4),
+    )
 
 
 @pytest.mark.parametrize("case_and_bundle", ONE_PER_ARCH, indirect=True)

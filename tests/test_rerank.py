@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from csdn.data.registry import DATASETS
 from csdn.eval import rerank as rerank_module
 from csdn.eval.metrics import evaluate
 from csdn.eval.rerank import RerankConfig, k_reciprocal_rerank
-from csdn.data.registry import DATASETS
 
 RULES = {name: reader.rules for name, reader in DATASETS.items()}  # gallery rules by dataset name
 
@@ -21,7 +21,7 @@ def reference_rerank(q, g, k1, k2, lam):
     rank = np.argsort(d, axis=1, kind="stable")
 
     def reciprocal(i, k):
-        return [j for j in rank[i, :k + 1] if i in rank[j, :k + 1]]
+        return [j for j in rank[i, : k + 1] if i in rank[j, : k + 1]]
 
     v = np.zeros((n, n))
     for i in range(n):
@@ -76,8 +76,9 @@ def test_perfect_embedding_stays_perfect():
     q, g = torch.from_numpy(feats[is_query]).float(), torch.from_numpy(feats[~is_query]).float()
     dist = k_reciprocal_rerank(q, g, **vars(RerankConfig()))
     assert dist.dtype == torch.float32
-    m = evaluate(dist, pids[is_query], pids[~is_query], [1] * len(q), [2] * len(g), rules=RULES["regdb"],
-                 higher_is_better=False)
+    m = evaluate(
+        dist, pids[is_query], pids[~is_query], [1] * len(q), [2] * len(g), rules=RULES["regdb"], higher_is_better=False
+    )
     assert m.mAP == pytest.approx(1.0) and m.mINP == pytest.approx(1.0) and m.r1 == 1.0
 
 
@@ -96,14 +97,17 @@ def test_gallery_smaller_than_k1_still_works():
     np.testing.assert_allclose(got.numpy(), reference_rerank(feats[:2], feats[2:], 20, 6, 0.3), atol=1e-10)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(k1=0), "k1 and k2"),
-    (dict(k2=0), "k1 and k2"),
-    (dict(lambda_value=1.5), "lambda_value"),
-    (dict(g_feats=np.zeros((3, 5))), "differ"),
-    (dict(q_feats=np.zeros((0, 4))), "non-empty"),
-    (dict(q_feats=np.full((2, 4), np.nan)), "NaN"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(k1=0), "k1 and k2"),
+        (dict(k2=0), "k1 and k2"),
+        (dict(lambda_value=1.5), "lambda_value"),
+        (dict(g_feats=np.zeros((3, 5))), "differ"),
+        (dict(q_feats=np.zeros((0, 4))), "non-empty"),
+        (dict(q_feats=np.full((2, 4), np.nan)), "NaN"),
+    ],
+)
 def test_bad_input_is_rejected(kwargs, message):
     args = dict(q_feats=np.ones((2, 4)), g_feats=np.ones((3, 4)))
     args.update(kwargs)

@@ -121,8 +121,10 @@ def test_too_few_shared_identities_is_an_error() -> None:
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_shards_split_each_global_batch_into_disjoint_identity_groups(world_size: int) -> None:
     whole = CrossModalitySampler(VISIBLE, INFRARED, ids_per_batch=4, instances=2, seed=3, epoch=2)
-    shards = [CrossModalitySampler(VISIBLE, INFRARED, 4, 2, seed=3, epoch=2, rank=r, world_size=world_size)
-              for r in range(world_size)]
+    shards = [
+        CrossModalitySampler(VISIBLE, INFRARED, 4, 2, seed=3, epoch=2, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
     assert all(len(s) == len(whole) for s in shards)  # every rank takes the same number of steps
     per_rank = [list(s) for s in shards]
     for step, (visible, infrared) in enumerate(whole):

@@ -40,11 +40,11 @@ from csdn.analysis.stage_views import (
     word_token_ids,
 )
 from csdn.config import DataConfig
-from csdn.data.registry import DATASETS
 from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.data.registry import DATASETS
 from csdn.eval.metrics import Metrics
-from csdn.eval.protocols import ProtocolResult
 from csdn.eval.plots import CORRECT_COLOUR, WRONG_COLOUR
+from csdn.eval.protocols import ProtocolResult
 from csdn.model.prompts import ModalityPrompts
 from csdn.train.text_stages import CachedFeatures
 
@@ -76,8 +76,16 @@ def embedding():
 
 STAGE3 = [
     {"epoch": 1, "loss": 6.0, "id_loss": 4.0, "hse_loss": 0.5, "lr": 1e-4},
-    {"epoch": 2, "loss": 5.0, "id_loss": 3.5, "hse_loss": 0.4, "lr": 1e-4, "val_mAP": 0.4, "val_rank1": 0.3,
-     "val_score": 0.4},
+    {
+        "epoch": 2,
+        "loss": 5.0,
+        "id_loss": 3.5,
+        "hse_loss": 0.4,
+        "lr": 1e-4,
+        "val_mAP": 0.4,
+        "val_rank1": 0.3,
+        "val_score": 0.4,
+    },
 ]
 
 
@@ -101,8 +109,10 @@ def test_plot_history_draws_losses_and_validation_panels():
 
 
 def test_plot_history_has_whole_epoch_ticks_also_for_a_pretraining_history():
-    pretraining = [{"epoch": 1, "loss": 3.7, "logit_scale": 14.2, "lr": 2e-3, "seconds": 0.2},
-                   {"epoch": 2, "loss": 3.6, "logit_scale": 14.1, "lr": 0.0, "seconds": 0.1}]
+    pretraining = [
+        {"epoch": 1, "loss": 3.7, "logit_scale": 14.2, "lr": 2e-3, "seconds": 0.2},
+        {"epoch": 2, "loss": 3.6, "logit_scale": 14.1, "lr": 0.0, "seconds": 0.1},
+    ]
     for history in (pretraining, pretraining[:1], [{"epoch": e, "loss": 1 / e} for e in range(1, 31)]):
         ax = plot_history(history, title="tiny CLIP").axes[0]
         ax.figure.canvas.draw()
@@ -126,13 +136,33 @@ def test_plot_loss_curves_one_line_per_trained_history():
 
 def stage3_epoch(epoch: int, text: bool = True, validated: bool = False) -> dict[str, float]:
     """One epoch of a stage-3 history as reid_stage records it (values made up, scales realistic)."""
-    row = {"epoch": epoch, "loss": 30.0 / epoch, "lr": 3e-4, "seconds": 1.0, "id_loss": 8.0 / epoch,
-           "triplet_loss": 1.5 / epoch, "msel_loss": 20.0 / epoch, "acc_gem": 0.1 * epoch, "acc_proj": 0.08 * epoch,
-           "norm_gem_visible": 13.0, "norm_gem_infrared": 12.0, "norm_proj_visible": 0.9, "norm_proj_infrared": 0.8,
-           "msel_gem": 200.0 / epoch, "msel_proj": 2.0 / epoch}
+    row = {
+        "epoch": epoch,
+        "loss": 30.0 / epoch,
+        "lr": 3e-4,
+        "seconds": 1.0,
+        "id_loss": 8.0 / epoch,
+        "triplet_loss": 1.5 / epoch,
+        "msel_loss": 20.0 / epoch,
+        "acc_gem": 0.1 * epoch,
+        "acc_proj": 0.08 * epoch,
+        "norm_gem_visible": 13.0,
+        "norm_gem_infrared": 12.0,
+        "norm_proj_visible": 0.9,
+        "norm_proj_infrared": 0.8,
+        "msel_gem": 200.0 / epoch,
+        "msel_proj": 2.0 / epoch,
+    }
     if text:
-        row.update({"hse_loss": 0.3 / epoch, "hse_ce_visible": 4.0 / epoch, "hse_ce_infrared": 4.2 / epoch,
-                    "i2t_top1_visible": 0.1 * epoch, "i2t_top1_infrared": 0.09 * epoch})
+        row.update(
+            {
+                "hse_loss": 0.3 / epoch,
+                "hse_ce_visible": 4.0 / epoch,
+                "hse_ce_infrared": 4.2 / epoch,
+                "i2t_top1_visible": 0.1 * epoch,
+                "i2t_top1_infrared": 0.09 * epoch,
+            }
+        )
     if validated:
         row.update({"val_rank1": 0.05 * epoch, "val_mAP": 0.06 * epoch, "val_score": 0.06 * epoch})
     return row
@@ -140,9 +170,19 @@ def stage3_epoch(epoch: int, text: bool = True, validated: bool = False) -> dict
 
 CSDN_HISTORY = [stage3_epoch(e, validated=e % 3 == 0) for e in range(1, 8)]  # validated at epochs 3 and 6
 VISION_HISTORY = [stage3_epoch(e, text=False) for e in range(1, 8)]
-TEXT_HISTORY = [{"epoch": e, "loss": 9.0 - e, "lr": 3e-4, "seconds": 0.1, "i2t_top1_visible": 0.1 * e,
-                 "i2t_top1_infrared": 0.08 * e, "text_norm_visible": 16.0, "text_norm_infrared": 15.0}
-                for e in range(1, 6)]
+TEXT_HISTORY = [
+    {
+        "epoch": e,
+        "loss": 9.0 - e,
+        "lr": 3e-4,
+        "seconds": 0.1,
+        "i2t_top1_visible": 0.1 * e,
+        "i2t_top1_infrared": 0.08 * e,
+        "text_norm_visible": 16.0,
+        "text_norm_infrared": 15.0,
+    }
+    for e in range(1, 6)
+]
 
 
 def panels(fig) -> dict[str, plt.Axes]:
@@ -169,8 +209,9 @@ def test_plot_diagnostics_stage3_has_one_panel_per_kind_of_quantity():
         assert has_panel(fig, word), word
     assert len(fig.axes) == 8
     assert fig.get_suptitle() == "stage 3"
-    np.testing.assert_allclose(curve(panel(fig, "ID accuracy"), "GeM head").get_ydata(),
-                               [10 * e for e in range(1, 8)])  # percent
+    np.testing.assert_allclose(
+        curve(panel(fig, "ID accuracy"), "GeM head").get_ydata(), [10 * e for e in range(1, 8)]
+    )  # percent
     # GeM and projected norms differ by an order of magnitude: never on one axis
     assert {line.get_label() for line in panel(fig, "norm, GeM").lines} == {"visible images", "infrared images"}
     assert {line.get_label() for line in panel(fig, "norm, projected").lines} == {"visible images", "infrared images"}
@@ -267,8 +308,10 @@ def test_results_table_indexes_models_by_data_and_protocol():
     cmc[0] = 0.5
     result = ProtocolResult("test", (0,), (Metrics(cmc, 0.4, 0.2, 4, 4),))
     table = results_table({"CSDN": {"all 1-shot": result}, "vision-only": {"all 1-shot": result}}, DataConfig())
-    assert list(table.index) == [("SynthVI (SYSU-MM01 protocol)", "CSDN", "all 1-shot"),
-                                 ("SynthVI (SYSU-MM01 protocol)", "vision-only", "all 1-shot")]
+    assert list(table.index) == [
+        ("SynthVI (SYSU-MM01 protocol)", "CSDN", "all 1-shot"),
+        ("SynthVI (SYSU-MM01 protocol)", "vision-only", "all 1-shot"),
+    ]
     assert table.loc[("SynthVI (SYSU-MM01 protocol)", "CSDN", "all 1-shot"), "R1"] == 50.0
 
 
@@ -305,10 +348,16 @@ def test_nearest_words_restricted_to_candidates(tokenizer, embedding):
 
 
 def test_context_words_frame_reads_each_learner(tokenizer, embedding):
-    prompts = ModalityPrompts.build(3, shared=False, wording="paper",
-                                    token_embedding=nn.Embedding.from_pretrained(embedding),
-                                    tokenizer=tokenizer, context_length=32, n_ctx=2,
-                                    generator=torch.Generator().manual_seed(0))
+    prompts = ModalityPrompts.build(
+        3,
+        shared=False,
+        wording="paper",
+        token_embedding=nn.Embedding.from_pretrained(embedding),
+        tokenizer=tokenizer,
+        context_length=32,
+        n_ctx=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         prompts.learners[INFRARED].context[1, 1] = embedding[token_id(tokenizer, "backpack")]
     frame = context_words_frame(prompts, embedding, tokenizer, labels=[0, 1], pids=[10, 11], k=1)
@@ -340,8 +389,9 @@ def test_similarity_by_identity_averages_cosines_per_image_identity():
 
 
 def test_own_and_other_ignore_missing_identities():
-    own, other = own_and_other(torch.tensor([[1.0, 0.5, float("nan")], [0.0, 0.5, float("nan")],
-                                             [0.2, 0.2, float("nan")]]))
+    own, other = own_and_other(
+        torch.tensor([[1.0, 0.5, float("nan")], [0.0, 0.5, float("nan")], [0.2, 0.2, float("nan")]])
+    )
     assert own == pytest.approx(0.75) and other == pytest.approx((0.5 + 0.0 + 0.2 + 0.2) / 4)
     with pytest.raises(ValueError, match="square"):
         own_and_other(torch.zeros(2, 3))
@@ -375,8 +425,9 @@ def test_heatmaps_one_panel_per_matrix_clipped_to_max_ids():
 def test_fusion_shift_table_measures_cosine_to_each_prompt():
     t_vis, t_ir = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     mean = (t_vis + t_ir) / 2
-    table = fusion_shift_table({"mean": {VISIBLE: mean, INFRARED: mean}, "none": {VISIBLE: t_vis, INFRARED: t_ir}},
-                               t_vis, t_ir)
+    table = fusion_shift_table(
+        {"mean": {VISIBLE: mean, INFRARED: mean}, "none": {VISIBLE: t_vis, INFRARED: t_ir}}, t_vis, t_ir
+    )
     assert table.iloc[0]["cos to visible prompts"] == 0.0  # the reference: orthogonal prompts
     rows = table.set_index(["variant", "prototype for"])
     assert rows.loc[("mean", VISIBLE), "cos to visible prompts"] == pytest.approx(HALF, abs=1e-4)
@@ -441,13 +492,12 @@ def test_plot_query_rank_list_frames_correct_matches(tmp_path):
         return str(path)
 
     query = Record(image("q.png", 10), 1, 3, INFRARED)
-    gallery = [Record(image(f"g{i}.png", 50 * i), pid, cam, VISIBLE) for i, (pid, cam) in
-               enumerate([(1, 1), (2, 1), (1, 2)])]
+    gallery = [
+        Record(image(f"g{i}.png", 50 * i), pid, cam, VISIBLE) for i, (pid, cam) in enumerate([(1, 1), (2, 1), (1, 2)])
+    ]
     feats = torch.tensor([[0.5, 0.5], [1.0, 0.0], [1.0, 0.0]])  # the cam-2 match would rank first
-    fig = plot_query_rank_list(query, torch.tensor([1.0, 0.0]), gallery, feats, DATASETS["sysu"].rules, (32, 16),
-                               k=5)
+    fig = plot_query_rank_list(query, torch.tensor([1.0, 0.0]), gallery, feats, DATASETS["sysu"].rules, (32, 16), k=5)
     assert len(fig.axes) == 3  # the query and the two allowed gallery images
     assert fig.axes[1].images[0].get_array().shape == (32, 16, 3)  # decoded at the asked size
     colours = [ax.spines["top"].get_edgecolor() for ax in fig.axes[1:]]
     assert colours == [to_rgba(WRONG_COLOUR), to_rgba(CORRECT_COLOUR)]
-

@@ -10,12 +10,12 @@ from csdn.clip.loader import ClipSource, load_clip
 from csdn.config import get_profile
 from csdn.data.cache import ImageCache
 from csdn.data.records import INFRARED, VISIBLE, label_map
-from csdn.sources import open_dataset
 from csdn.data.transforms import TransformConfig
 from csdn.experiment import Experiment
 from csdn.model.network import CSDNNet
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import make_sii
+from csdn.sources import open_dataset
 from csdn.train.loop import LoopConfig
 from csdn.train.reid_stage import ReIDStageConfig, train_reid
 from csdn.train.text_stages import CachedFeatures, TextStageConfig, train_prompts, train_sii
@@ -40,9 +40,15 @@ def _features(num_ids: int = 6, per_id: int = 4, dim: int = 128) -> CachedFeatur
 @pytest.mark.parametrize("pairing", ["private", "all"])
 def test_stage1_prompt_learning_reduces_the_loss(bundle, tmp_path: Path, pairing: str) -> None:
     enc = bundle.text_encoder()
-    prompts = ModalityPrompts.build(6, shared=False, wording="paper", token_embedding=enc.token_embedding,
-                                    tokenizer=bundle.tokenizer, context_length=bundle.context_length,
-                                    generator=torch.Generator().manual_seed(0))
+    prompts = ModalityPrompts.build(
+        6,
+        shared=False,
+        wording="paper",
+        token_embedding=enc.token_embedding,
+        tokenizer=bundle.tokenizer,
+        context_length=bundle.context_length,
+        generator=torch.Generator().manual_seed(0),
+    )
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     cfg = TextStageConfig(epochs=6, warmup_epochs=1, lr=3e-3, ids_per_batch=3, instances=2, pairing=pairing)
     history = train_prompts(prompts, enc, _features(), cfg, tmp_path, LoopConfig(epochs=6, progress=False))
@@ -72,8 +78,10 @@ def test_stage3_resume_matches_uninterrupted_run(bundle, tmp_path: Path) -> None
     cache = ImageCache.build(records, SIZE, tmp_path / "cache", progress=False)
     labels_of = label_map(records)
     labels = [labels_of[r.pid] for r in cache.records]
-    protos = {m: torch.randn(len(labels_of), bundle.embed_dim, generator=torch.Generator().manual_seed(2))
-              for m in (VISIBLE, INFRARED)}
+    protos = {
+        m: torch.randn(len(labels_of), bundle.embed_dim, generator=torch.Generator().manual_seed(2))
+        for m in (VISIBLE, INFRARED)
+    }
     cfg = ReIDStageConfig(epochs=3, warmup_epochs=1, milestones=(2,), ids_per_batch=4, instances=2)
     tcfg = TransformConfig(height=SIZE[0], width=SIZE[1])
     loop = LoopConfig(epochs=3, progress=False, validate_every=1)
@@ -122,14 +130,14 @@ def test_experiment_smoke_end_to_end_and_cached(tmp_path: Path) -> None:
 
 def test_cache_keys_carry_the_training_code_version(tmp_path: Path, monkeypatch) -> None:
     """An artifact written by an older version of the training code is never served to the new code."""
-    import csdn.synthvi.pretrain as pretrain
     import csdn.experiment as experiment
+    import csdn.synthvi.pretrain as pretrain
 
     cfg = get_profile("smoke")
     for variant in ("csdn", "vision-only"):
         run = replace(cfg, model=replace(cfg.model, variant=variant))
 
-        def keys() -> tuple[str, ...]:
+        def keys(run=run) -> tuple[str, ...]:
             exp = Experiment(run, tmp_path, progress=False)
             text = (exp.stage1_key,) if run.model.uses_text else ()
             return (*text, exp.stage3_key, pretrain.tiny_clip_key(run.clip.pretrain, run.data.synth))

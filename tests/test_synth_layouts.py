@@ -16,8 +16,19 @@ import csdn.synthvi.layouts as layouts
 from csdn.synthvi.layouts import load_metadata, write_layout, write_llcm, write_regdb, write_sysu
 from csdn.synthvi.world import COLOR_WORDS, SynthConfig, make_identities
 
-TINY = SynthConfig(seed=1, height=32, width=16, clip_ids=2, train_ids=5, val_ids=2, test_ids=4,
-                   images_per_cam=2, llcm_cams_per_id=2, regdb_images=2, regdb_trials=3)
+TINY = SynthConfig(
+    seed=1,
+    height=32,
+    width=16,
+    clip_ids=2,
+    train_ids=5,
+    val_ids=2,
+    test_ids=4,
+    images_per_cam=2,
+    llcm_cams_per_id=2,
+    regdb_images=2,
+    regdb_trials=3,
+)
 ID_LINE = re.compile(r"^[1-9]\d*(,[1-9]\d*)*\n?$")
 
 
@@ -26,8 +37,11 @@ def files(root: Path, pattern: str) -> list[Path]:
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def read_ids(path: Path) -> list[int]:
@@ -71,8 +85,9 @@ def test_sysu_tree_matches_counts_and_id_files(sysu):
     assert splits["test"] == [i.pid for i in pools["test"]]
     assert counts["ids"] == {"train": 3, "val": 2, "test": 4}
     for split, pids in splits.items():
-        on_disk = {f"cam{c}": sum(len(files(root / f"cam{c}" / f"{p:04d}", "*.jpg")) for p in pids)
-                   for c in range(1, 7)}
+        on_disk = {
+            f"cam{c}": sum(len(files(root / f"cam{c}" / f"{p:04d}", "*.jpg")) for p in pids) for c in range(1, 7)
+        }
         assert on_disk == counts["images"][split]
         ir = on_disk["cam3"] + on_disk["cam6"]
         assert counts["modality_images"][split] == {"visible": sum(on_disk.values()) - ir, "infrared": ir}

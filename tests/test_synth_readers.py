@@ -10,20 +10,33 @@ import pytest
 from csdn.data.llcm import LLCM
 from csdn.data.records import INFRARED, VISIBLE, count_summary
 from csdn.data.regdb import RegDB
+from csdn.data.sysu import SYSUMM01
 from csdn.synthvi.layouts import load_metadata, regdb_split, write_llcm, write_regdb, write_sysu
 from csdn.synthvi.world import SynthConfig, make_identities
-from csdn.data.sysu import SYSUMM01
 
-TINY = SynthConfig(seed=5, height=32, width=16, clip_ids=2, train_ids=6, val_ids=2, test_ids=5,
-                   images_per_cam=3, llcm_cams_per_id=3, regdb_images=2, regdb_trials=2)
+TINY = SynthConfig(
+    seed=5,
+    height=32,
+    width=16,
+    clip_ids=2,
+    train_ids=6,
+    val_ids=2,
+    test_ids=5,
+    images_per_cam=3,
+    llcm_cams_per_id=3,
+    regdb_images=2,
+    regdb_trials=2,
+)
 K = TINY.images_per_cam
 
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     base = tmp_path_factory.mktemp("synthvi")
-    return {name: (base / name, writer(TINY, base / name))
-            for name, writer in (("sysu", write_sysu), ("regdb", write_regdb), ("llcm", write_llcm))}
+    return {
+        name: (base / name, writer(TINY, base / name))
+        for name, writer in (("sysu", write_sysu), ("regdb", write_regdb), ("llcm", write_llcm))
+    }
 
 
 def per_cam(records) -> dict[str, int]:
@@ -34,8 +47,11 @@ def test_sysu_reader_splits_and_counts(trees):
     root, counts = trees["sysu"]
     meta = load_metadata(root)
     data = SYSUMM01(root)
-    assert (data.train_ids, data.val_ids, data.test_ids) == (meta["splits"]["train"], meta["splits"]["val"],
-                                                             meta["splits"]["test"])
+    assert (data.train_ids, data.val_ids, data.test_ids) == (
+        meta["splits"]["train"],
+        meta["splits"]["val"],
+        meta["splits"]["test"],
+    )
     train = data.train  # train + val ids
     expected_train = {c: counts["images"]["train"][c] + counts["images"]["val"][c] for c in counts["images"]["train"]}
     assert per_cam(train) == expected_train
@@ -77,8 +93,12 @@ def test_regdb_reader_every_trial(trees):
         assert (len(vis), len(th)) == (expected["train_visible"], expected["train_thermal"])
         assert (len(data.test_visible), len(data.test_thermal)) == (expected["test_visible"], expected["test_thermal"])
         # labels are contiguous per file, each identity with regdb_images images per modality
-        for records, n_ids in ((vis, len(train_pids)), (th, len(train_pids)),
-                               (data.test_visible, len(test_pids)), (data.test_thermal, len(test_pids))):
+        for records, n_ids in (
+            (vis, len(train_pids)),
+            (th, len(train_pids)),
+            (data.test_visible, len(test_pids)),
+            (data.test_thermal, len(test_pids)),
+        ):
             assert Counter(r.pid for r in records) == {label: r_img for label in range(n_ids)}
         # the same person has the same label in both modalities
         folder_pid = lambda r: int(Path(r.path).parent.name)  # noqa: E731
@@ -100,8 +120,10 @@ def test_llcm_reader_train_query_gallery(trees):
         records = [r for r in train if r.modality == modality]
         assert per_cam(records) == {c: n for c, n in counts["images"][folder].items() if n}
         assert set(r.pid for r in records) == set(range(counts["ids"]["train"]))  # contiguous labels
-    for direction, q_folder, g_folder in (("infrared->visible", "test_nir", "test_vis"),
-                                          ("visible->infrared", "test_vis", "test_nir")):
+    for direction, q_folder, g_folder in (
+        ("infrared->visible", "test_nir", "test_vis"),
+        ("visible->infrared", "test_vis", "test_nir"),
+    ):
         query = data.query(direction)
         assert per_cam(query) == {c: n for c, n in counts["images"][q_folder].items() if n}
         gallery = data.gallery(direction, trial=1)

@@ -55,8 +55,11 @@ def fake_pool(n: int = 16) -> FakePool:
             image[:] = image.mean(axis=2, keepdims=True).astype(np.uint8)
         colour = "red" if red else "blue"
         images.append(image)
-        captions.append("an infrared photo of a person wearing a top." if infrared
-                        else f"a photo of a person wearing a {colour} top.")
+        captions.append(
+            "an infrared photo of a person wearing a top."
+            if infrared
+            else f"a photo of a person wearing a {colour} top."
+        )
         modalities.append("infrared" if infrared else "visible")
         pids.append(0 if red else 1)
         attributes.append({"top_color": colour})
@@ -107,7 +110,8 @@ def test_augmentation_is_seeded_shape_preserving_and_off_at_zero():
 def test_strip_colors_removes_only_colour_words():
     words = {"red", "blue", "gray"}
     assert strip_colors("a photo of a person in a red striped top, blue trousers and gray shoes.", words) == (
-        "a photo of a person in a striped top, trousers and shoes.")
+        "a photo of a person in a striped top, trousers and shoes."
+    )
     assert strip_colors("a person with a red.", words) == "a person with a."
     assert strip_colors("a reddish bluegray top", words) == "a reddish bluegray top"
 
@@ -154,8 +158,9 @@ def test_pretraining_learns_saves_and_loads_back(tmp_path):
 
 
 def test_pretraining_is_deterministic(tmp_path):
-    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=1, batch_size=8, grayscale=0.5,
-                         attribute_targets=8.0)
+    cfg = PretrainConfig(
+        arch="csdn-tiny-rn", image_size=SIZE, epochs=1, batch_size=8, grayscale=0.5, attribute_targets=8.0
+    )
     first = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "a")
     second = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "b")
     assert [h["loss"] for h in first] == [h["loss"] for h in second]
@@ -197,8 +202,7 @@ def _weights(folder) -> dict[str, torch.Tensor]:
 
 
 def test_pretraining_killed_after_epoch_1_resumes_at_epoch_2_with_the_same_result(tmp_path):
-    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=3, batch_size=8, grayscale=0.5,
-                         warmup_epochs=1.5)
+    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=3, batch_size=8, grayscale=0.5, warmup_epochs=1.5)
     straight = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "straight")
 
     def kill_after_epoch_1(epoch, bundle):
@@ -209,8 +213,9 @@ def test_pretraining_killed_after_epoch_1_resumes_at_epoch_2_with_the_same_resul
         pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "out", on_epoch=kill_after_epoch_1, run_dir=tmp_path / "run")
     assert json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["epoch"] == 1
     seen = []
-    resumed = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "out", on_epoch=lambda e, b: seen.append(e),
-                                 run_dir=tmp_path / "run")
+    resumed = pretrain_tiny_clip(
+        cfg, fake_pool(), tmp_path / "out", on_epoch=lambda e, b: seen.append(e), run_dir=tmp_path / "run"
+    )
     assert seen == [1, 2]  # epochs 2 and 3
     expected, got = _weights(tmp_path / "straight"), _weights(tmp_path / "out")
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
@@ -247,10 +252,27 @@ def test_tiny_clip_resumes_a_killed_build_from_its_run_folder(tmp_path, monkeypa
 
 
 def test_read_history_and_summary_of_an_earlier_dict_of_lists_folder(tmp_path):
-    old = {"loss": [3.0, 2.5], "seconds": [1.0, 1.2], "logit_scale": [14.2, 14.1], "arch": "csdn-tiny-rn",
-           "epochs": 2, "total_seconds": 2.2, "images_per_second": 80.0, "threads": 2, "config": {"epochs": 2}}
+    old = {
+        "loss": [3.0, 2.5],
+        "seconds": [1.0, 1.2],
+        "logit_scale": [14.2, 14.1],
+        "arch": "csdn-tiny-rn",
+        "epochs": 2,
+        "total_seconds": 2.2,
+        "images_per_second": 80.0,
+        "threads": 2,
+        "config": {"epochs": 2},
+    }
     (tmp_path / "history.json").write_text(json.dumps(old))
-    assert read_history(tmp_path) == [{"epoch": 1, "loss": 3.0, "seconds": 1.0, "logit_scale": 14.2},
-                                      {"epoch": 2, "loss": 2.5, "seconds": 1.2, "logit_scale": 14.1}]
-    assert read_summary(tmp_path) == {"arch": "csdn-tiny-rn", "epochs": 2, "total_seconds": 2.2,
-                                      "images_per_second": 80.0, "threads": 2, "config": {"epochs": 2}}
+    assert read_history(tmp_path) == [
+        {"epoch": 1, "loss": 3.0, "seconds": 1.0, "logit_scale": 14.2},
+        {"epoch": 2, "loss": 2.5, "seconds": 1.2, "logit_scale": 14.1},
+    ]
+    assert read_summary(tmp_path) == {
+        "arch": "csdn-tiny-rn",
+        "epochs": 2,
+        "total_seconds": 2.2,
+        "images_per_second": 80.0,
+        "threads": 2,
+        "config": {"epochs": 2},
+    }

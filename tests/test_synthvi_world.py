@@ -22,8 +22,17 @@ from csdn.synthvi.world import (
     make_identities,
 )
 
-TINY = SynthConfig(seed=3, height=32, width=16, clip_ids=6, train_ids=5, val_ids=1, test_ids=4,
-                   clip_images_per_id=4, clip_infrared_fraction=0.25)
+TINY = SynthConfig(
+    seed=3,
+    height=32,
+    width=16,
+    clip_ids=6,
+    train_ids=5,
+    val_ids=1,
+    test_ids=4,
+    clip_images_per_id=4,
+    clip_infrared_fraction=0.25,
+)
 IR_CAMERAS = [c for c in ALL_CAMERAS if c.modality == INFRARED]
 VIS_CAMERAS = [c for c in ALL_CAMERAS if c.modality == VISIBLE]
 
@@ -46,9 +55,18 @@ def test_color_attributes_are_attributes_and_color_words_cover_them():
     assert not ({"striped", "backpack", "skirt", "long", "short"} & COLOR_WORDS)
 
 
-@pytest.mark.parametrize("field,value", [("train_ids", 0), ("val_ids", 5), ("val_ids", 0), ("height", 4),
-                                         ("clip_infrared_fraction", 1.5), ("jpeg_quality", 0),
-                                         ("llcm_cams_per_id", 9)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("train_ids", 0),
+        ("val_ids", 5),
+        ("val_ids", 0),
+        ("height", 4),
+        ("clip_infrared_fraction", 1.5),
+        ("jpeg_quality", 0),
+        ("llcm_cams_per_id", 9),
+    ],
+)
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         dataclasses.replace(TINY, **{field: value})
@@ -109,15 +127,25 @@ def test_infrared_shows_shape_garments_and_accessories(attr):
         changed = recolored(changed, bag_color="black")
     camera = SYSU_CAMERAS[2]  # cam3, infrared
     # whatever the pose, some of a few views must differ
-    differs = [not np.array_equal(render_image(ident, camera, np.random.default_rng(s), height=64, width=32),
-                                  render_image(changed, camera, np.random.default_rng(s), height=64, width=32))
-               for s in range(4)]
+    differs = [
+        not np.array_equal(
+            render_image(ident, camera, np.random.default_rng(s), height=64, width=32),
+            render_image(changed, camera, np.random.default_rng(s), height=64, width=32),
+        )
+        for s in range(4)
+    ]
     assert any(differs)
 
 
 def test_cameras_of_each_layout():
     assert [(c.cam, c.modality) for c in sorted(SYSU_CAMERAS, key=lambda c: c.cam)] == [
-        (1, VISIBLE), (2, VISIBLE), (3, INFRARED), (4, VISIBLE), (5, VISIBLE), (6, INFRARED)]
+        (1, VISIBLE),
+        (2, VISIBLE),
+        (3, INFRARED),
+        (4, VISIBLE),
+        (5, VISIBLE),
+        (6, INFRARED),
+    ]
     assert sorted(c.cam for c in LLCM_CAMERAS if c.modality == VISIBLE) == list(range(1, 10))
     assert sorted(c.cam for c in LLCM_CAMERAS if c.modality == INFRARED) == [1, 2, 4, 5, 6, 7, 8, 9]
     assert {c.modality for c in REGDB_CAMERAS} == {VISIBLE, INFRARED}

@@ -49,7 +49,7 @@ def agw_process_gallery_sysu(data_path: str, mode: str = "all", trial: int = 0, 
     random.seed(trial)
     rgb_cameras = ["cam1", "cam2", "cam4", "cam5"] if mode == "all" else ["cam1", "cam2"]
     with open(os.path.join(data_path, "exp/test_id.txt")) as handle:
-        ids = ["%04d" % int(y) for y in handle.read().splitlines()[0].split(",")]
+        ids = [f"{int(y):04d}" for y in handle.read().splitlines()[0].split(",")]
     files_rgb = []
     for pid in sorted(ids):
         for cam in rgb_cameras:
@@ -94,9 +94,9 @@ def test_records_are_exact_and_ordered(root: Path) -> None:
         Record(str(base / "cam5/0003/0002.jpg"), 3, 5, VISIBLE),
     ]
     assert data.val == expected_val
-    assert data.query[:4] == [
-        Record(str(base / f"cam3/0004/{k:04d}.jpg"), 4, 3, INFRARED) for k in (1, 2, 3)
-    ] + [Record(str(base / "cam6/0004/0001.jpg"), 4, 6, INFRARED)]
+    assert data.query[:4] == [Record(str(base / f"cam3/0004/{k:04d}.jpg"), 4, 3, INFRARED) for k in (1, 2, 3)] + [
+        Record(str(base / "cam6/0004/0001.jpg"), 4, 6, INFRARED)
+    ]
     assert all(Path(r.path).is_absolute() for r in data.train)
 
 

@@ -22,7 +22,9 @@ class Pool:
 
 def test_prompts_read_naturally():
     assert prompts_for("top_color", "red") == [
-        "a photo of a person wearing a red top.", "a photo of a person wearing a red shirt."]
+        "a photo of a person wearing a red top.",
+        "a photo of a person wearing a red shirt.",
+    ]
     assert prompts_for("bag", "none") == ["a photo of a person."]
     assert prompts_for("bag", "backpack") == ["a photo of a person carrying a backpack."]
     assert prompts_for("bottom_type", "skirt") == ["a photo of a person wearing a skirt."]

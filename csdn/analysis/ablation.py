@@ -76,8 +76,9 @@ class Variant:
 
     def __post_init__(self) -> None:
         if tuple(self.overrides) != SWITCHES:
-            raise ConfigError(f"variant {self.name!r} must set exactly {SWITCHES} in that order, "
-                              f"got {tuple(self.overrides)}")
+            raise ConfigError(
+                f"variant {self.name!r} must set exactly {SWITCHES} in that order, got {tuple(self.overrides)}"
+            )
 
     @property
     def switches(self) -> dict[str, Any]:
@@ -91,40 +92,85 @@ class Variant:
     def apply(self, base: ExperimentConfig, seed: int | None = None) -> ExperimentConfig:
         """``base`` with this variant's overrides (and ``seed`` when given); everything else is kept."""
         if self.uses_text and base.stage3.hse_visible <= 0 and base.stage3.hse_infrared <= 0:
-            raise ConfigError(f"variant {self.name!r} uses text, but the base config disables HSE "
-                              "(stage3.hse_visible = hse_infrared = 0), the only path from text to images")
+            raise ConfigError(
+                f"variant {self.name!r} uses text, but the base config disables HSE "
+                "(stage3.hse_visible = hse_infrared = 0), the only path from text to images"
+            )
         return override(base, {**self.overrides, **({} if seed is None else {"seed": seed})})
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("vision-only", "CLIP image tower trained with ID + triplet losses, one shared stem, no text",
-            {"model.variant": "vision-only", "model.sii": "none", "model.prompt_wording": "paper",
-             "stage1.pairing": "private"}),
-    Variant("+stems (CSDN w/o HSE)", "vision-only with modality-specific stems: the CSDN network without HSE "
-            "(prompts and SII without HSE never reach it)",
-            {"model.variant": "vision-only-stems", "model.sii": "none", "model.prompt_wording": "paper",
-             "stage1.pairing": "private"}),
-    Variant("clip-reid", "CLIP-ReID: one shared prompt learner, image-to-text loss (HSE weights) against it, "
-            "one shared stem",
-            {"model.variant": "clip-reid", "model.sii": "none", "model.prompt_wording": "paper",
-             "stage1.pairing": "private"}),
-    Variant("+modality prompts", "two modality prompt learners + stems; each modality's images aligned to its "
-            "own prompts (no fusion)",
-            {"model.variant": "csdn", "model.sii": "none", "model.prompt_wording": "paper",
-             "stage1.pairing": "private"}),
-    Variant("+SII (official)", "full CSDN: released SII fusion t_vis + W_c tanh(W_v t_ir), HSE to the fused "
-            "prototypes",
-            {"model.variant": "csdn", "model.sii": "official", "model.prompt_wording": "paper",
-             "stage1.pairing": "private"}),
-    Variant("+SII (attention)", "full CSDN with a genuine multi-head attention SII",
-            {"model.variant": "csdn", "model.sii": "attention", "model.prompt_wording": "paper",
-             "stage1.pairing": "private"}),
-    Variant("pairing all", "full CSDN, stage 1 with every image against both learners' texts (released code)",
-            {"model.variant": "csdn", "model.sii": "official", "model.prompt_wording": "paper",
-             "stage1.pairing": "all"}),
-    Variant("wording released", "full CSDN with the released prompt 'A photo of a X X X X person.'",
-            {"model.variant": "csdn", "model.sii": "official", "model.prompt_wording": "released",
-             "stage1.pairing": "private"}),
+    Variant(
+        "vision-only",
+        "CLIP image tower trained with ID + triplet losses, one shared stem, no text",
+        {
+            "model.variant": "vision-only",
+            "model.sii": "none",
+            "model.prompt_wording": "paper",
+            "stage1.pairing": "private",
+        },
+    ),
+    Variant(
+        "+stems (CSDN w/o HSE)",
+        "vision-only with modality-specific stems: the CSDN network without HSE "
+        "(prompts and SII without HSE never reach it)",
+        {
+            "model.variant": "vision-only-stems",
+            "model.sii": "none",
+            "model.prompt_wording": "paper",
+            "stage1.pairing": "private",
+        },
+    ),
+    Variant(
+        "clip-reid",
+        "CLIP-ReID: one shared prompt learner, image-to-text loss (HSE weights) against it, one shared stem",
+        {
+            "model.variant": "clip-reid",
+            "model.sii": "none",
+            "model.prompt_wording": "paper",
+            "stage1.pairing": "private",
+        },
+    ),
+    Variant(
+        "+modality prompts",
+        "two modality prompt learners + stems; each modality's images aligned to its own prompts (no fusion)",
+        {"model.variant": "csdn", "model.sii": "none", "model.prompt_wording": "paper", "stage1.pairing": "private"},
+    ),
+    Variant(
+        "+SII (official)",
+        "full CSDN: released SII fusion t_vis + W_c tanh(W_v t_ir), HSE to the fused prototypes",
+        {
+            "model.variant": "csdn",
+            "model.sii": "official",
+            "model.prompt_wording": "paper",
+            "stage1.pairing": "private",
+        },
+    ),
+    Variant(
+        "+SII (attention)",
+        "full CSDN with a genuine multi-head attention SII",
+        {
+            "model.variant": "csdn",
+            "model.sii": "attention",
+            "model.prompt_wording": "paper",
+            "stage1.pairing": "private",
+        },
+    ),
+    Variant(
+        "pairing all",
+        "full CSDN, stage 1 with every image against both learners' texts (released code)",
+        {"model.variant": "csdn", "model.sii": "official", "model.prompt_wording": "paper", "stage1.pairing": "all"},
+    ),
+    Variant(
+        "wording released",
+        "full CSDN with the released prompt 'A photo of a X X X X person.'",
+        {
+            "model.variant": "csdn",
+            "model.sii": "official",
+            "model.prompt_wording": "released",
+            "stage1.pairing": "private",
+        },
+    ),
 )
 FULL_CSDN = "+SII (official)"
 
@@ -196,8 +242,14 @@ def check_distinct_run(seen: dict[str, ExperimentConfig], stage3_key: str, cfg: 
         )
 
 
-def model_features(base: ExperimentConfig, name: str, records: Sequence[Record], cache_root: Path,
-                   seed: int | None = None, progress: bool = False) -> Tensor:
+def model_features(
+    base: ExperimentConfig,
+    name: str,
+    records: Sequence[Record],
+    cache_root: Path,
+    seed: int | None = None,
+    progress: bool = False,
+) -> Tensor:
     """Test features ``(len(records), D)`` of the variant called ``name`` (trained or loaded from the
     cache), or of the frozen CLIP for :data:`ZERO_SHOT`."""
     from csdn.experiment import Experiment
@@ -240,14 +292,20 @@ def run_ablation(
         t0 = time.perf_counter()
         results = evaluate(cfg, name == ZERO_SHOT)
         seconds = time.perf_counter() - t0
-        rows += [{"variant": name, "seed": seed, "protocol": protocol, **_metrics(result), "seconds": seconds}
-                 for protocol, result in results.items()]
+        rows += [
+            {"variant": name, "seed": seed, "protocol": protocol, **_metrics(result), "seconds": seconds}
+            for protocol, result in results.items()
+        ]
     return pd.DataFrame(rows)
 
 
 def _metrics(result: ProtocolResult) -> dict[str, float]:
-    return {"R1": 100 * result.rank(1), "R10": 100 * result.rank(10), "mAP": 100 * result.mAP,
-            "mINP": 100 * result.mINP}
+    return {
+        "R1": 100 * result.rank(1),
+        "R10": 100 * result.rank(10),
+        "mAP": 100 * result.mAP,
+        "mINP": 100 * result.mINP,
+    }
 
 
 def summarize(runs: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP")) -> pd.DataFrame:
@@ -262,14 +320,16 @@ def summarize(runs: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP")
     return out
 
 
-def format_summary(summary: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP"),
-                   digits: int = 1) -> pd.DataFrame:
+def format_summary(
+    summary: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP"), digits: int = 1
+) -> pd.DataFrame:
     """``summarize``'s table as ``"mean ± std"`` strings, one row per variant, one column per (protocol, metric)."""
     cells = pd.DataFrame(index=summary.index)
     for metric in metrics:
         mean, std = summary[f"{metric} mean"], summary[f"{metric} std"]
-        cells[metric] = [f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
-                         for m, s in zip(mean, std)]
+        cells[metric] = [
+            f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, std)
+        ]
     table = cells.unstack("protocol")
     table = table.reindex(list(dict.fromkeys(summary.index.get_level_values("variant"))))
     table.columns = [f"{protocol} {metric}" for metric, protocol in table.columns]
@@ -277,8 +337,12 @@ def format_summary(summary: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP",
     return table[[f"{p} {m}" for p in protocols for m in metrics]]
 
 
-def effects(runs: pd.DataFrame, metric: str = "mAP", comparisons: Sequence[tuple[str, str, str]] = COMPARISONS,
-            confidence: float = 0.95) -> pd.DataFrame:
+def effects(
+    runs: pd.DataFrame,
+    metric: str = "mAP",
+    comparisons: Sequence[tuple[str, str, str]] = COMPARISONS,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """Each comparison's effect on ``metric`` per protocol, paired by seed.
 
     ``delta`` is the mean over seeds of (variant - reference), ``sd`` the standard deviation of those
@@ -304,8 +368,19 @@ def effects(runs: pd.DataFrame, metric: str = "mAP", comparisons: Sequence[tuple
                 verdict = "one seed"
             else:
                 verdict = "within noise" if abs(delta) <= ci else "helps" if delta > 0 else "hurts"
-            rows.append({"effect": effect, "variant": variant, "reference": reference, "protocol": protocol,
-                         "seeds": n, f"{metric} delta": delta, "sd": sd, "ci": ci, "verdict": verdict})
+            rows.append(
+                {
+                    "effect": effect,
+                    "variant": variant,
+                    "reference": reference,
+                    "protocol": protocol,
+                    "seeds": n,
+                    f"{metric} delta": delta,
+                    "sd": sd,
+                    "ci": ci,
+                    "verdict": verdict,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -352,8 +427,13 @@ GAP_MODELS: dict[str, str] = {  # label -> variant name: the models whose modali
 }
 
 
-def collect_features(base: ExperimentConfig, records: Sequence[Record], cache_root: Path,
-                     models: Mapping[str, str] = GAP_MODELS, seed: int | None = None,
-                     progress: bool = False) -> dict[str, Tensor]:
+def collect_features(
+    base: ExperimentConfig,
+    records: Sequence[Record],
+    cache_root: Path,
+    models: Mapping[str, str] = GAP_MODELS,
+    seed: int | None = None,
+    progress: bool = False,
+) -> dict[str, Tensor]:
     """``{label: features of records}`` for each ``label -> variant name`` of ``models``."""
     return {label: model_features(base, name, records, cache_root, seed, progress) for label, name in models.items()}

@@ -55,20 +55,30 @@ from csdn.reports import overrides_line, write_report_files
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``ablate`` and ``gap`` to the ``csdn`` subcommands."""
-    p = subparsers.add_parser("ablate", help="ablation of CSDN's components over seeds (table + bar charts)",
-                              description=cmd_ablate.__doc__, epilog=EPILOG)
+    p = subparsers.add_parser(
+        "ablate",
+        help="ablation of CSDN's components over seeds (table + bar charts)",
+        description=cmd_ablate.__doc__,
+        epilog=EPILOG,
+    )
     _common_options(p)
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (first-seed, first-seed + 1, ...)")
     p.add_argument("--first-seed", type=int, default=0, help="first seed")
-    p.add_argument("--variants", help="comma-separated variant names (default: all): "
-                   + ", ".join(v.name for v in VARIANTS))
+    p.add_argument(
+        "--variants", help="comma-separated variant names (default: all): " + ", ".join(v.name for v in VARIANTS)
+    )
     p.add_argument("--no-zero-shot", action="store_true", help="leave out the zero-shot CLIP reference row")
     p.set_defaults(func=cmd_ablate)
-    p = subparsers.add_parser("gap", help="modality-gap metrics and t-SNE/UMAP of zero-shot CLIP, baselines, CSDN",
-                              description=cmd_gap.__doc__, epilog=EPILOG)
+    p = subparsers.add_parser(
+        "gap",
+        help="modality-gap metrics and t-SNE/UMAP of zero-shot CLIP, baselines, CSDN",
+        description=cmd_gap.__doc__,
+        epilog=EPILOG,
+    )
     _common_options(p)
-    p.add_argument("--seed", type=int, help="seed of the trained models and of the projections (default: the "
-                   "profile's, 0)")
+    p.add_argument(
+        "--seed", type=int, help="seed of the trained models and of the projections (default: the profile's, 0)"
+    )
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated projections ({', '.join(METHODS)})")
     p.set_defaults(func=cmd_gap)
 
@@ -102,36 +112,64 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     runs = run_ablation(base, seeds, names, zero_shot=not args.no_zero_shot, cache_root=Path(args.cache))
     seconds = time.perf_counter() - t0
-    command = _command("ablate", args, {"--data": args.data, "--clip": args.clip, "--seeds": args.seeds,
-                                        "--first-seed": args.first_seed or None, "--variants": args.variants,
-                                        "--no-zero-shot": args.no_zero_shot})
+    command = _command(
+        "ablate",
+        args,
+        {
+            "--data": args.data,
+            "--clip": args.clip,
+            "--seeds": args.seeds,
+            "--first-seed": args.first_seed or None,
+            "--variants": args.variants,
+            "--no-zero-shot": args.no_zero_shot,
+        },
+    )
     folder = Path(args.reports) / base.name / "ablation"
     written = write_ablation_report(folder, runs, command, seconds, overrides)
     print(format_summary(summarize(runs)).to_string())
-    print(f"\nablation of {runs['variant'].nunique()} rows x {len(seeds)} seeds in {seconds:.0f}s "
-          f"(overrides: {format_overrides(overrides)}); report: {', '.join(str(p) for p in written)}")
+    print(
+        f"\nablation of {runs['variant'].nunique()} rows x {len(seeds)} seeds in {seconds:.0f}s "
+        f"(overrides: {format_overrides(overrides)}); report: {', '.join(str(p) for p in written)}"
+    )
     return 0
 
 
-def write_ablation_report(folder: Path, runs: pd.DataFrame, command: str, seconds: float,
-                          overrides: Mapping[str, Any] | None = None) -> list[Path]:
+def write_ablation_report(
+    folder: Path, runs: pd.DataFrame, command: str, seconds: float, overrides: Mapping[str, Any] | None = None
+) -> list[Path]:
     """``ablation.md``, ``ablation_runs.csv``, ``ablation_summary.csv`` and one bar chart per protocol;
     ``overrides`` (of the base configuration) are recorded in ``ablation.md``'s header."""
     summary = summarize(runs)
     seeds = sorted(set(runs["seed"]))
     variants = [v for v in VARIANTS if v.name in set(runs["variant"])]
     effect = effects(runs, "mAP")
-    lines = [f"# Ablation ({len(seeds)} seed{'s' * (len(seeds) != 1)}: {seeds})", "",
-             f"Command: `{command}`  ", f"{overrides_line(overrides or {})}  ",
-             f"Wall time: {seconds:.0f} s (stages already in the cache are loaded, not retrained)",
-             "", "## R1 / mAP / mINP (%), mean ± sample sd over seeds", "",
-             format_summary(summary).to_markdown(), "",
-             "## Effects on mAP (paired by seed; ci = half-width of the 95% Student-t interval)", "",
-             effect.round(2).to_markdown(index=False) if len(effect) else "(no comparison has both its rows)", "",
-             *[f"- {describe_effects(effect, p)}" for p in dict.fromkeys(effect.get("protocol", []))], "",
-             "## Variants", "", variants_frame(variants).to_markdown(), ""]
-    files: dict[str, Any] = {"ablation.md": "\n".join(lines), "ablation_runs.csv": runs.round(4).to_csv(index=False),
-                             "ablation_summary.csv": summary.round(4).to_csv()}
+    lines = [
+        f"# Ablation ({len(seeds)} seed{'s' * (len(seeds) != 1)}: {seeds})",
+        "",
+        f"Command: `{command}`  ",
+        f"{overrides_line(overrides or {})}  ",
+        f"Wall time: {seconds:.0f} s (stages already in the cache are loaded, not retrained)",
+        "",
+        "## R1 / mAP / mINP (%), mean ± sample sd over seeds",
+        "",
+        format_summary(summary).to_markdown(),
+        "",
+        "## Effects on mAP (paired by seed; ci = half-width of the 95% Student-t interval)",
+        "",
+        effect.round(2).to_markdown(index=False) if len(effect) else "(no comparison has both its rows)",
+        "",
+        *[f"- {describe_effects(effect, p)}" for p in dict.fromkeys(effect.get("protocol", []))],
+        "",
+        "## Variants",
+        "",
+        variants_frame(variants).to_markdown(),
+        "",
+    ]
+    files: dict[str, Any] = {
+        "ablation.md": "\n".join(lines),
+        "ablation_runs.csv": runs.round(4).to_csv(index=False),
+        "ablation_summary.csv": summary.round(4).to_csv(),
+    }
     for protocol in dict.fromkeys(runs["protocol"]):
         files[f"ablation_{_slug(protocol)}.png"] = plot_ablation(runs, protocol=protocol)
     return write_report_files(folder, files)
@@ -147,34 +185,56 @@ def cmd_gap(args: argparse.Namespace) -> int:
     records = gap_records(Experiment(base, Path(args.cache)).dataset, base.eval.trials)
     features = collect_features(base, records, Path(args.cache), progress=True)
     table = gap_table({name: modality_gap(f, records, GapConfig(seed=base.seed)) for name, f in features.items()})
-    figure = plot_projections(project_models(features, projection), records, projection,
-                              title=f"{base.name}: test features (colour: modality, marker: identity)")
+    figure = plot_projections(
+        project_models(features, projection),
+        records,
+        projection,
+        title=f"{base.name}: test features (colour: modality, marker: identity)",
+    )
     seconds = time.perf_counter() - t0
     methods = None if projection.methods == METHODS else args.methods
-    command = _command("gap", args, {"--data": args.data, "--clip": args.clip, "--seed": base.seed,
-                                     "--methods": methods})
+    command = _command(
+        "gap", args, {"--data": args.data, "--clip": args.clip, "--seed": base.seed, "--methods": methods}
+    )
     folder = Path(args.reports) / base.name / "gap"
     figures = {"gap.png": plot_gap(table, title=f"{base.name}: modality gap"), "projections.png": figure}
     written = write_gap_report(folder, table, figures, command, seconds, overrides)
     print(table.round(3).to_string())
-    print(f"\nmodality gap of {len(features)} models on {len(records)} test images in {seconds:.0f}s "
-          f"(overrides: {format_overrides(overrides)}); report: {', '.join(str(p) for p in written)}")
+    print(
+        f"\nmodality gap of {len(features)} models on {len(records)} test images in {seconds:.0f}s "
+        f"(overrides: {format_overrides(overrides)}); report: {', '.join(str(p) for p in written)}"
+    )
     return 0
 
 
-def write_gap_report(folder: Path, table: pd.DataFrame, figures: dict[str, Figure], command: str,
-                     seconds: float, overrides: Mapping[str, Any] | None = None) -> list[Path]:
+def write_gap_report(
+    folder: Path,
+    table: pd.DataFrame,
+    figures: dict[str, Figure],
+    command: str,
+    seconds: float,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[Path]:
     """``gap.md``, ``gap.csv`` and each of ``figures`` (file name -> figure) as a PNG; ``overrides`` (of the
     base configuration) are recorded in ``gap.md``'s header."""
-    lines = ["# Modality gap of the test features", "", f"Command: `{command}`  ",
-             f"{overrides_line(overrides or {})}  ", f"Wall time: {seconds:.0f} s", "",
-             "centroid ratio: distance between the modality centroids / RMS distance to the own centroid; "
-             "modality clf acc: balanced accuracy of a 5-fold (identity-grouped) linear classifier, 50% = inseparable; "
-             "NN intra / cross: nearest neighbour in the same / other modality has the same identity.", "",
-             table.round(3).to_markdown(), "", *[f"![{name}]({name})" for name in figures], ""]
+    lines = [
+        "# Modality gap of the test features",
+        "",
+        f"Command: `{command}`  ",
+        f"{overrides_line(overrides or {})}  ",
+        f"Wall time: {seconds:.0f} s",
+        "",
+        "centroid ratio: distance between the modality centroids / RMS distance to the own centroid; "
+        "modality clf acc: balanced accuracy of a 5-fold (identity-grouped) linear classifier, 50% = inseparable; "
+        "NN intra / cross: nearest neighbour in the same / other modality has the same identity.",
+        "",
+        table.round(3).to_markdown(),
+        "",
+        *[f"![{name}]({name})" for name in figures],
+        "",
+    ]
     return write_report_files(folder, {"gap.md": "\n".join(lines), "gap.csv": table.round(5).to_csv(), **figures})
 
 
 def _slug(protocol: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in protocol).strip("_")
-

@@ -54,7 +54,7 @@ def plot_attribute_distributions(attributes: pd.DataFrame, columns: Sequence[str
         ax.set_title(column, fontsize=9)
         ax.tick_params(axis="x", labelrotation=60, labelsize=7)
         ax.set_xlabel(""), ax.set_ylabel("ids")
-    for ax in list(axes.flat)[len(columns):]:
+    for ax in list(axes.flat)[len(columns) :]:
         ax.axis("off")
     fig.tight_layout()
     return fig
@@ -70,7 +70,9 @@ def caption_examples(metadata: dict, records: Sequence[Record], root: str, per_m
                 first_per_pid.setdefault(r.pid, r)
         for r in list(first_per_pid.values())[:per_modality]:
             rel = str(r.path)[len(str(root)) :].lstrip("/")
-            rows.append({"modality": modality, "pid": r.pid, "cam": r.cam, "caption": metadata["captions"].get(rel, "")})
+            rows.append(
+                {"modality": modality, "pid": r.pid, "cam": r.cam, "caption": metadata["captions"].get(rel, "")}
+            )
     return pd.DataFrame(rows)
 
 

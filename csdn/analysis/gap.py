@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,8 +117,10 @@ def modality_classifier_accuracy(
     y = _modality_mask(modalities, len(x)).astype(int)
     smallest = int(min(y.sum(), len(y) - y.sum()))
     if folds < 2 or smallest < folds:
-        raise ValueError(f"{folds}-fold cross-validation needs folds >= 2 and at least {folds} features per "
-                         f"modality, got {smallest} in the smaller modality")
+        raise ValueError(
+            f"{folds}-fold cross-validation needs folds >= 2 and at least {folds} features per "
+            f"modality, got {smallest} in the smaller modality"
+        )
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     if groups is None:
         cv, extra = StratifiedKFold(folds, shuffle=True, random_state=seed), {}
@@ -132,8 +133,9 @@ def modality_classifier_accuracy(
     return float(cross_val_score(classifier, x, y, cv=cv, scoring="balanced_accuracy", **extra).mean())
 
 
-def nearest_neighbour_accuracy(features: Features, pids: Sequence[int],
-                               modalities: Sequence[str]) -> tuple[float, float]:
+def nearest_neighbour_accuracy(
+    features: Features, pids: Sequence[int], modalities: Sequence[str]
+) -> tuple[float, float]:
     """``(intra, cross)``: how often a feature's nearest neighbour (Euclidean) shares its identity.
 
     Intra searches the same modality without the feature itself; cross searches the other modality.
@@ -146,8 +148,10 @@ def nearest_neighbour_accuracy(features: Features, pids: Sequence[int],
     pid = torch.as_tensor(np.asarray(pids, dtype=np.int64))
     distance = torch.cdist(x, x)
     same_modality = visible[:, None] == visible[None, :]
-    return (_nn_hits(distance, pid, same_modality & ~torch.eye(len(x), dtype=torch.bool)),
-            _nn_hits(distance, pid, ~same_modality))
+    return (
+        _nn_hits(distance, pid, same_modality & ~torch.eye(len(x), dtype=torch.bool)),
+        _nn_hits(distance, pid, ~same_modality),
+    )
 
 
 def _nn_hits(distance: torch.Tensor, pid: torch.Tensor, allowed: torch.Tensor) -> float:
@@ -179,11 +183,20 @@ def gap_table(metrics: Mapping[str, GapMetrics]) -> pd.DataFrame:
     """One row per model: centroid ratio, modality-classifier accuracy, NN identity accuracy (%), counts."""
     rows = []
     for model, m in metrics.items():
-        rows.append({"model": model, "centroid ratio": m.centroid_ratio, "centroid distance": m.centroid_distance,
-                     "spread": m.spread, "modality clf acc (%)": 100 * m.modality_accuracy,
-                     "NN intra (%)": 100 * m.nn_intra, "NN cross (%)": 100 * m.nn_cross,
-                     "cross / intra": m.nn_cross / m.nn_intra if m.nn_intra > 0 else float("nan"),
-                     "visible": m.n_visible, "infrared": m.n_infrared})
+        rows.append(
+            {
+                "model": model,
+                "centroid ratio": m.centroid_ratio,
+                "centroid distance": m.centroid_distance,
+                "spread": m.spread,
+                "modality clf acc (%)": 100 * m.modality_accuracy,
+                "NN intra (%)": 100 * m.nn_intra,
+                "NN cross (%)": 100 * m.nn_cross,
+                "cross / intra": m.nn_cross / m.nn_intra if m.nn_intra > 0 else float("nan"),
+                "visible": m.n_visible,
+                "infrared": m.n_infrared,
+            }
+        )
     return pd.DataFrame(rows).set_index("model")
 
 

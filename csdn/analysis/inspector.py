@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -115,9 +114,11 @@ class QueryView:
         else:
             shown = "shown" if self.first_match <= len(self.gallery) else f"not in the top {len(self.gallery)}"
             found = f"first true match at rank {self.first_match} (score {self.first_match_score:.3f}, {shown})"
-        return (f"{self.state.model} | {self.state.split} | query pid {q.pid}, cam {q.cam} ({q.modality}, "
-                f"{Path(q.path).name}): {found}; {self.num_matches} true matches among {self.num_allowed} "
-                "gallery images")
+        return (
+            f"{self.state.model} | {self.state.split} | query pid {q.pid}, cam {q.cam} ({q.modality}, "
+            f"{Path(q.path).name}): {found}; {self.num_matches} true matches among {self.num_allowed} "
+            "gallery images"
+        )
 
 
 @dataclass(eq=False)
@@ -141,8 +142,10 @@ class InspectorData:
         self._row = {record: i for i, record in enumerate(self.records)}
         for name, f in self.features.items():
             if f.dim() != 2 or f.shape[0] != len(self.records):
-                raise ValueError(f"features of model {name!r} must be ({len(self.records)}, d), one row per record, "
-                                 f"got {tuple(f.shape)}")
+                raise ValueError(
+                    f"features of model {name!r} must be ({len(self.records)}, d), one row per record, "
+                    f"got {tuple(f.shape)}"
+                )
         for name, split in self.splits.items():
             missing = [r for r in split.query + split.gallery if r not in self._row]
             if missing:
@@ -203,10 +206,17 @@ class InspectorData:
         top = ranking.order[i, :k].tolist()
         first = int(ranking.first_match[i])
         first_score = float(ranking.scores[i, ranking.order[i, first - 1]]) if first else None
-        return QueryView(state, query, tuple(split.gallery[j] for j in top),
-                         tuple(float(ranking.scores[i, j]) for j in top),
-                         tuple(split.gallery[j].pid == query.pid for j in top),
-                         first or None, first_score, int(ranking.num_matches[i]), int(ranking.num_allowed[i]))
+        return QueryView(
+            state,
+            query,
+            tuple(split.gallery[j] for j in top),
+            tuple(float(ranking.scores[i, j]) for j in top),
+            tuple(split.gallery[j].pid == query.pid for j in top),
+            first or None,
+            first_score,
+            int(ranking.num_matches[i]),
+            int(ranking.num_allowed[i]),
+        )
 
     def worst_queries(self, model: str, split: str, n: int = 20) -> list[int]:
         """Indices of the ``n`` queries whose first true match ranks lowest (worst first; ties by query
@@ -218,8 +228,11 @@ class InspectorData:
 
     def queries_of(self, split: str, pid: int | None = None, cam: int | None = None) -> list[int]:
         """Indices of the queries of ``split`` of identity ``pid`` and/or camera ``cam`` (None: any)."""
-        return [i for i, r in enumerate(self.split(split).query)
-                if (pid is None or r.pid == pid) and (cam is None or r.cam == cam)]
+        return [
+            i
+            for i, r in enumerate(self.split(split).query)
+            if (pid is None or r.pid == pid) and (cam is None or r.cam == cam)
+        ]
 
     def query_pids(self, split: str) -> list[int]:
         return sorted({r.pid for r in self.split(split).query})
@@ -238,8 +251,9 @@ def first_match_frame(data: InspectorData, split: str) -> pd.DataFrame:
     """One row per query of ``split``: identity, camera, file, and the rank of its first true match
     under each model (0: no true match), indexed by query index."""
     queries = data.split(split).query
-    frame = pd.DataFrame({"pid": [r.pid for r in queries], "cam": [r.cam for r in queries],
-                          "file": [Path(r.path).name for r in queries]})
+    frame = pd.DataFrame(
+        {"pid": [r.pid for r in queries], "cam": [r.cam for r in queries], "file": [Path(r.path).name for r in queries]}
+    )
     for model in data.models:
         frame[f"rank ({model})"] = data.ranking(model, split).first_match.numpy()
     frame.index.name = "query"
@@ -257,8 +271,15 @@ def render(view: QueryView, image_size: tuple[int, int]) -> Figure:
     """The query and its top-k gallery images (green frame: the query's identity, red: another; each
     titled with its rank and score), images decoded at ``image_size = (H, W)``; titled with the summary."""
     first = "no true match" if view.first_match is None else f"first true match: rank {view.first_match}"
-    title = (f"{view.state.model} · {view.state.split}\nquery pid {view.query.pid}, cam {view.query.cam} "
-             f"({view.query.modality}) · {first}")
-    return plot_rank_list(decode_image(view.query.path, image_size),
-                          [decode_image(g.path, image_size) for g in view.gallery],
-                          view.correct, view.scores, k=len(view.gallery), title=title)
+    title = (
+        f"{view.state.model} · {view.state.split}\nquery pid {view.query.pid}, cam {view.query.cam} "
+        f"({view.query.modality}) · {first}"
+    )
+    return plot_rank_list(
+        decode_image(view.query.path, image_size),
+        [decode_image(g.path, image_size) for g in view.gallery],
+        view.correct,
+        view.scores,
+        k=len(view.gallery),
+        title=title,
+    )

@@ -28,7 +28,6 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -68,9 +67,11 @@ class OracleReport:
 
     def table(self) -> str:
         """Mean R1 / mAP / mINP per search mode, in percent, under a line naming the bound."""
-        lines = [f"attribute oracle: {self.combinations} invariant combinations among {self.test_ids} test ids "
-                 f"-> expected R1 {100 * self.combinations / self.test_ids:.2f}% (fair ties, equal queries per id)",
-                 f"{'search':<14}{'trials':>7}{'R1':>8}{'mAP':>8}{'mINP':>8}"]
+        lines = [
+            f"attribute oracle: {self.combinations} invariant combinations among {self.test_ids} test ids "
+            f"-> expected R1 {100 * self.combinations / self.test_ids:.2f}% (fair ties, equal queries per id)",
+            f"{'search':<14}{'trials':>7}{'R1':>8}{'mAP':>8}{'mINP':>8}",
+        ]
         for mode, r in self.results.items():
             lines.append(f"{mode:<14}{len(r.trials):>7}{100 * r.r1:8.2f}{100 * r.mAP:8.2f}{100 * r.mINP:8.2f}")
         return "\n".join(lines)
@@ -125,8 +126,9 @@ def _tie_order(pids: Iterable[int], seed: int) -> dict[int, float]:
     return {pid: float(rank) / len(ordered) for pid, rank in zip(ordered, ranks)}
 
 
-def oracle_features(records: Sequence[Record], attributes: Attributes, query: Collection[Record] = (),
-                    seed: int = 0) -> torch.Tensor:
+def oracle_features(
+    records: Sequence[Record], attributes: Attributes, query: Collection[Record] = (), seed: int = 0
+) -> torch.Tensor:
     """(N, D) L2-normalised oracle features of ``records`` from their identities' invariant attributes only.
 
     Records in ``query`` carry 1 in the last (tie-break) coordinate, the others ``TIE_EPSILON * u(pid)``
@@ -138,12 +140,15 @@ def oracle_features(records: Sequence[Record], attributes: Attributes, query: Co
     scale = np.sqrt(len(INVARIANT_ATTRIBUTES))
     pids = [synthvi_pid(r) for r in records]
     base = {pid: _one_hot(invariant_key(attributes, pid), pid) / scale for pid in set(pids)}
-    feats = np.stack([np.append(base[pid], 1.0 if r in query else TIE_EPSILON * ties[pid]) for r, pid in zip(records, pids)])
+    feats = np.stack(
+        [np.append(base[pid], 1.0 if r in query else TIE_EPSILON * ties[pid]) for r, pid in zip(records, pids)]
+    )
     return torch.from_numpy(feats / np.linalg.norm(feats, axis=1, keepdims=True)).float()
 
 
-def attribute_oracle(dataset: Reader, attributes: Attributes | None = None, *,
-                     options: SplitOptions = SplitOptions(), seed: int = 0) -> OracleReport:
+def attribute_oracle(
+    dataset: Reader, attributes: Attributes | None = None, *, options: SplitOptions = SplitOptions(), seed: int = 0
+) -> OracleReport:
     """Evaluate the attribute oracle on a SynthVI tree, in whichever dataset layout it was written.
 
     ``dataset`` is its reader; ``attributes`` (pid -> name -> value) default to those in
@@ -154,8 +159,13 @@ def attribute_oracle(dataset: Reader, attributes: Attributes | None = None, *,
     if attributes is None:
         attributes = identity_attributes(dataset.root)
     splits = dataset.test_splits(options)
-    test_ids = sorted({synthvi_pid(r) for split in splits for t in split.trials
-                       for r in (*split.query, *split.gallery(t))})
-    results = {split.name: evaluate_split(partial(oracle_features, attributes=attributes, query=frozenset(split.query),
-                                                  seed=seed), split) for split in splits}
+    test_ids = sorted(
+        {synthvi_pid(r) for split in splits for t in split.trials for r in (*split.query, *split.gallery(t))}
+    )
+    results = {
+        split.name: evaluate_split(
+            partial(oracle_features, attributes=attributes, query=frozenset(split.query), seed=seed), split
+        )
+        for split in splits
+    }
     return OracleReport(len(test_ids), count_invariant_combinations(attributes, test_ids), results)

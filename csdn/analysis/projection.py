@@ -63,14 +63,21 @@ def project(features: np.ndarray | torch.Tensor, method: str, cfg: ProjectionCon
     if method == "UMAP":
         import umap  # numba compiles on first use: import only when needed
 
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(cfg.n_neighbors, len(x) - 1), min_dist=cfg.min_dist,
-                            metric=cfg.metric, random_state=cfg.seed, n_jobs=1)
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=min(cfg.n_neighbors, len(x) - 1),
+            min_dist=cfg.min_dist,
+            metric=cfg.metric,
+            random_state=cfg.seed,
+            n_jobs=1,
+        )
         return reducer.fit_transform(x)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def project_models(features: Mapping[str, np.ndarray | torch.Tensor],
-                   cfg: ProjectionConfig = ProjectionConfig()) -> dict[str, dict[str, np.ndarray]]:
+def project_models(
+    features: Mapping[str, np.ndarray | torch.Tensor], cfg: ProjectionConfig = ProjectionConfig()
+) -> dict[str, dict[str, np.ndarray]]:
     """``{method: {model: (N, 2)}}`` for every model's features, with the same settings."""
     sizes = {name: len(f) for name, f in features.items()}
     if len(set(sizes.values())) > 1:
@@ -85,8 +92,12 @@ def marked_identities(pids: Sequence[int], n: int, seed: int = 0) -> list[int]:
     return sorted(distinct[i] for i in chosen)
 
 
-def plot_projections(coords: Mapping[str, Mapping[str, np.ndarray]], records: Sequence[Record],
-                     cfg: ProjectionConfig = ProjectionConfig(), title: str | None = None) -> Figure:
+def plot_projections(
+    coords: Mapping[str, Mapping[str, np.ndarray]],
+    records: Sequence[Record],
+    cfg: ProjectionConfig = ProjectionConfig(),
+    title: str | None = None,
+) -> Figure:
     """A grid of scatter plots: one row per method, one column per model (``coords[method][model]``).
 
     Every point is coloured by modality; the identities of :func:`marked_identities` are drawn large,
@@ -98,8 +109,12 @@ def plot_projections(coords: Mapping[str, Mapping[str, np.ndarray]], records: Se
         raise ValueError("plot_projections needs at least one method with at least one model")
     marked = marked_identities([r.pid for r in records], cfg.marked_ids, cfg.seed)
     markers = {f"id {pid}": IDENTITY_MARKERS[i] for i, pid in enumerate(marked)}
-    base = pd.DataFrame({"modality": [r.modality for r in records],
-                         "identity": [f"id {r.pid}" if r.pid in marked else "" for r in records]})
+    base = pd.DataFrame(
+        {
+            "modality": [r.modality for r in records],
+            "identity": [f"id {r.pid}" if r.pid in marked else "" for r in records],
+        }
+    )
     with sns.axes_style("whitegrid"):
         fig = plt.figure(figsize=(3.6 * len(models) + 1.6, 3.4 * len(methods)), layout="constrained")
         axes = fig.subplots(len(methods), len(models), squeeze=False)
@@ -110,15 +125,36 @@ def plot_projections(coords: Mapping[str, Mapping[str, np.ndarray]], records: Se
                     raise ValueError(f"{method} / {model}: {len(xy)} points for {len(records)} records")
                 frame = base.assign(x=xy[:, 0], y=xy[:, 1])
                 ax = axes[i, j]
-                sns.scatterplot(frame, x="x", y="y", hue="modality", palette=MODALITY_COLOURS, s=10, alpha=0.35,
-                                linewidth=0, legend=False, ax=ax)
+                sns.scatterplot(
+                    frame,
+                    x="x",
+                    y="y",
+                    hue="modality",
+                    palette=MODALITY_COLOURS,
+                    s=10,
+                    alpha=0.35,
+                    linewidth=0,
+                    legend=False,
+                    ax=ax,
+                )
                 chosen = frame[frame["identity"] != ""]
                 if len(chosen):
-                    sns.scatterplot(chosen, x="x", y="y", hue="modality", style="identity", markers=markers,
-                                    style_order=list(markers), palette=MODALITY_COLOURS, s=70, edgecolor="black",
-                                    linewidth=0.6, legend=(i, j) == (0, len(models) - 1), ax=ax)
-                ax.set(xlabel="", ylabel=method if j == 0 else "", xticks=[], yticks=[],
-                       title=model if i == 0 else "")
+                    sns.scatterplot(
+                        chosen,
+                        x="x",
+                        y="y",
+                        hue="modality",
+                        style="identity",
+                        markers=markers,
+                        style_order=list(markers),
+                        palette=MODALITY_COLOURS,
+                        s=70,
+                        edgecolor="black",
+                        linewidth=0.6,
+                        legend=(i, j) == (0, len(models) - 1),
+                        ax=ax,
+                    )
+                ax.set(xlabel="", ylabel=method if j == 0 else "", xticks=[], yticks=[], title=model if i == 0 else "")
         legend_ax = axes[0, len(models) - 1]
         if legend_ax.get_legend() is not None:
             sns.move_legend(legend_ax, "upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
@@ -127,8 +163,12 @@ def plot_projections(coords: Mapping[str, Mapping[str, np.ndarray]], records: Se
     return fig
 
 
-def plot_ablation(runs: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP"),
-                  protocol: str | None = None, title: str | None = None) -> Figure:
+def plot_ablation(
+    runs: pd.DataFrame,
+    metrics: Sequence[str] = ("R1", "mAP", "mINP"),
+    protocol: str | None = None,
+    title: str | None = None,
+) -> Figure:
     """Bars of the mean of each ``metric`` per variant (error bars: standard deviation over seeds,
     dots: the seeds) for one ``protocol`` (default: the first) of a tidy ablation ``runs`` table."""
     missing = {"variant", "seed", "protocol", *metrics} - set(runs.columns)
@@ -144,8 +184,17 @@ def plot_ablation(runs: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mI
         fig = plt.figure(figsize=(3.4 * len(metrics) + 2.0, 0.42 * len(order) + 1.4), layout="constrained")
         axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
         for ax, metric in zip(axes, metrics):
-            sns.barplot(rows, x=metric, y="variant", order=order, errorbar="sd", capsize=0.25, color="#8DA0CB",
-                        err_kws={"linewidth": 1.2}, ax=ax)
+            sns.barplot(
+                rows,
+                x=metric,
+                y="variant",
+                order=order,
+                errorbar="sd",
+                capsize=0.25,
+                color="#8DA0CB",
+                err_kws={"linewidth": 1.2},
+                ax=ax,
+            )
             sns.stripplot(rows, x=metric, y="variant", order=order, color="black", size=3.5, jitter=0.15, ax=ax)
             ax.set(xlabel=f"{metric} (%)", ylabel="")
         fig.suptitle(title or f"ablation, {protocol} (mean ± sd over seeds)")

@@ -150,8 +150,7 @@ def _head_keys(frame: pd.DataFrame, prefix: str) -> list[tuple[str, str]]:
 
 
 def _check_num_ids(num_ids: int | None) -> None:
-    if num_ids is not None and (isinstance(num_ids, bool) or not isinstance(num_ids, (int, np.integer))
-                                or num_ids < 2):
+    if num_ids is not None and (isinstance(num_ids, bool) or not isinstance(num_ids, (int, np.integer)) or num_ids < 2):
         raise ValueError(f"num_ids must be an integer >= 2 (the number of training identities), got {num_ids!r}")
 
 
@@ -187,6 +186,7 @@ def plot_diagnostics(history: History, title: str = "training", num_ids: int | N
 
     losses = loss_keys(history)
     if losses:
+
         def draw_losses(ax):
             terms = [k for k in losses if k != "loss"]
             for key in losses:
@@ -197,14 +197,19 @@ def plot_diagnostics(history: History, title: str = "training", num_ids: int | N
                     colour = LOSS_COLOURS.get(key) or OTHER_LOSS_COLOURS[others.index(key) % len(OTHER_LOSS_COLOURS)]
                     _curve(ax, frame, key, color=colour, marker="o", lw=1.2, label=key.removesuffix("_loss"))
             log = _scale_axis(ax, frame, losses)
-            _decorate(ax, "loss (log scale)" if log else "loss",
-                      "loss and its terms (as summed)" if terms else "training loss")
+            _decorate(
+                ax,
+                "loss (log scale)" if log else "loss",
+                "loss and its terms (as summed)" if terms else "training loss",
+            )
             if terms:
                 ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+
         panels.append(draw_losses)
 
     heads = _head_keys(frame, "acc")
     if heads:
+
         def draw_accuracy(ax):
             for key, head in heads:
                 _curve(ax, frame, key, 100, color=NEUTRAL_COLOUR, label=HEAD_NAMES[head], **HEAD_STYLES[head])
@@ -212,10 +217,12 @@ def plot_diagnostics(history: History, title: str = "training", num_ids: int | N
                 _chance(ax, 100 / num_ids, f"chance 1/{num_ids}")
             ax.set_ylim(0, 102)
             _decorate(ax, "ID accuracy (%)", "training ID accuracy (batches)")
+
         panels.append(draw_accuracy)
 
     hse = _modality_keys(frame, "hse_ce")
     if hse:
+
         def draw_hse(ax):
             for key, m in hse:
                 _curve(ax, frame, key, color=MODALITY_COLOURS[m], **MODALITY_MARKERS[m], label=f"{m} images")
@@ -223,10 +230,12 @@ def plot_diagnostics(history: History, title: str = "training", num_ids: int | N
                 _chance(ax, math.log(num_ids), f"chance ln {num_ids} = {math.log(num_ids):.2f}")
             _headroom(ax, frame, [k for k, _ in hse], math.log(num_ids) if num_ids else 0.0)
             _decorate(ax, "cross-entropy (nats)", "HSE image-to-prototype CE (unweighted)")
+
         panels.append(draw_hse)
 
     i2t = _modality_keys(frame, "i2t_top1")
     if i2t:
+
         def draw_i2t(ax):
             for key, m in i2t:
                 _curve(ax, frame, key, 100, color=MODALITY_COLOURS[m], **MODALITY_MARKERS[m], label=f"{m} images")
@@ -234,45 +243,60 @@ def plot_diagnostics(history: History, title: str = "training", num_ids: int | N
                 _chance(ax, 100 / num_ids, f"chance 1/{num_ids}")
             ax.set_ylim(0, 102)
             _decorate(ax, "own identity's text first (%)", "image-to-text top-1 (training images)")
+
         panels.append(draw_i2t)
 
     for head in HEAD_STYLES:
         norms = _modality_keys(frame, f"norm_{head}")
         if norms:
+
             def draw_norms(ax, norms=norms, head=head):
                 for key, m in norms:
-                    _curve(ax, frame, key, color=MODALITY_COLOURS[m], label=f"{m} images", ls=HEAD_STYLES[head]["ls"],
-                           **MODALITY_MARKERS[m])
+                    _curve(
+                        ax,
+                        frame,
+                        key,
+                        color=MODALITY_COLOURS[m],
+                        label=f"{m} images",
+                        ls=HEAD_STYLES[head]["ls"],
+                        **MODALITY_MARKERS[m],
+                    )
                 _headroom(ax, frame, [k for k, _ in norms])
                 _decorate(ax, "mean L2 norm", f"feature norm, {HEAD_NAMES[head]}")
+
             panels.append(draw_norms)
 
     text_norms = _modality_keys(frame, "text_norm")
     if text_norms:
+
         def draw_text_norms(ax):
             for key, m in text_norms:
-                _curve(ax, frame, key, color=MODALITY_COLOURS[m], **MODALITY_MARKERS[m],
-                       label=f"texts for {m} images")
+                _curve(ax, frame, key, color=MODALITY_COLOURS[m], **MODALITY_MARKERS[m], label=f"texts for {m} images")
             _headroom(ax, frame, [k for k, _ in text_norms])
             _decorate(ax, "mean L2 norm", "text feature norm")
+
         panels.append(draw_text_norms)
 
     msel = _head_keys(frame, "msel")
     if msel:
+
         def draw_msel(ax):
             for key, head in msel:
                 _curve(ax, frame, key, color=NEUTRAL_COLOUR, label=HEAD_NAMES[head], **HEAD_STYLES[head])
             log = _scale_axis(ax, frame, [k for k, _ in msel])
             _decorate(ax, "MSEL (log scale)" if log else "MSEL", "MSEL terms (unweighted)")
+
         panels.append(draw_msel)
 
     validation = [(k, name) for k, name in (("val_rank1", "rank-1"), ("val_mAP", "mAP")) if k in frame]
     if validation:
+
         def draw_validation(ax):
             for (key, name), style in zip(validation, (HEAD_STYLES["gem"], HEAD_STYLES["proj"])):
                 _curve(ax, frame, key, 100, color=NEUTRAL_COLOUR, label=name, **style)
             ax.set_ylim(0, 102)
             _decorate(ax, "validation (%)", "held-out validation identities")
+
         panels.append(draw_validation)
 
     if not panels:
@@ -342,11 +366,20 @@ def diagnostics_table(history: History, num_ids: int | None = None) -> pd.DataFr
         if values.empty:
             continue
         value = float(values.iloc[-1])
-        row = {"metric": key, "meaning": DIAGNOSTIC_MEANINGS.get(key, ""), "epoch": int(values.index[-1]),
-               "value": _format(key, value)}
+        row = {
+            "metric": key,
+            "meaning": DIAGNOSTIC_MEANINGS.get(key, ""),
+            "epoch": int(values.index[-1]),
+            "value": _format(key, value),
+        }
         if num_ids is not None:
-            chance = (1 / num_ids if key in PERCENT_KEYS and not key.startswith("val_")
-                      else math.log(num_ids) if key.startswith("hse_ce_") else None)
+            chance = (
+                1 / num_ids
+                if key in PERCENT_KEYS and not key.startswith("val_")
+                else math.log(num_ids)
+                if key.startswith("hse_ce_")
+                else None
+            )
             row["chance"] = "" if chance is None else _format(key, chance)
         rows.append(row)
     return pd.DataFrame(rows).set_index("metric")
@@ -395,16 +428,20 @@ def nearest_words(
     ``candidates`` restricts the search to those token ids; words are decoded with ``tokenizer.decode``.
     """
     if context.dim() != 2 or token_embedding.dim() != 2 or context.shape[1] != token_embedding.shape[1]:
-        raise ValueError(f"context (n_ctx, width) and token_embedding (vocab, width) must share the width, got "
-                         f"{tuple(context.shape)} and {tuple(token_embedding.shape)}")
+        raise ValueError(
+            f"context (n_ctx, width) and token_embedding (vocab, width) must share the width, got "
+            f"{tuple(context.shape)} and {tuple(token_embedding.shape)}"
+        )
     ids = torch.arange(token_embedding.shape[0]) if candidates is None else torch.as_tensor(candidates).long().cpu()
     if not 1 <= k <= len(ids):
         raise ValueError(f"k must be in [1, {len(ids)}] (the number of candidate words), got {k}")
     vocab = F.normalize(token_embedding.detach().float().cpu()[ids], dim=1)
     cosine = F.normalize(context.detach().float().cpu(), dim=1) @ vocab.T
     top = cosine.topk(k, dim=1)
-    return [[(tokenizer.decode([int(ids[j])]).strip(), float(c)) for c, j in zip(row_c, row_j)]
-            for row_c, row_j in zip(top.values, top.indices)]
+    return [
+        [(tokenizer.decode([int(ids[j])]).strip(), float(c)) for c, j in zip(row_c, row_j)]
+        for row_c, row_j in zip(top.values, top.indices)
+    ]
 
 
 def context_words_frame(
@@ -428,8 +465,14 @@ def context_words_frame(
         for name, learner in prompts.learners.items():
             words = nearest_words(learner.context[label], token_embedding, tokenizer, k, candidates)
             for position, nearest in enumerate(words, start=1):
-                rows.append({"pid": pid, "prompt": name, "token": position,
-                             "nearest words": ", ".join(f"{w} ({c:.2f})" for w, c in nearest)})
+                rows.append(
+                    {
+                        "pid": pid,
+                        "prompt": name,
+                        "token": position,
+                        "nearest words": ", ".join(f"{w} ({c:.2f})" for w, c in nearest),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -437,8 +480,9 @@ def similarity_by_identity(texts: Tensor, images: Tensor, labels: Tensor) -> Ten
     """Mean cosine ``(num_ids, num_ids)`` between identity ``i``'s text feature (row ``i`` of ``texts``)
     and the images of identity ``j`` (``labels`` are rows of ``texts``); NaN for an identity without images."""
     if texts.dim() != 2 or images.dim() != 2 or texts.shape[1] != images.shape[1]:
-        raise ValueError(f"texts (num_ids, d) and images (N, d) must share d, got {tuple(texts.shape)} and "
-                         f"{tuple(images.shape)}")
+        raise ValueError(
+            f"texts (num_ids, d) and images (N, d) must share d, got {tuple(texts.shape)} and {tuple(images.shape)}"
+        )
     labels = torch.as_tensor(labels).long().cpu()
     if labels.shape != (images.shape[0],):
         raise ValueError(f"labels must be ({images.shape[0]},), one per image, got {tuple(labels.shape)}")
@@ -463,8 +507,11 @@ def own_and_other(matrix: Tensor) -> tuple[float, float]:
 def modality_similarities(texts: Mapping[str, Tensor], feats: CachedFeatures) -> dict[tuple[str, str], Tensor]:
     """:func:`similarity_by_identity` for every (text source, image modality) pair."""
     images = {VISIBLE: (feats.visible, feats.visible_labels), INFRARED: (feats.infrared, feats.infrared_labels)}
-    return {(name, modality): similarity_by_identity(t, *images[modality])
-            for name, t in texts.items() for modality in MODALITIES}
+    return {
+        (name, modality): similarity_by_identity(t, *images[modality])
+        for name, t in texts.items()
+        for modality in MODALITIES
+    }
 
 
 def similarity_table(matrices: Mapping[tuple[str, str], Tensor]) -> pd.DataFrame:
@@ -472,8 +519,9 @@ def similarity_table(matrices: Mapping[tuple[str, str], Tensor]) -> pd.DataFrame
     rows = []
     for (text, images), matrix in matrices.items():
         own, other = own_and_other(matrix)
-        rows.append({"text": text, "images": images, "own identity": own, "other identities": other,
-                     "margin": own - other})
+        rows.append(
+            {"text": text, "images": images, "own identity": own, "other identities": other, "margin": own - other}
+        )
     return pd.DataFrame(rows).round(4)
 
 
@@ -493,7 +541,7 @@ def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24) 
         ax.set_xlabel("images of identity")
         ax.set_ylabel("prompt of identity")
         fig.colorbar(image, ax=ax, shrink=0.8, label="mean cosine")
-    for ax in axes[len(matrices):]:
+    for ax in axes[len(matrices) :]:
         ax.axis("off")
     return fig
 
@@ -515,13 +563,24 @@ def fusion_shift_table(prototypes: Mapping[str, Mapping[str, Tensor]], t_vis: Te
     one row per (variant, image modality the prototype serves). The first row is the reference
     cosine between the two prompt features themselves.
     """
-    rows = [{"variant": "(visible vs infrared prompts)", "prototype for": "-",
-             "cos to visible prompts": mean_cosine(t_vis, t_ir), "cos to infrared prompts": mean_cosine(t_vis, t_ir)}]
+    rows = [
+        {
+            "variant": "(visible vs infrared prompts)",
+            "prototype for": "-",
+            "cos to visible prompts": mean_cosine(t_vis, t_ir),
+            "cos to infrared prompts": mean_cosine(t_vis, t_ir),
+        }
+    ]
     for name, per_modality in prototypes.items():
         for modality in MODALITIES:
-            rows.append({"variant": name, "prototype for": modality,
-                         "cos to visible prompts": mean_cosine(per_modality[modality], t_vis),
-                         "cos to infrared prompts": mean_cosine(per_modality[modality], t_ir)})
+            rows.append(
+                {
+                    "variant": name,
+                    "prototype for": modality,
+                    "cos to visible prompts": mean_cosine(per_modality[modality], t_vis),
+                    "cos to infrared prompts": mean_cosine(per_modality[modality], t_ir),
+                }
+            )
     return pd.DataFrame(rows).round(4)
 
 
@@ -529,8 +588,10 @@ def i2t_accuracy(images: Tensor, labels: Tensor, texts: Tensor) -> float:
     """Fraction of images whose most similar text feature (cosine) is their own identity's row of ``texts``."""
     labels = torch.as_tensor(labels).long().cpu()
     if images.dim() != 2 or texts.dim() != 2 or labels.shape != (images.shape[0],) or images.shape[0] == 0:
-        raise ValueError(f"need images (N>0, d), labels (N,) and texts (num_ids, d), got {tuple(images.shape)}, "
-                         f"{tuple(labels.shape)} and {tuple(texts.shape)}")
+        raise ValueError(
+            f"need images (N>0, d), labels (N,) and texts (num_ids, d), got {tuple(images.shape)}, "
+            f"{tuple(labels.shape)} and {tuple(texts.shape)}"
+        )
     cosine = F.normalize(images.detach().float().cpu(), dim=1) @ F.normalize(texts.detach().float().cpu(), dim=1).T
     return float((cosine.argmax(dim=1) == labels).float().mean())
 
@@ -544,14 +605,18 @@ def retrieval_table(texts: Mapping[str, Tensor | Mapping[str, Tensor]], feats: C
     rows = []
     for name, source in texts.items():
         per_modality = source if isinstance(source, Mapping) else {m: source for m in MODALITIES}
-        rows.append({"text": name,
-                     "visible images": 100 * i2t_accuracy(feats.visible, feats.visible_labels, per_modality[VISIBLE]),
-                     "infrared images": 100 * i2t_accuracy(feats.infrared, feats.infrared_labels,
-                                                           per_modality[INFRARED])})
+        rows.append(
+            {
+                "text": name,
+                "visible images": 100 * i2t_accuracy(feats.visible, feats.visible_labels, per_modality[VISIBLE]),
+                "infrared images": 100 * i2t_accuracy(feats.infrared, feats.infrared_labels, per_modality[INFRARED]),
+            }
+        )
     return pd.DataFrame(rows).set_index("text").round(2)
 
 
 # -- stage 3: result tables ---------------------------------------------------------------------------
+
 
 def results_table(results: Mapping[str, Mapping[str, Any]], data: Any) -> pd.DataFrame:
     """:func:`csdn.reports.results_frame` (one row per model and protocol, percent) indexed by
@@ -567,8 +632,10 @@ def results_table(results: Mapping[str, Mapping[str, Any]], data: Any) -> pd.Dat
 def top_matches(query_feature: Tensor, gallery_features: Tensor, allowed: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Indices and dot-product scores of the ``k`` best allowed gallery entries, best first."""
     if query_feature.dim() != 1 or gallery_features.dim() != 2 or gallery_features.shape[1] != query_feature.shape[0]:
-        raise ValueError(f"need a query feature (d,) and gallery features (M, d), got {tuple(query_feature.shape)} "
-                         f"and {tuple(gallery_features.shape)}")
+        raise ValueError(
+            f"need a query feature (d,) and gallery features (M, d), got {tuple(query_feature.shape)} "
+            f"and {tuple(gallery_features.shape)}"
+        )
     if allowed.shape != (gallery_features.shape[0],):
         raise ValueError(f"allowed must be a mask of shape ({gallery_features.shape[0]},), got {tuple(allowed.shape)}")
     scores = gallery_features.float().cpu() @ query_feature.float().cpu()
@@ -603,6 +670,11 @@ def plot_query_rank_list(
     """A query image and its top-``k`` gallery images under the gallery ``rules``, decoded at ``size``."""
     indices, scores = top_matches(query_feature, gallery_features, rules.kept(query, gallery), k)
     shown = [gallery[i] for i in indices.tolist()]
-    return plot_rank_list(decode_image(query.path, size), [decode_image(g.path, size) for g in shown],
-                          [g.pid == query.pid for g in shown], scores.tolist(), k=len(shown),
-                          title=title or f"query pid {query.pid} cam {query.cam} ({query.modality})")
+    return plot_rank_list(
+        decode_image(query.path, size),
+        [decode_image(g.path, size) for g in shown],
+        [g.pid == query.pid for g in shown],
+        scores.tolist(),
+        k=len(shown),
+        title=title or f"query pid {query.pid} cam {query.cam} ({query.modality})",
+    )

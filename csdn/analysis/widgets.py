@@ -35,8 +35,15 @@ class Inspector(widgets.VBox):
     the renders so far.
     """
 
-    def __init__(self, data: InspectorData, image_size: tuple[int, int], k: int = 10, max_k: int = 30,
-                 worst: int = 20, dpi: int = 100) -> None:
+    def __init__(
+        self,
+        data: InspectorData,
+        image_size: tuple[int, int],
+        k: int = 10,
+        max_k: int = 30,
+        worst: int = 20,
+        dpi: int = 100,
+    ) -> None:
         if not 1 <= k <= max_k:
             raise ValueError(f"need 1 <= k <= max_k, got k={k}, max_k={max_k}")
         self.data, self.image_size, self.worst, self.dpi = data, image_size, worst, dpi
@@ -56,8 +63,9 @@ class Inspector(widgets.VBox):
             control.observe(self._on_selection, names="value")
         for control in (self.query, self.top_k):
             control.observe(self._on_display, names="value")
-        controls = widgets.VBox([widgets.HBox([self.model, self.split]), self.mode,
-                                 widgets.HBox([self.group, self.query]), self.top_k])
+        controls = widgets.VBox(
+            [widgets.HBox([self.model, self.split]), self.mode, widgets.HBox([self.group, self.query]), self.top_k]
+        )
         super().__init__([controls, self.summary, self.output])
         self._fill_choices()
         self._show()
@@ -91,8 +99,11 @@ class Inspector(widgets.VBox):
                 groups = self.data.query_pids(split) if mode == IDENTITY else self.data.query_cams(split)
                 _set_options(self.group, [(str(g), g) for g in groups])
                 chosen = self.group.value
-                indices = (self.data.queries_of(split, pid=chosen) if mode == IDENTITY
-                           else self.data.queries_of(split, cam=chosen))
+                indices = (
+                    self.data.queries_of(split, pid=chosen)
+                    if mode == IDENTITY
+                    else self.data.queries_of(split, cam=chosen)
+                )
             _set_options(self.query, [(self.data.query_label(model, split, i), i) for i in indices])
         finally:
             self._filling = False
@@ -111,9 +122,16 @@ class Inspector(widgets.VBox):
         view = self.data.view(state)
         png = figure_png(render(view, self.image_size), self.dpi)
         self.summary.value = f"<code>{html.escape(view.summary())}</code>"
-        self.output.outputs = ({"output_type": "display_data", "metadata": {},
-                                "data": {"image/png": base64.b64encode(png).decode("ascii"),
-                                         "text/plain": f"<rank list: {html.escape(view.summary())}>"}},)
+        self.output.outputs = (
+            {
+                "output_type": "display_data",
+                "metadata": {},
+                "data": {
+                    "image/png": base64.b64encode(png).decode("ascii"),
+                    "text/plain": f"<rank list: {html.escape(view.summary())}>",
+                },
+            },
+        )
         self.state, self.view = state, view
         self.renders += 1
 
@@ -131,8 +149,9 @@ def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, int]]) -> 
     dropdown.value = previous if previous in values else (values[0] if values else None)
 
 
-def build_inspector(data: InspectorData, image_size: tuple[int, int], k: int = 10, max_k: int = 30,
-                    worst: int = 20) -> Inspector:
+def build_inspector(
+    data: InspectorData, image_size: tuple[int, int], k: int = 10, max_k: int = 30, worst: int = 20
+) -> Inspector:
     """The inspector widget over ``data`` (images decoded at ``image_size = (H, W)``): display it in a
     notebook cell. ``k`` is the initial top-k (slider up to ``max_k``), ``worst`` the length of the
     worst-ranked list."""

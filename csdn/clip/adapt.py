@@ -71,6 +71,7 @@ def resnet_grid(image_size: tuple[int, int], last_stride: int) -> tuple[int, int
         n //= 2  # layer2
         n //= 2  # layer3
         return n // last_stride  # layer4
+
     return side(image_size[0]), side(image_size[1])
 
 
@@ -185,9 +186,15 @@ def extract_stem(visual: nn.Module) -> nn.Module:
     """The stem of an image tower (shares the tower's modules; ``copy.deepcopy`` it for a private copy)."""
     if visual_kind(visual) == RESNET:
         return nn.Sequential(
-            visual.conv1, visual.bn1, visual.act1,
-            visual.conv2, visual.bn2, visual.act2,
-            visual.conv3, visual.bn3, visual.act3,
+            visual.conv1,
+            visual.bn1,
+            visual.act1,
+            visual.conv2,
+            visual.bn2,
+            visual.act2,
+            visual.conv3,
+            visual.bn3,
+            visual.act3,
             visual.avgpool,
         )
     return nn.Sequential(visual.conv1)
@@ -298,4 +305,3 @@ class TextEncoder(nn.Module):
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Plain texts -> projected text features (B, embed_dim), equal to ``CLIP.encode_text``."""
         return self.encode_tokens(self.tokenize(texts))
-

@@ -139,12 +139,14 @@ class ClipBundle:
 
 def person_transform(image_size: tuple[int, int], mean, std) -> v2.Compose:
     """Squash-resize (no centre crop: person crops keep head and feet) and normalise one image."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(tuple(image_size), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(tuple(image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
 
 
 def images_to_tensor(images: np.ndarray | torch.Tensor, image_size: tuple[int, int], mean, std) -> torch.Tensor:
@@ -216,7 +218,7 @@ def _unwrap(raw: Any, path: Path) -> dict[str, torch.Tensor]:
             raise ClipWeightsInvalid(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
         for prefix in ("module.", "_orig_mod."):
             while key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         state[key] = value
     return state
 
@@ -239,7 +241,8 @@ def _mismatches(model: CLIP, state: dict[str, torch.Tensor]) -> tuple[list[str],
     unexpected = [k for k in state if k not in expected]
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items() if k in state and state[k].shape != v.shape
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
     ]
     return missing, unexpected, shapes
 
@@ -247,7 +250,7 @@ def _mismatches(model: CLIP, state: dict[str, torch.Tensor]) -> tuple[list[str],
 def _mismatch_message(path: Path, arch: str, state: dict, found: tuple[list[str], list[str], list[str]]) -> str:
     missing, unexpected, shapes = found
     parts = [f"{len(missing)} missing keys", f"{len(unexpected)} unexpected keys", f"{len(shapes)} shape mismatches"]
-    examples = (missing[:2] + unexpected[:2] + shapes[:2])
+    examples = missing[:2] + unexpected[:2] + shapes[:2]
     return (
         f"checkpoint {path} does not fit architecture {arch!r}: {', '.join(parts)} (e.g. {examples}). "
         f"The checkpoint looks like {describe_state_dict(state)}. Pass the architecture it was trained with "
@@ -385,7 +388,7 @@ def _plan(source: ClipSource) -> _Plan:
         cfg = registered_config(source.arch)
         return _Plan(cfg, None, None, _choose(source.quick_gelu, cfg.get("quick_gelu", False)), mean, std, None)
     if pretrained.startswith(LOCAL_DIR):
-        return _plan_local_dir(source, Path(pretrained[len(LOCAL_DIR):]))
+        return _plan_local_dir(source, Path(pretrained[len(LOCAL_DIR) :]))
     path = Path(pretrained).expanduser()
     if path.is_file():
         cfg = registered_config(source.arch)
@@ -418,8 +421,13 @@ def _plan_local_dir(source: ClipSource, folder: Path) -> _Plan:
     record = config.get("csdn")
     stored = (tuple(record["image_size"]), int(record.get("last_stride", 1))) if record else None
     return _Plan(
-        cfg, weights, state, _choose(source.quick_gelu, cfg.get("quick_gelu", False)),
-        tuple(preprocess.get("mean", OPENAI_DATASET_MEAN)), tuple(preprocess.get("std", OPENAI_DATASET_STD)), stored,
+        cfg,
+        weights,
+        state,
+        _choose(source.quick_gelu, cfg.get("quick_gelu", False)),
+        tuple(preprocess.get("mean", OPENAI_DATASET_MEAN)),
+        tuple(preprocess.get("std", OPENAI_DATASET_STD)),
+        stored,
     )
 
 
@@ -522,11 +530,16 @@ def save_local_dir(bundle: ClipBundle, folder: str | Path, extra: dict[str, Any]
     config = {
         "model_cfg": model_cfg,
         "preprocess_cfg": {
-            "size": [height, width], "mean": list(bundle.mean), "std": list(bundle.std),
-            "interpolation": "bilinear", "resize_mode": "squash",
+            "size": [height, width],
+            "mean": list(bundle.mean),
+            "std": list(bundle.std),
+            "interpolation": "bilinear",
+            "resize_mode": "squash",
         },
         "csdn": {
-            "arch": bundle.source.arch, "image_size": [height, width], "last_stride": bundle.last_stride,
+            "arch": bundle.source.arch,
+            "image_size": [height, width],
+            "last_stride": bundle.last_stride,
             **(extra or {}),
         },
     }
@@ -540,5 +553,9 @@ def local_dir_source(folder: str | Path, image_size: tuple[int, int] | None = No
     record = config.get("csdn", {})
     arch = record.get("arch", "")
     size = tuple(image_size or record.get("image_size") or config.get("preprocess_cfg", {}).get("size", (256, 128)))
-    return ClipSource(arch=arch, pretrained=f"{LOCAL_DIR}{Path(folder)}", image_size=size,
-                      last_stride=int(record.get("last_stride", 1)))
+    return ClipSource(
+        arch=arch,
+        pretrained=f"{LOCAL_DIR}{Path(folder)}",
+        image_size=size,
+        last_stride=int(record.get("last_stride", 1)),
+    )

@@ -154,7 +154,12 @@ def decode_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def _write_array(
-    target: Path, paths: list[str], digests: list[str], size: tuple[int, int], workers: int, progress: bool,
+    target: Path,
+    paths: list[str],
+    digests: list[str],
+    size: tuple[int, int],
+    workers: int,
+    progress: bool,
     skip_bad: bool = False,
 ) -> list[dict]:
     """Decode into ``target`` in order; returns the skipped images (``skip_bad``), which the array omits."""

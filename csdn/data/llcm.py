@@ -75,9 +75,14 @@ class LLCM:
 
     def direction_split(self, direction: Direction, trials: tuple[int, ...] = tuple(range(10))) -> EvalSplit:
         """``direction``'s queries against a gallery sampled per trial."""
-        return EvalSplit(name=direction, title=f"LLCM {direction}", query=tuple(self.query(direction)),
-                         gallery_of=lambda trial: self.gallery(direction, trial), trials=tuple(trials),
-                         rules=self.rules)
+        return EvalSplit(
+            name=direction,
+            title=f"LLCM {direction}",
+            query=tuple(self.query(direction)),
+            gallery_of=lambda trial: self.gallery(direction, trial),
+            trials=tuple(trials),
+            rules=self.rules,
+        )
 
     def test_splits(self, options: SplitOptions = SplitOptions()) -> list[EvalSplit]:
         """One split per direction of ``options``, each over trials ``0..options.trials-1``."""

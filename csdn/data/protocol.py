@@ -48,8 +48,9 @@ class GalleryRules:
     ignore_same_camera_matches: bool = False  # a query ignores its own identity seen by its own camera
     dedup_ids: bool = False  # CMC counts each identity's first image only (mAP/mINP use every positive)
 
-    def removed(self, q_pid: torch.Tensor, q_cam: torch.Tensor, g_pid: torch.Tensor,
-                g_cam: torch.Tensor) -> torch.Tensor:
+    def removed(
+        self, q_pid: torch.Tensor, q_cam: torch.Tensor, g_pid: torch.Tensor, g_cam: torch.Tensor
+    ) -> torch.Tensor:
         """Boolean mask of the gallery entries removed for the queries (arguments broadcast together)."""
         terms = [(q_cam == query_cam) & (g_cam == gallery_cam) for query_cam, gallery_cam in self.ignored_cameras]
         if self.ignore_same_camera_matches:
@@ -167,9 +168,7 @@ def read_id_list(path: Path) -> list[int]:
     try:
         return [int(t) for t in tokens]
     except ValueError:
-        raise DatasetError(
-            f"{path}: line 1 must be comma-separated integers, got {first[:80]!r}"
-        ) from None
+        raise DatasetError(f"{path}: line 1 must be comma-separated integers, got {first[:80]!r}") from None
 
 
 def read_index_file(path: Path) -> list[IndexEntry]:
@@ -185,9 +184,7 @@ def read_index_file(path: Path) -> list[IndexEntry]:
             continue
         parts = line.strip().rsplit(maxsplit=1)
         if len(parts) != 2 or not _is_int(parts[1]):
-            raise DatasetError(
-                f"{path}: line {number} is not '<relative image path> <integer label>': {line!r}"
-            )
+            raise DatasetError(f"{path}: line {number} is not '<relative image path> <integer label>': {line!r}")
         entries.append(IndexEntry(number, parts[0], int(parts[1])))
     if not entries:
         raise DatasetError(f"{path}: no '<relative image path> <integer label>' lines found")

@@ -68,10 +68,19 @@ class RegDB:
     def direction_split(self, direction: Direction) -> EvalSplit:
         """The test images of the query modality against all of the other one (this trial's split)."""
         query_modality, _ = direction_modalities(check_direction(direction))
-        query, gallery = ((self.test_visible, self.test_thermal) if query_modality == VISIBLE
-                          else (self.test_thermal, self.test_visible))
-        return EvalSplit(name=direction, title=f"RegDB {direction} trial {self.trial}", query=tuple(query),
-                         gallery_of=lambda trial: list(gallery), trials=(self.trial,), rules=self.rules)
+        query, gallery = (
+            (self.test_visible, self.test_thermal)
+            if query_modality == VISIBLE
+            else (self.test_thermal, self.test_visible)
+        )
+        return EvalSplit(
+            name=direction,
+            title=f"RegDB {direction} trial {self.trial}",
+            query=tuple(query),
+            gallery_of=lambda trial: list(gallery),
+            trials=(self.trial,),
+            rules=self.rules,
+        )
 
     def test_splits(self, options: SplitOptions = SplitOptions()) -> list[EvalSplit]:
         """One split per direction of ``options``; the trial is this reader's own split."""

@@ -36,8 +36,15 @@ def split_table(reader: Reader, trial: int = 0) -> pd.DataFrame:
         for modality in MODALITIES:
             sub = [r for r in records if r.modality == modality]
             if sub:
-                rows.append({"split": name, "modality": modality, "ids": len({r.pid for r in sub}),
-                             "images": len(sub), "cams": ",".join(str(c) for c in sorted({r.cam for r in sub}))})
+                rows.append(
+                    {
+                        "split": name,
+                        "modality": modality,
+                        "ids": len({r.pid for r in sub}),
+                        "images": len(sub),
+                        "cams": ",".join(str(c) for c in sorted({r.cam for r in sub})),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -67,7 +74,18 @@ def pixel_statistics(images: np.ndarray, modalities: Sequence[str]) -> pd.DataFr
             continue
         r, g, b = sub[..., 0], sub[..., 1], sub[..., 2]
         colourfulness = (np.abs(r - g) + np.abs(g - b) + np.abs(r - b)).mean() / 3
-        rows.append({"modality": modality, "images": len(sub), "mean_r": r.mean(), "mean_g": g.mean(),
-                     "mean_b": b.mean(), "std_r": r.std(), "std_g": g.std(), "std_b": b.std(),
-                     "brightness": sub.mean(), "colourfulness": colourfulness})
+        rows.append(
+            {
+                "modality": modality,
+                "images": len(sub),
+                "mean_r": r.mean(),
+                "mean_g": g.mean(),
+                "mean_b": b.mean(),
+                "std_r": r.std(),
+                "std_g": g.std(),
+                "std_b": b.std(),
+                "brightness": sub.mean(),
+                "colourfulness": colourfulness,
+            }
+        )
     return pd.DataFrame(rows).round(2)

@@ -104,16 +104,25 @@ class SYSUMM01:
             return self._gallery_from_permutation(Path(rand_perm), self.test_ids, cams, trial, shots)
         return self._sample_gallery(self.test_ids, cams, random.Random(trial), shots)
 
-    def search_split(self, mode: str = "all", shots: int = 1, trials: tuple[int, ...] = tuple(range(10)),
-                     rand_perm: str | Path | None = None) -> EvalSplit:
+    def search_split(
+        self,
+        mode: str = "all",
+        shots: int = 1,
+        trials: tuple[int, ...] = tuple(range(10)),
+        rand_perm: str | Path | None = None,
+    ) -> EvalSplit:
         """The ``mode``-search protocol with ``shots`` per (id, camera): infrared queries, visible galleries."""
         _gallery_cams(mode)
         _check_trial_and_shots(0, shots)
         extra = {} if rand_perm is None else {"rand_perm": rand_perm}
         return EvalSplit(
-            name=f"{mode} {shots}-shot", title=f"SYSU-MM01 {mode}-search {SHOT_NAMES.get(shots, f'{shots}-shot')}",
-            query=tuple(self.query), trials=tuple(trials), rules=self.rules,
-            gallery_of=lambda trial: self.gallery(trial, mode=mode, shots=shots, **extra))
+            name=f"{mode} {shots}-shot",
+            title=f"SYSU-MM01 {mode}-search {SHOT_NAMES.get(shots, f'{shots}-shot')}",
+            query=tuple(self.query),
+            trials=tuple(trials),
+            rules=self.rules,
+            gallery_of=lambda trial: self.gallery(trial, mode=mode, shots=shots, **extra),
+        )
 
     def test_splits(self, options: SplitOptions = SplitOptions()) -> list[EvalSplit]:
         """One split per (search mode, shots) of ``options``, each over trials ``0..options.trials-1``."""
@@ -125,9 +134,13 @@ class SYSUMM01:
         if not self.hold_out_val:
             return None
         return EvalSplit(
-            name="val", title="SYSU-MM01 validation (val ids, all-search single-shot)",
-            query=tuple(self._records(self.val_ids, INFRARED_CAMS)), trials=(0,), rules=self.rules,
-            gallery_of=lambda trial: self._sample_gallery(self.val_ids, VISIBLE_CAMS, random.Random(trial), shots=1))
+            name="val",
+            title="SYSU-MM01 validation (val ids, all-search single-shot)",
+            query=tuple(self._records(self.val_ids, INFRARED_CAMS)),
+            trials=(0,),
+            rules=self.rules,
+            gallery_of=lambda trial: self._sample_gallery(self.val_ids, VISIBLE_CAMS, random.Random(trial), shots=1),
+        )
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -156,9 +169,7 @@ class SYSUMM01:
                 f"{shown}. Is the id file from another copy of the dataset?"
             )
 
-    def _sample_gallery(
-        self, ids: Sequence[int], cams: Sequence[int], rng: random.Random, shots: int
-    ) -> list[Record]:
+    def _sample_gallery(self, ids: Sequence[int], cams: Sequence[int], rng: random.Random, shots: int) -> list[Record]:
         gallery = []
         for pid in sorted(ids):
             for cam in cams:

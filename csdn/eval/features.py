@@ -48,8 +48,9 @@ def extract_features(
         raise ValueError("cannot extract features of an empty dataset")
     module = model if model is not None else _module_of(encode)
     device = _device_for(device, module)
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        images, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     previous_modes = {m: m.training for m in module.modules()} if module is not None else {}
     parts = []
     try:
@@ -92,11 +93,15 @@ def _image_batch(batch) -> torch.Tensor:
     """The image tensor of a collated batch (the batch itself, or its first element)."""
     images = batch[0] if isinstance(batch, (tuple, list)) else batch
     if not isinstance(images, torch.Tensor):
-        raise TypeError("dataset items must be image tensors or tuples whose first element is the "
-                        f"image tensor; got a batch of {type(images).__name__}")
+        raise TypeError(
+            "dataset items must be image tensors or tuples whose first element is the "
+            f"image tensor; got a batch of {type(images).__name__}"
+        )
     if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError("expected float image batches of shape (B, C, H, W) (apply the test transform "
-                         f"first); got {images.dtype} of shape {tuple(images.shape)}")
+        raise ValueError(
+            "expected float image batches of shape (B, C, H, W) (apply the test transform "
+            f"first); got {images.dtype} of shape {tuple(images.shape)}"
+        )
     return images
 
 

@@ -65,8 +65,13 @@ class Metrics:
     def to_dict(self) -> dict:
         """Plain-Python summary (JSON-serialisable); rank-k keys for k in 1, 5, 10, 20 within range."""
         out = {f"r{k}": self.rank(k) for k in (1, 5, 10, 20) if k <= len(self.cmc)}
-        out.update(mAP=self.mAP, mINP=self.mINP, num_queries=self.num_queries,
-                   num_valid_queries=self.num_valid_queries, cmc=[float(v) for v in self.cmc])
+        out.update(
+            mAP=self.mAP,
+            mINP=self.mINP,
+            num_queries=self.num_queries,
+            num_valid_queries=self.num_valid_queries,
+            cmc=[float(v) for v in self.cmc],
+        )
         return out
 
 
@@ -116,25 +121,31 @@ def evaluate(
     size = max(1, _CHUNK_ELEMENTS // n_g)
     for start in range(0, n_q, size):
         rows = torch.arange(start, min(n_q, start + size))
-        removed = None if rules.removes_nothing else rules.removed(q_pid[rows, None], q_cam[rows, None],
-                                                                     g_pid[None, :], g_cam[None, :])
+        removed = (
+            None
+            if rules.removes_nothing
+            else rules.removed(q_pid[rows, None], q_cam[rows, None], g_pid[None, :], g_cam[None, :])
+        )
         match_rank[rows], num_pos[rows], first_rank[rows] = _match_ranks(
-            values.index_select(0, rows), higher_is_better, q_label[rows], columns, g_label, num_ids, removed,
-            dedup)
+            values.index_select(0, rows), higher_is_better, q_label[rows], columns, g_label, num_ids, removed, dedup
+        )
 
     valid = num_pos > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
-        raise ValueError(f"no query has a true match in the gallery under {rules} "
-                         f"({n_q} queries, {n_g} gallery items): check that query and gallery pids "
-                         "overlap and that the camera filter does not remove every match")
+        raise ValueError(
+            f"no query has a true match in the gallery under {rules} "
+            f"({n_q} queries, {n_g} gallery items): check that query and gallery pids "
+            "overlap and that the camera filter does not remove every match"
+        )
     match_rank, num_pos, first_rank = match_rank[valid], num_pos[valid], first_rank[valid]
     k = torch.arange(1, match_rank.shape[1] + 1)
     ap = torch.where(k <= num_pos[:, None], k / match_rank.double(), 0.0).sum(1) / num_pos
     inp = num_pos / match_rank.gather(1, num_pos[:, None] - 1)[:, 0].double()  # hardest: the last match
     cmc = (first_rank[:, None] <= torch.arange(1, max_rank + 1)).sum(0, dtype=torch.float64) / num_valid
-    return Metrics(cmc=cmc.numpy(), mAP=float(ap.mean()), mINP=float(inp.mean()), num_queries=n_q,
-                   num_valid_queries=num_valid)
+    return Metrics(
+        cmc=cmc.numpy(), mAP=float(ap.mean()), mINP=float(inp.mean()), num_queries=n_q, num_valid_queries=num_valid
+    )
 
 
 def _columns_by_label(labels: torch.Tensor, num_ids: int) -> torch.Tensor:
@@ -243,8 +254,10 @@ def _as_labels(labels: ArrayLike, length: int, name: str) -> torch.Tensor:
     """A 1-D int64 CPU tensor of the given length."""
     tensor = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if tensor.ndim != 1 or len(tensor) != length:
-        raise ValueError(f"{name} must be 1-D with {length} entries (one per matrix "
-                         f"{'row' if name.startswith('q') else 'column'}), got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must be 1-D with {length} entries (one per matrix "
+            f"{'row' if name.startswith('q') else 'column'}), got shape {tuple(tensor.shape)}"
+        )
     if tensor.is_floating_point() and not torch.equal(tensor, tensor.round()):
         raise ValueError(f"{name} must hold integers")
     return tensor.detach().to("cpu", torch.int64)

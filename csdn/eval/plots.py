@@ -27,8 +27,7 @@ def plot_cmc(results: Mapping[str, ProtocolResult | Metrics], title: str = "CMC"
     ax = fig.add_subplot()
     for name, result in results.items():
         if not isinstance(result, (ProtocolResult, Metrics)):
-            raise TypeError(f"result {name!r} must be a ProtocolResult or Metrics, "
-                            f"got {type(result).__name__}")
+            raise TypeError(f"result {name!r} must be a ProtocolResult or Metrics, got {type(result).__name__}")
         cmc = np.asarray(result.cmc) * 100
         ranks = np.arange(1, len(cmc) + 1)
         label = f"{name} (R1 {cmc[0]:.1f}%, mAP {result.mAP * 100:.1f}%)"
@@ -63,15 +62,16 @@ def plot_rank_list(
     if k == 0:
         raise ValueError("gallery_images is empty")
     if len(correct) < k or len(scores) < k:
-        raise ValueError(f"correct ({len(correct)}) and scores ({len(scores)}) need at least {k} entries, "
-                         "one per shown gallery image")
+        raise ValueError(
+            f"correct ({len(correct)}) and scores ({len(scores)}) need at least {k} entries, "
+            "one per shown gallery image"
+        )
     fig = Figure(figsize=(1.3 * (k + 1), 3.2), layout="constrained")
     axes = fig.subplots(1, k + 1, squeeze=False)[0]
     _show(axes[0], _rgb(query_image, "query_image"), QUERY_COLOUR, "query")
     for i in range(k):
         colour = CORRECT_COLOUR if correct[i] else WRONG_COLOUR
-        _show(axes[i + 1], _rgb(gallery_images[i], f"gallery_images[{i}]"), colour,
-              f"{i + 1}\n{float(scores[i]):.3f}")
+        _show(axes[i + 1], _rgb(gallery_images[i], f"gallery_images[{i}]"), colour, f"{i + 1}\n{float(scores[i]):.3f}")
     if title:
         fig.suptitle(title)
     return fig

@@ -1,9 +1,10 @@
 """Evaluation protocols: a dataset's :class:`~csdn.data.protocol.EvalSplit` run over its trials, averaged.
 
 :func:`evaluate_split` runs any reader's split; :func:`evaluate_sysu`, :func:`evaluate_llcm` and
-:func:`evaluate_regdb` are the three datasets' protocols spelled out. Every driver takes ``features_of(records) -> (N, D)`` tensor: L2-normalised features of the records in
-order, supplied by the model side (it may use the records' modality to pick a stem). Similarity is the
-dot product; with re-ranking, the k-reciprocal distance.
+:func:`evaluate_regdb` are the three datasets' protocols spelled out. Every driver takes
+``features_of(records) -> (N, D)`` tensor: L2-normalised features of the records in order, supplied by
+the model side (it may use the records' modality to pick a stem). Similarity is the dot product; with
+re-ranking, the k-reciprocal distance.
 
 - **SYSU-MM01**: queries are all infrared test images; the gallery is sampled per trial (trials
   0..9, as AGW). Query features are extracted once, and the union of all trials' galleries once.
@@ -47,8 +48,9 @@ class ProtocolResult:
 
     def __post_init__(self) -> None:
         if not self.per_trial or len(self.trials) != len(self.per_trial):
-            raise ValueError(f"{self.name}: need one Metrics per trial, got {len(self.per_trial)} "
-                             f"for trials {self.trials}")
+            raise ValueError(
+                f"{self.name}: need one Metrics per trial, got {len(self.per_trial)} for trials {self.trials}"
+            )
 
     @property
     def cmc(self) -> np.ndarray:
@@ -131,17 +133,28 @@ def evaluate_features(
         matrix, higher_is_better = q_feats @ g_feats.T, True
     else:
         matrix, higher_is_better = k_reciprocal_rerank(q_feats, g_feats, **asdict(config)), False
-    return evaluate(matrix, q_pids, g_pids, q_cams, g_cams, rules=rules,
-                    higher_is_better=higher_is_better, dedup_ids=dedup_ids, max_rank=max_rank)
+    return evaluate(
+        matrix,
+        q_pids,
+        g_pids,
+        q_cams,
+        g_cams,
+        rules=rules,
+        higher_is_better=higher_is_better,
+        dedup_ids=dedup_ids,
+        max_rank=max_rank,
+    )
 
 
-def evaluate_split(features_of: FeaturesOf, split: EvalSplit, rerank: Rerank = False, *,
-                   max_rank: int = 20) -> ProtocolResult:
+def evaluate_split(
+    features_of: FeaturesOf, split: EvalSplit, rerank: Rerank = False, *, max_rank: int = 20
+) -> ProtocolResult:
     """``split`` (a reader's validation or test split) over its trials: query features once, the union of
     the trials' galleries once, then the metrics of each trial under the split's gallery rules."""
     galleries = [split.gallery(t) for t in split.trials]
-    per_trial = _fixed_query_trials(features_of, list(split.query), galleries, split.trials, split.rules, rerank,
-                                    max_rank)
+    per_trial = _fixed_query_trials(
+        features_of, list(split.query), galleries, split.trials, split.rules, rerank, max_rank
+    )
     return ProtocolResult(split.title, split.trials, per_trial)
 
 
@@ -219,8 +232,9 @@ def _fixed_query_trials(features_of, query, galleries, trial_ids, rules, rerank,
         if not gallery:
             raise ValueError(f"the gallery of trial {t} is empty: check the dataset's test identities")
         g_feats = u_feats[torch.tensor([position[r] for r in gallery])]
-        per_trial.append(evaluate_features(q_feats, g_feats, query, gallery, rules=rules,
-                                           rerank=rerank, max_rank=max_rank))
+        per_trial.append(
+            evaluate_features(q_feats, g_feats, query, gallery, rules=rules, rerank=rerank, max_rank=max_rank)
+        )
     return tuple(per_trial)
 
 
@@ -231,8 +245,10 @@ def _features(features_of: FeaturesOf, records: list[Record], what: str) -> torc
     feats = features_of(records)
     if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or len(feats) != len(records):
         shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
-        raise ValueError(f"features_of must return a ({len(records)}, D) tensor for the {len(records)} "
-                         f"records of the {what}, got {shape}")
+        raise ValueError(
+            f"features_of must return a ({len(records)}, D) tensor for the {len(records)} "
+            f"records of the {what}, got {shape}"
+        )
     return feats.detach().to("cpu", torch.float32)
 
 

@@ -59,8 +59,7 @@ def k_reciprocal_rerank(
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
     q, g = _as_features(q_feats, "q_feats"), _as_features(g_feats, "g_feats")
     if q.shape[1] != g.shape[1] or q.dtype != g.dtype:
-        raise ValueError(f"query and gallery features differ: {tuple(q.shape)} {q.dtype} vs "
-                         f"{tuple(g.shape)} {g.dtype}")
+        raise ValueError(f"query and gallery features differ: {tuple(q.shape)} {q.dtype} vs {tuple(g.shape)} {g.dtype}")
     n_q = len(q)
     dist = _row_normalised_sq_dist(torch.cat([q, g]))
     n = len(dist)
@@ -110,7 +109,7 @@ def _nearest(dist: torch.Tensor, k: int) -> torch.Tensor:
     index = torch.arange(n)
     parts = []
     for start in range(0, len(dist), _SORT_ROWS):
-        block = dist[start:start + _SORT_ROWS] + 0.0  # a copy, with -0.0 turned into +0.0
+        block = dist[start : start + _SORT_ROWS] + 0.0  # a copy, with -0.0 turned into +0.0
         if block.dtype == torch.float64:
             key = block.view(torch.int64) >> shift
         else:

@@ -172,4 +172,3 @@ class CSDNNet(nn.Module):
         """Inference feature of images of one modality: concat(L2(BN(GeM)), L2(projected))."""
         gem, proj = self.backbone([(images, modality)])
         return torch.cat([F.normalize(self.bn_gem(gem), dim=1), F.normalize(proj, dim=1)], dim=1)
-

@@ -26,13 +26,29 @@ class CameraSpec:
     occlusion: float  # probability of a partial occluder in front of the person
 
 
-def _rgb(cam: int, scene: str, light: tuple[float, float, float], exposure=(0.85, 1.1),
-         view=(0.4, 0.4, 0.2), blur=0.0, noise=0.015, occlusion=0.15) -> CameraSpec:
+def _rgb(
+    cam: int,
+    scene: str,
+    light: tuple[float, float, float],
+    exposure=(0.85, 1.1),
+    view=(0.4, 0.4, 0.2),
+    blur=0.0,
+    noise=0.015,
+    occlusion=0.15,
+) -> CameraSpec:
     return CameraSpec(cam, VISIBLE, "rgb", scene, cam, light, exposure, view, blur, noise, occlusion)
 
 
-def _ir(cam: int, scene: str, sensor: str = "thermal", exposure=(0.9, 1.1), view=(0.4, 0.4, 0.2),
-        blur=1.0, noise=0.03, occlusion=0.15) -> CameraSpec:
+def _ir(
+    cam: int,
+    scene: str,
+    sensor: str = "thermal",
+    exposure=(0.9, 1.1),
+    view=(0.4, 0.4, 0.2),
+    blur=1.0,
+    noise=0.03,
+    occlusion=0.15,
+) -> CameraSpec:
     return CameraSpec(cam, INFRARED, sensor, scene, cam, (1.0, 1.0, 1.0), exposure, view, blur, noise, occlusion)
 
 
@@ -50,10 +66,27 @@ SYSU_CAMERAS: tuple[CameraSpec, ...] = (
 LLCM_NIR_CAMS: tuple[int, ...] = (1, 2, 4, 5, 6, 7, 8, 9)
 _LLCM_SCENES = ("street", "park", "corridor", "street", "room", "park", "street", "corridor", "park")
 LLCM_CAMERAS: tuple[CameraSpec, ...] = tuple(
-    [CameraSpec(c, VISIBLE, "rgb", s, 100 + c, (1.0 + 0.04 * (c % 3), 1.0, 1.04 - 0.04 * (c % 2)),
-                (0.45, 1.0), (0.35, 0.35, 0.3), 0.5, 0.03, 0.2) for c, s in enumerate(_LLCM_SCENES, 1)]
-    + [CameraSpec(c, INFRARED, "nir", s, 100 + c, (1.0, 1.0, 1.0), (0.8, 1.1), (0.35, 0.35, 0.3), 0.8, 0.04, 0.2)
-       for c, s in enumerate(_LLCM_SCENES, 1) if c in LLCM_NIR_CAMS]
+    [
+        CameraSpec(
+            c,
+            VISIBLE,
+            "rgb",
+            s,
+            100 + c,
+            (1.0 + 0.04 * (c % 3), 1.0, 1.04 - 0.04 * (c % 2)),
+            (0.45, 1.0),
+            (0.35, 0.35, 0.3),
+            0.5,
+            0.03,
+            0.2,
+        )
+        for c, s in enumerate(_LLCM_SCENES, 1)
+    ]
+    + [
+        CameraSpec(c, INFRARED, "nir", s, 100 + c, (1.0, 1.0, 1.0), (0.8, 1.1), (0.35, 0.35, 0.3), 0.8, 0.04, 0.2)
+        for c, s in enumerate(_LLCM_SCENES, 1)
+        if c in LLCM_NIR_CAMS
+    ]
 )
 
 # RegDB: one co-located visible / thermal camera pair, outdoors.

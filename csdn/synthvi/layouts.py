@@ -56,8 +56,9 @@ def _stream(camera: CameraSpec) -> int:
     return 2 * camera.cam + (camera.modality == INFRARED)
 
 
-def _render_items(cfg: SynthConfig, out: Path, items: list[_Item], purpose: int, progress: bool,
-                  desc: str) -> dict[str, str]:
+def _render_items(
+    cfg: SynthConfig, out: Path, items: list[_Item], purpose: int, progress: bool, desc: str
+) -> dict[str, str]:
     """Render and save every item under ``out``; return the caption of each image by relpath."""
     captions: dict[str, str] = {}
     made: set[Path] = set()
@@ -76,8 +77,17 @@ def _render_items(cfg: SynthConfig, out: Path, items: list[_Item], purpose: int,
     return captions
 
 
-def _write_layout(cfg: SynthConfig, root: Path, layout: str, items: list[_Item], purpose: int,
-                  text_files: dict[str, str], counts: dict, extra: dict, progress: bool) -> dict:
+def _write_layout(
+    cfg: SynthConfig,
+    root: Path,
+    layout: str,
+    items: list[_Item],
+    purpose: int,
+    text_files: dict[str, str],
+    counts: dict,
+    extra: dict,
+    progress: bool,
+) -> dict:
     """Render ``items`` and write ``text_files`` into a fresh ``root`` atomically; return ``counts``."""
     root = Path(root)
     if is_complete(root):
@@ -97,16 +107,19 @@ def _write_layout(cfg: SynthConfig, root: Path, layout: str, items: list[_Item],
         for relpath, text in text_files.items():
             (tmp / relpath).parent.mkdir(parents=True, exist_ok=True)
             (tmp / relpath).write_text(text)
-        atomic_write_json(tmp / METADATA_FILE, {
-            "format": "synthvi",
-            "version": FORMAT_VERSION,
-            "layout": layout,
-            "config": asdict(cfg),
-            "counts": counts,
-            **extra,
-            "identities": {str(pid): identities[pid].attributes for pid in sorted(identities)},
-            "captions": captions,
-        })
+        atomic_write_json(
+            tmp / METADATA_FILE,
+            {
+                "format": "synthvi",
+                "version": FORMAT_VERSION,
+                "layout": layout,
+                "config": asdict(cfg),
+                "counts": counts,
+                **extra,
+                "identities": {str(pid): identities[pid].attributes for pid in sorted(identities)},
+                "captions": captions,
+            },
+        )
 
     build_once(root, produce)
     return counts
@@ -145,8 +158,12 @@ def write_sysu(cfg: SynthConfig, root: Path, progress: bool = False) -> dict:
     }
     cameras = sorted(SYSU_CAMERAS, key=lambda c: c.cam)
     people = sorted(pools["train"] + pools["test"], key=lambda i: i.pid)
-    items = [_Item(f"cam{c.cam}/{ident.pid:04d}/{k:04d}.jpg", ident, c, k)
-             for ident in people for c in cameras for k in range(1, cfg.images_per_cam + 1)]
+    items = [
+        _Item(f"cam{c.cam}/{ident.pid:04d}/{k:04d}.jpg", ident, c, k)
+        for ident in people
+        for c in cameras
+        for k in range(1, cfg.images_per_cam + 1)
+    ]
     sets = {s: set(p) for s, p in splits.items()}
     counts = {
         "layout": "sysu",
@@ -157,8 +174,9 @@ def write_sysu(cfg: SynthConfig, root: Path, progress: bool = False) -> dict:
     }
     text_files = {f"exp/{s}_id.txt": _id_line(p) for s, p in splits.items()}
     cams = {f"cam{c.cam}": {"modality": c.modality, "scene": c.scene} for c in cameras}
-    return _write_layout(cfg, root, "sysu", items, PURPOSE_SYSU, text_files, counts,
-                         {"splits": splits, "cameras": cams}, progress)
+    return _write_layout(
+        cfg, root, "sysu", items, PURPOSE_SYSU, text_files, counts, {"splits": splits, "cameras": cams}, progress
+    )
 
 
 def regdb_split(cfg: SynthConfig, pids: list[int], trial: int) -> tuple[list[int], list[int]]:
@@ -186,8 +204,11 @@ def write_regdb(cfg: SynthConfig, root: Path, progress: bool = False) -> dict:
     people = sorted(pools["train"] + pools["test"], key=lambda i: i.pid)
     folder = {VISIBLE: "Visible", INFRARED: "Thermal"}
     per_modality = {
-        c.modality: [_Item(f"{folder[c.modality]}/{ident.pid:04d}/{k:02d}.bmp", ident, c, k)
-                     for ident in people for k in range(1, cfg.regdb_images + 1)]
+        c.modality: [
+            _Item(f"{folder[c.modality]}/{ident.pid:04d}/{k:02d}.bmp", ident, c, k)
+            for ident in people
+            for k in range(1, cfg.regdb_images + 1)
+        ]
         for c in REGDB_CAMERAS
     }
     pids = [i.pid for i in people]
@@ -198,9 +219,14 @@ def write_regdb(cfg: SynthConfig, root: Path, progress: bool = False) -> dict:
             text_files[f"idx/{part}_visible_{t}.txt"] = _idx_lines(per_modality[VISIBLE], part_pids)
             text_files[f"idx/{part}_thermal_{t}.txt"] = _idx_lines(per_modality[INFRARED], part_pids)
         r = cfg.regdb_images
-        trials[str(t)] = {"train_ids": len(train), "test_ids": len(test),
-                          "train_visible": len(train) * r, "train_thermal": len(train) * r,
-                          "test_visible": len(test) * r, "test_thermal": len(test) * r}
+        trials[str(t)] = {
+            "train_ids": len(train),
+            "test_ids": len(test),
+            "train_visible": len(train) * r,
+            "train_thermal": len(train) * r,
+            "test_visible": len(test) * r,
+            "test_thermal": len(test) * r,
+        }
     items = per_modality[VISIBLE] + per_modality[INFRARED]
     counts = {
         "layout": "regdb",
@@ -239,19 +265,27 @@ def write_llcm(cfg: SynthConfig, root: Path, progress: bool = False) -> dict:
         for modality in (VISIBLE, INFRARED):
             folder = f"{split}_{tag[modality]}"
             items_by[folder] = [
-                _Item(f"{folder}/cam{c}/{ident.pid:04d}/{ident.pid:04d}_c{c:02d}_s{k:06d}_f{k:04d}_{tag[modality]}.jpg",
-                      ident, cams[(modality, c)], k)
-                for ident in pools[split] for c in _llcm_cams(cfg, ident.pid)[modality]
+                _Item(
+                    f"{folder}/cam{c}/{ident.pid:04d}/{ident.pid:04d}_c{c:02d}_s{k:06d}_f{k:04d}_{tag[modality]}.jpg",
+                    ident,
+                    cams[(modality, c)],
+                    k,
+                )
+                for ident in pools[split]
+                for c in _llcm_cams(cfg, ident.pid)[modality]
                 for k in range(1, cfg.images_per_cam + 1)
             ]
     pids = {split: [i.pid for i in pools[split]] for split in ("train", "test")}
-    text_files = {f"idx/{folder}.txt": _idx_lines(items, pids[folder.split("_")[0]])
-                  for folder, items in items_by.items()}
+    text_files = {
+        f"idx/{folder}.txt": _idx_lines(items, pids[folder.split("_")[0]]) for folder, items in items_by.items()
+    }
     text_files["idx/test_id.txt"] = _id_line(pids["test"])
     camera_numbers = {VISIBLE: range(1, 10), INFRARED: LLCM_NIR_CAMS}
     images = {
-        folder: {f"cam{c}": sum(1 for i in items if i.camera.cam == c)
-                 for c in camera_numbers[VISIBLE if folder.endswith("vis") else INFRARED]}
+        folder: {
+            f"cam{c}": sum(1 for i in items if i.camera.cam == c)
+            for c in camera_numbers[VISIBLE if folder.endswith("vis") else INFRARED]
+        }
         for folder, items in items_by.items()
     }
     items = [i for folder_items in items_by.values() for i in folder_items]

@@ -205,8 +205,14 @@ def _pool_tensors(cfg: PretrainConfig, pool, tokenizer, n: int) -> _PoolTensors:
     return _PoolTensors(images, tokens, plain, visible, pool_groups(pool)[:n], codes, observable)
 
 
-def _batch_loss(cfg: PretrainConfig, bundle: ClipBundle, text_tower: TextEncoder, data: _PoolTensors,
-                idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _batch_loss(
+    cfg: PretrainConfig,
+    bundle: ClipBundle,
+    text_tower: TextEncoder,
+    data: _PoolTensors,
+    idx: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """The contrastive loss of the batch ``idx`` (grayscale and augmentation drawn from ``generator``)."""
     batch_images, batch_tokens = data.images[idx], data.tokens[idx]
     if cfg.grayscale > 0:
@@ -219,8 +225,9 @@ def _batch_loss(cfg: PretrainConfig, bundle: ClipBundle, text_tower: TextEncoder
         agreement = attribute_agreement(data.codes[idx], data.observable[idx])
         positives = torch.maximum(positives, torch.exp(cfg.attribute_targets * (agreement - 1.0)))
     model = bundle.model
-    return soft_clip_loss(model.encode_image(x), text_tower.encode_tokens(batch_tokens), positives.to(x.device),
-                          model.logit_scale)
+    return soft_clip_loss(
+        model.encode_image(x), text_tower.encode_tokens(batch_tokens), positives.to(x.device), model.logit_scale
+    )
 
 
 def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, steps_per_epoch: int):
@@ -234,8 +241,14 @@ def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, steps_per_epoch: int
     return optimizer, scheduler
 
 
-def _epoch_runner(cfg: PretrainConfig, bundle: ClipBundle, data: _PoolTensors, optimizer: torch.optim.Optimizer,
-                  generator: torch.Generator, on_epoch: Callable[[int, ClipBundle], None] | None):
+def _epoch_runner(
+    cfg: PretrainConfig,
+    bundle: ClipBundle,
+    data: _PoolTensors,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    on_epoch: Callable[[int, ClipBundle], None] | None,
+):
     """The loop's ``train_epoch``: one shuffled pass over the pool in whole batches, then ``on_epoch``."""
     model, n = bundle.model, len(data.images)
     text_tower = TextEncoder(model, bundle.tokenizer, frozen=False)
@@ -244,7 +257,7 @@ def _epoch_runner(cfg: PretrainConfig, bundle: ClipBundle, data: _PoolTensors, o
         losses = []
         order = torch.randperm(n, generator=generator)
         for step in range(n // cfg.batch_size):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             loss = _batch_loss(cfg, bundle, text_tower, data, idx, generator)
             check_finite(loss, f"tiny-CLIP pretraining epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
@@ -296,8 +309,12 @@ def pretrain_tiny_clip(
     data = _pool_tensors(cfg, pool, bundle.tokenizer, n)
     optimizer, scheduler = _optimizer(model, cfg, n // cfg.batch_size)
     stage = StageState(
-        f"pretrain {cfg.arch}", model, optimizer, scheduler,
-        _epoch_runner(cfg, bundle, data, optimizer, generator, on_epoch), n // cfg.batch_size,
+        f"pretrain {cfg.arch}",
+        model,
+        optimizer,
+        scheduler,
+        _epoch_runner(cfg, bundle, data, optimizer, generator, on_epoch),
+        n // cfg.batch_size,
         extra_state=lambda: {"generator": generator.get_state()},
         load_extra_state=lambda state: generator.set_state(state["generator"]),
         meta={"arch": cfg.arch, "stage": "tiny_clip", "key": config_key(asdict(cfg)), "n_images": n},
@@ -315,10 +332,15 @@ def _summary(cfg: PretrainConfig, pool, n: int, history: list[dict[str, float]])
     """Counts, training time over all epochs (also those of a run that was resumed), throughput, config."""
     total = sum(h["seconds"] for h in history)
     return {
-        "arch": cfg.arch, "epochs": cfg.epochs, "total_seconds": total,
+        "arch": cfg.arch,
+        "epochs": cfg.epochs,
+        "total_seconds": total,
         "images_per_second": (n // cfg.batch_size) * cfg.batch_size * cfg.epochs / total,
-        "n_images": n, "n_infrared": sum(m == "infrared" for m in pool.modalities[:n]),
-        "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0], "config": asdict(cfg),
+        "n_images": n,
+        "n_infrared": sum(m == "infrared" for m in pool.modalities[:n]),
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+        "config": asdict(cfg),
     }
 
 
@@ -327,8 +349,15 @@ def tiny_clip_key(cfg: PretrainConfig, synth: SynthConfig) -> str:
     training code's version."""
     from csdn.clip.loader import registered_config
 
-    return config_key({"pretrain": asdict(cfg), "synth": asdict(synth), "arch": registered_config(cfg.arch),
-                       "format": 1, "code": TRAINING_CODE_VERSION})
+    return config_key(
+        {
+            "pretrain": asdict(cfg),
+            "synth": asdict(synth),
+            "arch": registered_config(cfg.arch),
+            "format": 1,
+            "code": TRAINING_CODE_VERSION,
+        }
+    )
 
 
 def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path) -> Path:

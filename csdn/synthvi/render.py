@@ -16,8 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
-from csdn.data.records import INFRARED, VISIBLE
-
+from csdn.data.records import VISIBLE
 from csdn.synthvi.cameras import VIEWS, CameraSpec
 from csdn.synthvi.world import Identity
 
@@ -60,8 +59,12 @@ _SCENE_PALETTE: dict[str, tuple[tuple[float, float, float], float, float]] = {
     "trunk": ((0.3, 0.22, 0.14), 0.35, 0.3),
 }
 _SCENE_NAMES = tuple(_SCENE_PALETTE)
-_OCCLUDER_LOOK = {"room": ((0.5, 0.4, 0.3), 0.35, 0.4), "corridor": ((0.55, 0.55, 0.58), 0.33, 0.45),
-                  "street": ((0.35, 0.36, 0.4), 0.4, 0.35), "park": ((0.4, 0.3, 0.2), 0.3, 0.4)}
+_OCCLUDER_LOOK = {
+    "room": ((0.5, 0.4, 0.3), 0.35, 0.4),
+    "corridor": ((0.55, 0.55, 0.58), 0.33, 0.45),
+    "street": ((0.35, 0.36, 0.4), 0.4, 0.35),
+    "park": ((0.4, 0.3, 0.2), 0.3, 0.4),
+}
 
 
 def _draw_scene(style: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -147,9 +150,15 @@ def _sample_pose(rng: np.random.Generator, ident: Identity, camera: CameraSpec, 
     view = VIEWS[int(rng.choice(3, p=np.asarray(camera.view_bias) / sum(camera.view_bias)))]
     ph = hs * ident.params.figure * rng.uniform(0.92, 1.05)
     foot = hs * rng.uniform(0.96, 1.0)
-    return _Pose(view=view, cx=ws * (0.5 + rng.normal(0, 0.05)), top=foot - ph, ph=ph,
-                 stride=float(rng.uniform(0.0, 0.09 if view == "side" else 0.04)),
-                 swing=float(rng.uniform(-0.06, 0.06)), flip=bool(rng.random() < 0.5))
+    return _Pose(
+        view=view,
+        cx=ws * (0.5 + rng.normal(0, 0.05)),
+        top=foot - ph,
+        ph=ph,
+        stride=float(rng.uniform(0.0, 0.09 if view == "side" else 0.04)),
+        swing=float(rng.uniform(-0.06, 0.06)),
+        flip=bool(rng.random() < 0.5),
+    )
 
 
 def _quad(d: ImageDraw.ImageDraw, x0: float, y0: float, w0: float, x1: float, y1: float, w1: float, fill: int) -> None:
@@ -177,8 +186,10 @@ def _draw_legs(d: ImageDraw.ImageDraw, a: dict[str, str], p, pose: _Pose, y) -> 
         d.ellipse([xf - aw * 1.3, y_ankle - 0.015 * ph, xf + aw * 1.2 + toe, y(1.0)], fill=SHOES)
     if a["bottom_type"] == "skirt":
         flare = hw * (1.0 if side else 1.45) + spread * 0.5
-        d.polygon([(cx - hw * 0.95, y(0.46)), (cx + hw * 0.95, y(0.46)), (cx + flare, y(0.67)), (cx - flare, y(0.67))],
-                  fill=BOTTOM)
+        d.polygon(
+            [(cx - hw * 0.95, y(0.46)), (cx + hw * 0.95, y(0.46)), (cx + flare, y(0.67)), (cx - flare, y(0.67))],
+            fill=BOTTOM,
+        )
     else:
         d.rectangle([cx - hw, y(0.47), cx + hw, y(0.56)], fill=BOTTOM)
 
@@ -201,8 +212,19 @@ def _draw_torso(d: ImageDraw.ImageDraw, p, pose: _Pose, y) -> tuple[float, float
     k = 0.6 if pose.view == "side" else 1.0
     sw, hw = p.shoulder * ph * k, p.hip * ph * k * 1.04
     waist = 0.5 * (sw + hw) * (0.92 + 0.06 * p.limb)
-    d.polygon([(cx - sw * 0.8, y(0.155)), (cx + sw * 0.8, y(0.155)), (cx + sw, y(0.19)), (cx + waist, y(0.4)),
-               (cx + hw, y(0.53)), (cx - hw, y(0.53)), (cx - waist, y(0.4)), (cx - sw, y(0.19))], fill=TOP)
+    d.polygon(
+        [
+            (cx - sw * 0.8, y(0.155)),
+            (cx + sw * 0.8, y(0.155)),
+            (cx + sw, y(0.19)),
+            (cx + waist, y(0.4)),
+            (cx + hw, y(0.53)),
+            (cx - hw, y(0.53)),
+            (cx - waist, y(0.4)),
+            (cx - sw, y(0.19)),
+        ],
+        fill=TOP,
+    )
     return sw, hw
 
 
@@ -216,13 +238,22 @@ def _draw_head(d: ImageDraw.ImageDraw, a: dict[str, str], p, pose: _Pose, y) -> 
     hair_low = y(0.25 + 0.07 * p.hair_volume)
     if long_hair and view != "back":  # hair falling behind the head
         back = cx - hw * 1.05 if view == "side" else cx - hw * 1.12
-        d.polygon([(back, cy - hh * 0.2), (cx + hw * (0.3 if view == "side" else 1.12), cy - hh * 0.2),
-                   (cx + hw * (0.2 if view == "side" else 1.2), hair_low), (back - hw * 0.2, hair_low)], fill=HAIR)
+        d.polygon(
+            [
+                (back, cy - hh * 0.2),
+                (cx + hw * (0.3 if view == "side" else 1.12), cy - hh * 0.2),
+                (cx + hw * (0.2 if view == "side" else 1.2), hair_low),
+                (back - hw * 0.2, hair_low),
+            ],
+            fill=HAIR,
+        )
     if view == "back":
         d.ellipse(box, fill=HAIR)
         if long_hair:
-            d.polygon([(cx - hw * 1.1, cy), (cx + hw * 1.1, cy), (cx + hw * 1.25, hair_low),
-                       (cx - hw * 1.25, hair_low)], fill=HAIR)
+            d.polygon(
+                [(cx - hw * 1.1, cy), (cx + hw * 1.1, cy), (cx + hw * 1.25, hair_low), (cx - hw * 1.25, hair_low)],
+                fill=HAIR,
+            )
     else:
         d.ellipse(box, fill=SKIN)
         grow = 1.06 + 0.06 * p.hair_volume
@@ -274,8 +305,9 @@ def _draw_person(ident: Identity, pose: _Pose, hs: int, ws: int) -> np.ndarray:
         bx = cx if view == "side" else cx + p.bag_side * (sw + 0.02 * ph)
         if view == "front":
             d.line([(cx - p.bag_side * sw * 0.5, y(0.16)), (bx, y(0.46))], fill=BAG, width=max(1, int(0.012 * ph)))
-        d.rounded_rectangle([bx - 0.055 * ph * p.bag_size, y(0.45), bx + 0.055 * ph * p.bag_size, y(0.58)],
-                            radius=0.012 * ph, fill=BAG)
+        d.rounded_rectangle(
+            [bx - 0.055 * ph * p.bag_size, y(0.45), bx + 0.055 * ph * p.bag_size, y(0.58)], radius=0.012 * ph, fill=BAG
+        )
     _draw_head(d, a, p, pose, y)
     return np.asarray(img)
 
@@ -302,13 +334,13 @@ def _add_occluder(mat: np.ndarray, rng: np.random.Generator, camera: CameraSpec)
     h, w = mat.shape
     out = mat.copy()
     if rng.random() < 0.5:  # something low in front: bench, railing, car bonnet
-        out[int(h * rng.uniform(0.72, 0.88)):, :] = OCCLUDER
+        out[int(h * rng.uniform(0.72, 0.88)) :, :] = OCCLUDER
     else:  # a pillar or passer-by at one side
         width = int(w * rng.uniform(0.18, 0.32))
         if rng.random() < 0.5:
             out[:, :width] = OCCLUDER
         else:
-            out[:, w - width:] = OCCLUDER
+            out[:, w - width :] = OCCLUDER
     return out
 
 
@@ -366,8 +398,9 @@ def _downsample(img: np.ndarray) -> np.ndarray:
     return out * np.float32(1.0 / (s * s))
 
 
-def render_image(identity: Identity, camera: CameraSpec, rng: np.random.Generator,
-                 height: int = 128, width: int = 64) -> np.ndarray:
+def render_image(
+    identity: Identity, camera: CameraSpec, rng: np.random.Generator, height: int = 128, width: int = 64
+) -> np.ndarray:
     """One pedestrian crop of ``identity`` seen by ``camera``: uint8 (height, width, 3).
 
     Pose (front/back/side view, stride, arm swing, mirror), scale, position, occlusion, background
@@ -383,7 +416,7 @@ def render_image(identity: Identity, camera: CameraSpec, rng: np.random.Generato
     mat = _add_occluder(mat, rng, camera)
     scene = _scene(camera, hs, ws)
     x0 = int(rng.integers(0, ws + 1))
-    background = scene[:, x0:x0 + ws]
+    background = scene[:, x0 : x0 + ws]
     gain = rng.uniform(*camera.exposure)
     shade = _shading(mat, pose, identity.params, 0.45 if camera.modality == VISIBLE else 0.15)
     is_bg = (mat == BG).astype(np.float32)

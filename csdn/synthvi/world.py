@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from csdn.data.records import INFRARED, MODALITIES, VISIBLE
+from csdn.data.records import MODALITIES, VISIBLE
 from csdn.errors import ConfigError
 from csdn.synthvi.cameras import LLCM_NIR_CAMS
 
@@ -81,8 +81,18 @@ class SynthConfig:
     jpeg_quality: int = 90  # JPEG quality of the SYSU and LLCM images
 
     def __post_init__(self) -> None:
-        positive = ("height", "width", "clip_ids", "train_ids", "test_ids", "images_per_cam",
-                    "llcm_cams_per_id", "clip_images_per_id", "regdb_images", "regdb_trials")
+        positive = (
+            "height",
+            "width",
+            "clip_ids",
+            "train_ids",
+            "test_ids",
+            "images_per_cam",
+            "llcm_cams_per_id",
+            "clip_images_per_id",
+            "regdb_images",
+            "regdb_trials",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"SynthConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -91,8 +101,9 @@ class SynthConfig:
         if not 1 <= self.val_ids < self.train_ids:  # exp/val_id.txt must list at least one id
             raise ConfigError(f"SynthConfig.val_ids must be in [1, train_ids={self.train_ids}), got {self.val_ids}")
         if not 0.0 <= self.clip_infrared_fraction <= 1.0:
-            raise ConfigError(f"SynthConfig.clip_infrared_fraction must be in [0, 1], "
-                              f"got {self.clip_infrared_fraction}")
+            raise ConfigError(
+                f"SynthConfig.clip_infrared_fraction must be in [0, 1], got {self.clip_infrared_fraction}"
+            )
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"SynthConfig.jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.llcm_cams_per_id > len(LLCM_NIR_CAMS):
@@ -271,8 +282,13 @@ def caption(identity: Identity, modality: str, rng: np.random.Generator) -> str:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     a = identity.attributes
     visible = modality == VISIBLE
-    prefix = str(rng.choice(["a photo of", "a picture of", "an image of"] if visible else
-                            ["an infrared photo of", "an infrared image of", "a thermal image of"]))
+    prefix = str(
+        rng.choice(
+            ["a photo of", "a picture of", "an image of"]
+            if visible
+            else ["an infrared photo of", "an infrared image of", "a thermal image of"]
+        )
+    )
     descriptors = [BODY_PHRASES[k][a[k]] if rng.random() < 0.7 else "" for k in ("height", "build")]
     subject = _article(_join([*descriptors, str(rng.choice(["person", "pedestrian"]))]))
     hair = f"{a['hair']} hair" if rng.random() < 0.8 else ""

@@ -23,7 +23,8 @@ from csdn.synthvi.world import ATTRIBUTES
 DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "top_color": ("a photo of a person wearing a {} top.", "a photo of a person wearing a {} shirt."),
     "bottom_color": (
-        "a photo of a person wearing {} trousers.", "a photo of a person wearing {} shorts.",
+        "a photo of a person wearing {} trousers.",
+        "a photo of a person wearing {} shorts.",
         "a photo of a person wearing a {} skirt.",
     ),
     "shoes_color": ("a photo of a person wearing {} shoes.",),
@@ -48,8 +49,12 @@ DEFAULT_PHRASES: dict[str, dict[str, str]] = {
 }
 
 
-def prompts_for(attribute: str, value: str, templates: Mapping[str, Sequence[str]] = DEFAULT_TEMPLATES,
-                phrases: Mapping[str, Mapping[str, str]] = DEFAULT_PHRASES) -> list[str]:
+def prompts_for(
+    attribute: str,
+    value: str,
+    templates: Mapping[str, Sequence[str]] = DEFAULT_TEMPLATES,
+    phrases: Mapping[str, Mapping[str, str]] = DEFAULT_PHRASES,
+) -> list[str]:
     """The prompts describing ``attribute == value`` (whitespace tidied when a phrase is empty)."""
     if attribute not in templates:
         raise KeyError(f"no prompt templates for attribute {attribute!r}; pass templates={{{attribute!r}: (...)}}")
@@ -61,8 +66,10 @@ def prompts_for(attribute: str, value: str, templates: Mapping[str, Sequence[str
 def image_features(bundle: ClipBundle, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """L2-normalised projected features (N, D) of uint8 images (N, H, W, 3), on the CPU."""
     bundle.model.eval()
-    chunks = [bundle.model.encode_image(bundle.to_input(images[i:i + batch_size])).float().cpu()
-              for i in range(0, len(images), batch_size)]
+    chunks = [
+        bundle.model.encode_image(bundle.to_input(images[i : i + batch_size])).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return F.normalize(torch.cat(chunks), dim=-1)
 
 
@@ -80,9 +87,13 @@ def similarity_matrix(bundle: ClipBundle, images: np.ndarray, texts: Sequence[st
     return (image_features(bundle, images) @ text_features(bundle, texts).t()).numpy()
 
 
-def class_features(bundle: ClipBundle, attribute: str, values: Sequence[str],
-                   templates: Mapping[str, Sequence[str]] = DEFAULT_TEMPLATES,
-                   phrases: Mapping[str, Mapping[str, str]] = DEFAULT_PHRASES) -> torch.Tensor:
+def class_features(
+    bundle: ClipBundle,
+    attribute: str,
+    values: Sequence[str],
+    templates: Mapping[str, Sequence[str]] = DEFAULT_TEMPLATES,
+    phrases: Mapping[str, Mapping[str, str]] = DEFAULT_PHRASES,
+) -> torch.Tensor:
     """One normalised text feature per value: the mean over that value's prompts."""
     features = [text_features(bundle, prompts_for(attribute, v, templates, phrases)).mean(dim=0) for v in values]
     return F.normalize(torch.stack(features), dim=-1)
@@ -120,14 +131,16 @@ def zero_shot_attributes(
             if not keep.any():
                 continue
             counts = np.bincount(labels[keep], minlength=len(values))
-            rows.append({
-                "attribute": attribute,
-                "modality": modality,
-                "accuracy": float((predictions[keep] == labels[keep]).mean()),
-                "chance": 1.0 / len(values),
-                "majority": float(counts.max() / counts.sum()),
-                "n": int(keep.sum()),
-            })
+            rows.append(
+                {
+                    "attribute": attribute,
+                    "modality": modality,
+                    "accuracy": float((predictions[keep] == labels[keep]).mean()),
+                    "chance": 1.0 / len(values),
+                    "majority": float(counts.max() / counts.sum()),
+                    "n": int(keep.sum()),
+                }
+            )
     return pd.DataFrame(rows, columns=["attribute", "modality", "accuracy", "chance", "majority", "n"])
 
 

@@ -144,8 +144,10 @@ def init_from_env(device_preference: str = "auto") -> DistContext:
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs are visible; "
-                              "start at most one process per GPU (--nproc_per_node)")
+            raise ConfigError(
+                f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs are visible; "
+                "start at most one process per GPU (--nproc_per_node)"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -205,8 +207,9 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
 
 def _convert(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CpuSyncBatchNorm):
-        synced = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats)
+        synced = CpuSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         # the same parameter and buffer objects (as torch's convert_sync_batchnorm): optimizers stay valid
         for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             setattr(synced, name, tensor)

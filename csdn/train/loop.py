@@ -66,8 +66,9 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
         )
 
 
-def run_epochs(stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool = True,
-               dist: DistContext = SINGLE) -> list[dict[str, float]]:
+def run_epochs(
+    stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool = True, dist: DistContext = SINGLE
+) -> list[dict[str, float]]:
     """Train ``stage`` to the end of its schedule, resuming from ``run_dir``'s last checkpoint if any.
 
     Returns the per-epoch history (also written to ``run_dir/history.json``). With ``select="best_val"``
@@ -78,16 +79,25 @@ def run_epochs(stage: StageState, run_dir: Path, cfg: LoopConfig, resume: bool =
     run_dir.mkdir(parents=True, exist_ok=True)
     history, start = _resume(stage, run_dir) if resume else ([], 0)
     dist.barrier()  # every rank has read the checkpoint before rank 0 may write (and prune) the next
-    bar = tqdm(total=cfg.epochs * stage.steps_per_epoch, initial=start * stage.steps_per_epoch,
-               desc=stage.name, disable=not (cfg.progress and dist.is_main), leave=False)
+    bar = tqdm(
+        total=cfg.epochs * stage.steps_per_epoch,
+        initial=start * stage.steps_per_epoch,
+        desc=stage.name,
+        disable=not (cfg.progress and dist.is_main),
+        leave=False,
+    )
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         stage.module.train()
         metrics = stage.train_epoch(epoch, lambda: _tick(stage, bar))
         if not stage.scheduler_per_step:
             stage.scheduler.step()
-        metrics = {"epoch": epoch + 1, **metrics, "lr": stage.optimizer.param_groups[0]["lr"],
-                   "seconds": time.perf_counter() - t0}
+        metrics = {
+            "epoch": epoch + 1,
+            **metrics,
+            "lr": stage.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
         if stage.validate is not None and cfg.validate_every and (epoch + 1) % cfg.validate_every == 0:
             metrics.update({f"val_{k}": v for k, v in stage.validate(epoch).items()})
             if dist.is_main:

@@ -83,11 +83,14 @@ class ReIDStageConfig:
         if self.triplet not in TRIPLETS:
             raise ConfigError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
         if self.hse_temperature <= 0 or self.msel_weight < 0:
-            raise ConfigError(f"need hse_temperature > 0 and msel_weight >= 0, got {self.hse_temperature}, "
-                             f"{self.msel_weight}")
+            raise ConfigError(
+                f"need hse_temperature > 0 and msel_weight >= 0, got {self.hse_temperature}, {self.msel_weight}"
+            )
         if self.msel_weight > 0 and self.instances < 2:
-            raise ConfigError("MSEL compares an image with the other images of its identity and modality: it needs "
-                             f"instances >= 2 (got {self.instances}); set msel_weight=0 to train with K=1")
+            raise ConfigError(
+                "MSEL compares an image with the other images of its identity and modality: it needs "
+                f"instances >= 2 (got {self.instances}); set msel_weight=0 to train with K=1"
+            )
 
     @property
     def views(self) -> int:
@@ -96,8 +99,15 @@ class ReIDStageConfig:
 
     def transforms(self, height: int, width: int, mean, std) -> TransformConfig:
         """The training transforms at the network's input size, with this stage's augmentation strength."""
-        return TransformConfig(height=height, width=width, mean=tuple(mean), std=tuple(std), pad=self.pad,
-                               erasing_p=self.erasing_p, exchange_gray=self.exchange_gray)
+        return TransformConfig(
+            height=height,
+            width=width,
+            mean=tuple(mean),
+            std=tuple(std),
+            pad=self.pad,
+            erasing_p=self.erasing_p,
+            exchange_gray=self.exchange_gray,
+        )
 
 
 class BatchKey(NamedTuple):
@@ -124,12 +134,22 @@ class PairedBatches(Dataset):
     generator is left as it was); a bare pair draws from torch's global generator.
     """
 
-    def __init__(self, cache: ImageCache, visible_rows: list[int], infrared_rows: list[int],
-                 visible_labels: list[int], infrared_labels: list[int], tcfg: TransformConfig,
-                 exchange_view: bool) -> None:
+    def __init__(
+        self,
+        cache: ImageCache,
+        visible_rows: list[int],
+        infrared_rows: list[int],
+        visible_labels: list[int],
+        infrared_labels: list[int],
+        tcfg: TransformConfig,
+        exchange_view: bool,
+    ) -> None:
         self.visible = CachedImages(cache, visible_labels, train_transform(tcfg, "visible"), visible_rows)
-        self.exchange = (CachedImages(cache, visible_labels, train_transform(tcfg, "visible_exchange"), visible_rows)
-                         if exchange_view else None)
+        self.exchange = (
+            CachedImages(cache, visible_labels, train_transform(tcfg, "visible_exchange"), visible_rows)
+            if exchange_view
+            else None
+        )
         self.infrared = CachedImages(cache, infrared_labels, train_transform(tcfg, "infrared"), infrared_rows)
 
     def __getitem__(self, item: BatchKey | tuple[list[int], list[int]]) -> dict[str, Tensor]:
@@ -137,13 +157,19 @@ class PairedBatches(Dataset):
         vis_idx, ir_idx = item[0], item[1]
         views = [self.visible] + ([self.exchange] if self.exchange is not None else [])
         with torch.random.fork_rng(devices=[], enabled=key is not None):
-            vis = [torch.stack([self._image(view, i, key, v, j) for j, i in enumerate(vis_idx)])
-                   for v, view in enumerate(views)]
+            vis = [
+                torch.stack([self._image(view, i, key, v, j) for j, i in enumerate(vis_idx)])
+                for v, view in enumerate(views)
+            ]
             ir = torch.stack([self._image(self.infrared, i, key, len(views), j) for j, i in enumerate(ir_idx)])
         labels_v = torch.tensor([self.visible.labels[i] for i in vis_idx])
         labels_i = torch.tensor([self.infrared.labels[i] for i in ir_idx])
-        return {"visible": torch.cat(vis), "visible_labels": labels_v.repeat(len(views)),
-                "infrared": ir, "infrared_labels": labels_i}
+        return {
+            "visible": torch.cat(vis),
+            "visible_labels": labels_v.repeat(len(views)),
+            "infrared": ir,
+            "infrared_labels": labels_i,
+        }
 
     @staticmethod
     def _image(images: CachedImages, index: int, key: BatchKey | None, view: int, position: int) -> Tensor:
@@ -158,9 +184,9 @@ def make_optimizer(net: CSDNNet, cfg: ReIDStageConfig) -> torch.optim.Adam:
     ids = {id(p) for p in classifier_params}
     backbone = [p for p in net.parameters() if p.requires_grad and id(p) not in ids]
     return torch.optim.Adam(
-        [{"params": backbone, "lr": cfg.lr},
-         {"params": classifier_params, "lr": cfg.lr * cfg.classifier_lr_factor}],
-        lr=cfg.lr, weight_decay=cfg.weight_decay,
+        [{"params": backbone, "lr": cfg.lr}, {"params": classifier_params, "lr": cfg.lr * cfg.classifier_lr_factor}],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
     )
 
 
@@ -175,9 +201,14 @@ class BatchRows(NamedTuple):
         return cls(slice(0, n_visible // views), slice(n_visible, n_rows))
 
 
-def reid_terms(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
-               cfg: ReIDStageConfig, gather: Callable[[Tensor], Tensor] | None = None
-               ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def reid_terms(
+    net_out,
+    labels: Tensor,
+    n_visible: int,
+    prototypes: dict[str, Tensor] | None,
+    cfg: ReIDStageConfig,
+    gather: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The stage-3 loss terms (weighted, to sum) and the unweighted HSE / MSEL parts they are made of.
 
     The batch's first ``n_visible`` rows are visible images. ``gather`` (e.g.
@@ -193,35 +224,51 @@ def reid_terms(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Te
     terms = {
         "id": id_loss(net_out.gem_logits, labels, cfg.label_smoothing)
         + id_loss(net_out.proj_logits, labels, cfg.label_smoothing),
-        "triplet": cfg.triplet_weight * (triplet(gather(net_out.gem), all_labels)
-                                         + triplet(gather(net_out.proj), all_labels)),
+        "triplet": cfg.triplet_weight
+        * (triplet(gather(net_out.gem), all_labels) + triplet(gather(net_out.proj), all_labels)),
     }
     parts: dict[str, Tensor] = {}
     rows = BatchRows.of(n_visible, len(labels), cfg.views)
     if prototypes is not None:
-        hse = {m: hse_loss(net_out.proj[r], prototypes[m], labels[r], cfg.hse_temperature, cfg.hse_cosine)
-               for m, r in ((VISIBLE, rows.first_view), (INFRARED, rows.infrared))}
+        hse = {
+            m: hse_loss(net_out.proj[r], prototypes[m], labels[r], cfg.hse_temperature, cfg.hse_cosine)
+            for m, r in ((VISIBLE, rows.first_view), (INFRARED, rows.infrared))
+        }
         parts.update({f"hse_{m}": v for m, v in hse.items()})
         if cfg.hse_visible > 0 or cfg.hse_infrared > 0:
             terms["hse"] = cfg.hse_visible * hse[VISIBLE] + cfg.hse_infrared * hse[INFRARED]
     if cfg.msel_weight > 0:
         v, i = rows.first_view, rows.infrared
-        msel = {name: msel_loss(f[v], labels[v], f[i], labels[i], cfg.msel_normalize)
-                for name, f in (("gem", net_out.gem), ("proj", net_out.proj))}
+        msel = {
+            name: msel_loss(f[v], labels[v], f[i], labels[i], cfg.msel_normalize)
+            for name, f in (("gem", net_out.gem), ("proj", net_out.proj))
+        }
         parts.update({f"msel_{k}": m for k, m in msel.items()})
         terms["msel"] = cfg.msel_weight * (msel["gem"] + msel["proj"])
     return terms, parts
 
 
-def reid_losses(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
-                cfg: ReIDStageConfig, gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+def reid_losses(
+    net_out,
+    labels: Tensor,
+    n_visible: int,
+    prototypes: dict[str, Tensor] | None,
+    cfg: ReIDStageConfig,
+    gather: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
     """The weighted stage-3 loss terms of one batch (see :func:`reid_terms`)."""
     return reid_terms(net_out, labels, n_visible, prototypes, cfg, gather)[0]
 
 
 @torch.no_grad()
-def batch_diagnostics(net_out, labels: Tensor, n_visible: int, prototypes: dict[str, Tensor] | None,
-                      cfg: ReIDStageConfig, parts: dict[str, Tensor]) -> dict[str, float]:
+def batch_diagnostics(
+    net_out,
+    labels: Tensor,
+    n_visible: int,
+    prototypes: dict[str, Tensor] | None,
+    cfg: ReIDStageConfig,
+    parts: dict[str, Tensor],
+) -> dict[str, float]:
     """What shows whether stage 3 learns, on one training batch (summed over batches, then averaged).
 
     ``acc_gem`` / ``acc_proj``: ID accuracy of the two heads; ``norm_{gem,proj}_{visible,infrared}``: mean
@@ -230,8 +277,10 @@ def batch_diagnostics(net_out, labels: Tensor, n_visible: int, prototypes: dict[
     is on. ``parts`` are the unweighted terms :func:`reid_terms` computed for this batch (not recomputed).
     """
     rows = BatchRows.of(n_visible, len(labels), cfg.views)
-    out = {"acc_gem": (net_out.gem_logits.argmax(1) == labels).float().mean().item(),
-           "acc_proj": (net_out.proj_logits.argmax(1) == labels).float().mean().item()}
+    out = {
+        "acc_gem": (net_out.gem_logits.argmax(1) == labels).float().mean().item(),
+        "acc_proj": (net_out.proj_logits.argmax(1) == labels).float().mean().item(),
+    }
     for m, r in ((VISIBLE, slice(0, n_visible)), (INFRARED, rows.infrared)):
         out[f"norm_gem_{m}"] = net_out.gem[r].norm(dim=1).mean().item()
         out[f"norm_proj_{m}"] = net_out.proj[r].norm(dim=1).mean().item()
@@ -271,19 +320,22 @@ def train_reid(
     vis_rows = [i for i, r in enumerate(records) if r.modality == VISIBLE]
     ir_rows = [i for i, r in enumerate(records) if r.modality == INFRARED]
     vis_labels, ir_labels = [labels[i] for i in vis_rows], [labels[i] for i in ir_rows]
-    sampler = CrossModalitySampler(vis_labels, ir_labels, cfg.ids_per_batch, cfg.instances, seed=seed,
-                                   rank=dist.rank, world_size=dist.world_size)
+    sampler = CrossModalitySampler(
+        vis_labels, ir_labels, cfg.ids_per_batch, cfg.instances, seed=seed, rank=dist.rank, world_size=dist.world_size
+    )
     batches = PairedBatches(cache, vis_rows, ir_rows, vis_labels, ir_labels, tcfg, cfg.channel_exchange_view)
     model = wrap_ddp(net, dist, sync_bn)  # net itself in one process
     optimizer = make_optimizer(net, cfg)
-    scheduler = make_scheduler(optimizer, "multistep", cfg.epochs, cfg.warmup_epochs, cfg.warmup_factor,
-                               cfg.milestones, cfg.gamma)
+    scheduler = make_scheduler(
+        optimizer, "multistep", cfg.epochs, cfg.warmup_epochs, cfg.warmup_factor, cfg.milestones, cfg.gamma
+    )
 
     def train_epoch(epoch: int, tick: Callable[[], None]) -> dict[str, float]:
         sampler.set_epoch(epoch)
         keys = [BatchKey(v, i, seed, epoch, step, sampler.offset) for step, (v, i) in enumerate(sampler)]
-        loader = DataLoader(batches, sampler=keys, batch_size=None, num_workers=cfg.workers,
-                            pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            batches, sampler=keys, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == "cuda"
+        )
         sums: dict[str, float] = {}
         steps = 0
         for batch in loader:
@@ -305,6 +357,16 @@ def train_reid(
             tick()
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
-    stage = StageState("stage3 HSE+reID", net, optimizer, scheduler, train_epoch, len(sampler), validate=validate,
-                       extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {})
+    stage = StageState(
+        "stage3 HSE+reID",
+        net,
+        optimizer,
+        scheduler,
+        train_epoch,
+        len(sampler),
+        validate=validate,
+        extra_state=sampler.state_dict,
+        load_extra_state=sampler.load_state_dict,
+        meta=meta or {},
+    )
     return run_epochs(stage, run_dir, loop, dist=dist)

@@ -75,9 +75,18 @@ def _setup(module: nn.Module, cfg: TextStageConfig, trainable: list[nn.Parameter
     return optimizer, scheduler
 
 
-def _sampler(feats: CachedFeatures, cfg: TextStageConfig, seed: int, dist: DistContext = SINGLE) -> CrossModalitySampler:
-    return CrossModalitySampler(feats.visible_labels.tolist(), feats.infrared_labels.tolist(),
-                                cfg.ids_per_batch, cfg.instances, seed=seed, rank=dist.rank, world_size=dist.world_size)
+def _sampler(
+    feats: CachedFeatures, cfg: TextStageConfig, seed: int, dist: DistContext = SINGLE
+) -> CrossModalitySampler:
+    return CrossModalitySampler(
+        feats.visible_labels.tolist(),
+        feats.infrared_labels.tolist(),
+        cfg.ids_per_batch,
+        cfg.instances,
+        seed=seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
 
 
 class _PromptTexts(nn.Module):
@@ -104,8 +113,10 @@ def text_diagnostics(feats: CachedFeatures, texts: dict[str, Tensor], cosine: bo
     ``texts[m]`` is ``(num_ids, d)``, row = label: the texts the images of modality ``m`` are aligned to.
     """
     out: dict[str, float] = {}
-    for m, images, labels in ((VISIBLE, feats.visible, feats.visible_labels),
-                              (INFRARED, feats.infrared, feats.infrared_labels)):
+    for m, images, labels in (
+        (VISIBLE, feats.visible, feats.visible_labels),
+        (INFRARED, feats.infrared, feats.infrared_labels),
+    ):
         t = texts[m].to(images.device)
         hits = similarity_logits(images.float(), t.float(), cosine=cosine).argmax(1) == labels.to(images.device)
         out[f"i2t_top1_{m}"] = hits.float().mean().item()
@@ -113,9 +124,15 @@ def text_diagnostics(feats: CachedFeatures, texts: dict[str, Tensor], cosine: bo
     return out
 
 
-def _epoch_runner(sampler: CrossModalitySampler, feats: CachedFeatures, optimizer: torch.optim.Optimizer,
-                  batch_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor], where: str, device: torch.device,
-                  diagnose: Callable[[CachedFeatures], dict[str, float]]):
+def _epoch_runner(
+    sampler: CrossModalitySampler,
+    feats: CachedFeatures,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
+    where: str,
+    device: torch.device,
+    diagnose: Callable[[CachedFeatures], dict[str, float]],
+):
     vis, ir = feats.visible.to(device), feats.infrared.to(device)
     lv_all, li_all = feats.visible_labels.to(device), feats.infrared_labels.to(device)
     on_device = CachedFeatures(vis, lv_all, ir, li_all)
@@ -165,19 +182,27 @@ def train_prompts(
         gather = dist.gather_with_grad  # the global batch (identity in one process)
         fv, lv, fi, li, tv, ti = (gather(x) for x in (fv, lv, fi, li, tv[inv_v], ti[inv_i]))
         if cfg.pairing == "private":
-            return (i2t_t2i_loss(fv, lv, tv, lv, cfg.temperature, cfg.cosine)
-                    + i2t_t2i_loss(fi, li, ti, li, cfg.temperature, cfg.cosine))
+            return i2t_t2i_loss(fv, lv, tv, lv, cfg.temperature, cfg.cosine) + i2t_t2i_loss(
+                fi, li, ti, li, cfg.temperature, cfg.cosine
+            )
         images, labels = torch.cat([fv, fi]), torch.cat([lv, li])
         return i2t_t2i_loss(images, labels, torch.cat([tv, ti]), labels, cfg.temperature, cfg.cosine)
 
     def diagnose(on_device: CachedFeatures) -> dict[str, float]:
-        return text_diagnostics(on_device, {m: prompts.all_text_features(text_encoder, m) for m in MODALITIES},
-                                cfg.cosine)
+        return text_diagnostics(
+            on_device, {m: prompts.all_text_features(text_encoder, m) for m in MODALITIES}, cfg.cosine
+        )
 
     stage = StageState(
-        "stage1 prompts", prompts, optimizer, scheduler,
-        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device, diagnose), len(sampler),
-        extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {},
+        "stage1 prompts",
+        prompts,
+        optimizer,
+        scheduler,
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device, diagnose),
+        len(sampler),
+        extra_state=sampler.state_dict,
+        load_extra_state=sampler.load_state_dict,
+        meta=meta or {},
     )
     return run_epochs(stage, run_dir, loop, dist=dist)
 
@@ -212,8 +237,14 @@ def train_sii(
         return text_diagnostics(on_device, text_prototypes(sii, t_vis, t_ir), cfg.cosine)
 
     stage = StageState(
-        "stage2 SII", sii, optimizer, scheduler,
-        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device, diagnose), len(sampler),
-        extra_state=sampler.state_dict, load_extra_state=sampler.load_state_dict, meta=meta or {},
+        "stage2 SII",
+        sii,
+        optimizer,
+        scheduler,
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device, diagnose),
+        len(sampler),
+        extra_state=sampler.state_dict,
+        load_extra_state=sampler.load_state_dict,
+        meta=meta or {},
     )
     return run_epochs(stage, run_dir, loop, dist=dist)
