@@ -96,6 +96,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files a killed :func:`atomic_save_tensors` of ``path`` left behind.
+
+    Only call it where one process writes ``path`` (a run under its lock): a live write's file goes too.
+    """
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def atomic_save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
     """Save ``tensors`` (moved to the CPU, made contiguous) as safetensors at ``path`` atomically.
 

@@ -25,7 +25,13 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from csdn.artifacts import TRAINING_CODE_VERSION, atomic_save_tensors, atomic_write_json, config_key
+from csdn.artifacts import (
+    TRAINING_CODE_VERSION,
+    atomic_save_tensors,
+    atomic_write_json,
+    config_key,
+    remove_stale_temporaries,
+)
 from csdn.clip.loader import ClipBundle, ClipSource, load_clip, local_dir_source
 from csdn.config import ExperimentConfig
 from csdn.data.cache import ImageCache
@@ -206,6 +212,7 @@ class Experiment:
                 seed_everything(self.cfg.seed)
                 history = train(run_dir)
                 if d.is_main:
+                    remove_stale_temporaries(run_dir / FINAL)  # under the lock: no other writer is live
                     atomic_save_tensors(module.state_dict(), run_dir / FINAL)
                     atomic_write_json(
                         run_dir / DONE, {"history": history, "config_key": key, "world_size": d.world_size}

@@ -114,3 +114,14 @@ def test_schedule_factors_by_hand() -> None:
     assert g(int(5 + 55 / 2)) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 27 / 55)).item()))
     with pytest.raises(ValueError, match="unknown schedule"):
         make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), "step", 1, 0, 1.0)
+
+
+def test_a_resumed_run_removes_what_a_killed_save_left(tmp_path: Path) -> None:
+    interrupted = _toy_stage(fail_at=2)
+    with pytest.raises(Interrupt):
+        run_epochs(interrupted, tmp_path, LoopConfig(epochs=4, progress=False))
+    stale = tmp_path / ".best.safetensors.k1ll3d.tmp"  # as a SIGKILL inside atomic_save_tensors leaves it
+    stale.write_bytes(b"half a file")
+    run_epochs(_toy_stage(), tmp_path, LoopConfig(epochs=4, progress=False))
+    assert not stale.exists()
+    assert not list(tmp_path.glob(".*.tmp"))

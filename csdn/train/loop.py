@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from csdn.artifacts import atomic_save_tensors, atomic_write_json
+from csdn.artifacts import atomic_save_tensors, atomic_write_json, remove_stale_temporaries
 from csdn.errors import ConfigError, NonFiniteLossError
 from csdn.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from csdn.train.distributed import SINGLE, DistContext
@@ -77,6 +77,8 @@ def run_epochs(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:  # one writer per run: temporaries of a killed run are not live
+        remove_stale_temporaries(run_dir / "best.safetensors")
     history, start = _resume(stage, run_dir) if resume else ([], 0)
     dist.barrier()  # every rank has read the checkpoint before rank 0 may write (and prune) the next
     bar = tqdm(
