@@ -43,8 +43,9 @@ test-browser: setup
 	@command -v chromium >/dev/null || { echo "install Chromium first: apt-get install -y chromium"; exit 1; }
 	$(PY) -m pytest -q -m browser tests
 
+# JupyterLab refuses to run as root without --allow-root (e.g. in a container): pass it only then.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

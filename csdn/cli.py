@@ -9,6 +9,10 @@ Exit status: 0 on success; 2 on bad input, i.e. a :class:`~csdn.errors.CsdnError
 dataset, a checkpoint, CLIP weights, a non-finite loss), printed as one line ``csdn: error: ...`` like a
 bad command line. Any other exception is a bug and keeps its traceback.
 
+``train``, ``eval`` and ``demo`` write a run folder (``--out``, default ``<--reports>/<profile>-<variant>-seed<k>``,
+see :mod:`csdn.runs`): resolved config, versions, a per-epoch log, CSV histories, TensorBoard, the report.
+``--cache`` goes before or after the command (``csdn --cache X train`` or ``csdn train --cache X``).
+
 ``train``, ``eval`` and ``demo`` also run under torchrun (``torchrun --nproc_per_node N -m csdn train ...``):
 every process runs the pipeline on its share, rank 0 prints and writes the report.
 """
@@ -133,15 +137,34 @@ def _print_statistics(reader) -> None:
     print(camera_table(reader.train).to_string(index=False))
 
 
+def run_folder_path(args: argparse.Namespace, cfg: ExperimentConfig, overrides: dict[str, Any]) -> Path:
+    """``--out``, or ``<--reports>/<profile>-<variant>-seed<k>[-<hash of the other overrides>]``."""
+    from csdn.runs import default_run_name
+
+    return Path(args.out) if args.out else Path(args.reports) / default_run_name(cfg, overrides)
+
+
+def _open_run_folder(args: argparse.Namespace, cfg: ExperimentConfig, overrides: dict[str, Any]):
+    """The run folder of this command, started (config, versions, first log line; printed)."""
+    from tqdm.auto import tqdm
+
+    from csdn.runs import RunFolder
+
+    run = RunFolder(run_folder_path(args, cfg, overrides), echo=tqdm.write)
+    run.start(args.command, cfg, overrides, getattr(args, "argv", []), args.cache)
+    return run
+
+
 def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
     from csdn.experiment import Experiment
     from csdn.train.distributed import init_from_env, shutdown
 
     cfg, overrides = experiment_config(args)
     dist = init_from_env(cfg.device)  # one process, or this rank of a torchrun job
+    run = _open_run_folder(args, cfg, overrides) if dist.is_main else None
     try:
         t0 = time.perf_counter()
-        experiment = Experiment(cfg, args.cache, dist=dist)
+        experiment = Experiment(cfg, args.cache, dist=dist, logger=run)
         results = {cfg.model.variant: experiment.evaluate()}
         if zero_shot:
             results["zero-shot CLIP"] = experiment.evaluate(experiment.zero_shot_features())
@@ -151,14 +174,20 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
                 oracle = attribute_oracle(experiment.dataset, options=experiment.split_options())
                 results["attribute oracle (ceiling)"] = oracle.results
         if dist.is_main:
-            _report(args, cfg, overrides, experiment, results, time.perf_counter() - t0)
+            _report(run, cfg, overrides, experiment, results, time.perf_counter() - t0)
+    except BaseException as error:
+        if run is not None:
+            run.failed(error)
+        raise
     finally:
+        if run is not None:
+            run.close()
         shutdown(dist)
     return 0
 
 
 def _report(
-    args: argparse.Namespace,
+    run,
     cfg: ExperimentConfig,
     overrides: dict[str, Any],
     experiment,
@@ -178,6 +207,7 @@ def _report(
         "histories": experiment.histories,
         "world_size": experiment.dist.world_size,
         "config": to_dict(cfg),
+        "run_folder": str(run.path),
     }
     if cfg.skip_bad_images:
         extra["skipped_images"] = experiment.skipped_images
@@ -187,9 +217,11 @@ def _report(
                 f"{experiment.train_cache.directory / 'skipped.json'} and in the report",
                 file=sys.stderr,
             )
-    folder = Path(args.reports) / cfg.name
-    written = write_report(folder, results, extra=extra, overrides=overrides)
-    print(f"\nfinished in {seconds:.1f}s; report: {', '.join(str(p) for p in written)}")
+    from csdn.runs import describe
+
+    written = write_report(run.path, results, extra=extra, overrides=overrides, description=describe(cfg))
+    print()
+    run.line(f"finished in {seconds:.1f}s; run folder {run.path}; report: {', '.join(p.name for p in written)}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -261,7 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sii", choices=["official", "attention", "mean", "none"])
         p.add_argument("--seed", type=int)
         p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-        p.add_argument("--reports", default="reports", help="folder for result tables and figures")
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            help="run folder: config, log, per-epoch CSV and TensorBoard, report, links to the cached stages "
+            "(default: <reports>/<profile>-<variant>-seed<k>, plus a hash of any other overrides)",
+        )
+        p.add_argument("--reports", default="reports", help="the folder of the default run folders (see --out)")
         p.add_argument(
             "--sync-bn",
             action=argparse.BooleanOptionalAction,
@@ -279,11 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     from csdn.analysis.commands import add_commands
 
     add_commands(sub)  # ablate, gap
+    for p in sub.choices.values():  # --cache after the command too; SUPPRESS keeps the one given before it
+        p.add_argument("--cache", type=Path, default=argparse.SUPPRESS, help="artifact cache root (as csdn --cache)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in the run folder
     if getattr(args, "dataset", None) and not getattr(args, "data", None):
         return _fail(f"--dataset {args.dataset} needs --data /path/to/{args.dataset}")
     try:

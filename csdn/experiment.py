@@ -8,6 +8,10 @@ lock (two processes needing it compute it once) and checkpoints every epoch (a k
 Under torchrun (a :class:`~csdn.train.distributed.DistContext` with several ranks) every rank builds the
 same Experiment: stages 1 and 3 train under DDP, only rank 0 writes the cache, and feature extraction
 splits the images over the ranks and gathers the features in order. The ranks share one cache folder.
+
+A ``logger`` (a :class:`RunObserver`, e.g. the CLI's :class:`csdn.runs.RunFolder`) hears, on rank 0, each
+stage's epochs as they train (and where a stage resumes) and each stage's result: trained, or loaded
+from the cache with its stored history.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from filelock import FileLock
@@ -49,7 +53,7 @@ from csdn.runtime import pick_device, seed_everything
 from csdn.sources import open_dataset
 from csdn.synthvi.pretrain import tiny_clip
 from csdn.train.distributed import DistContext
-from csdn.train.loop import LoopConfig
+from csdn.train.loop import EpochObserver, LoopConfig
 from csdn.train.reid_stage import train_reid
 from csdn.train.text_stages import CachedFeatures, train_prompts, train_sii
 
@@ -57,21 +61,37 @@ FINAL = "final.safetensors"
 DONE = "done.json"
 
 
+class RunObserver(Protocol):
+    """What an :class:`Experiment` tells its ``logger`` about the stages (on rank 0)."""
+
+    def stage(self, name: str) -> EpochObserver:
+        """The observer of stage ``name``'s training loop (its start or resume epoch, each epoch)."""
+
+    def stage_done(self, name: str, run_dir: Path, history: list[dict[str, float]], loaded: bool) -> None:
+        """Stage ``name`` is in ``run_dir`` with ``history``; ``loaded``: it was already in the cache."""
+
+
 class Experiment:
     """The cached, resumable pipeline of one :class:`~csdn.config.ExperimentConfig`.
 
     ``dist`` is this process's place in a torchrun job (from :func:`csdn.train.distributed.init_from_env`);
-    by default one process on ``cfg.device``. Only rank 0 shows progress bars.
+    by default one process on ``cfg.device``. Only rank 0 shows progress bars and tells ``logger``.
     """
 
     def __init__(
-        self, cfg: ExperimentConfig, cache_root: Path, progress: bool = True, dist: DistContext | None = None
+        self,
+        cfg: ExperimentConfig,
+        cache_root: Path,
+        progress: bool = True,
+        dist: DistContext | None = None,
+        logger: RunObserver | None = None,
     ) -> None:
         self.cfg = cfg
         self.cache_root = Path(cache_root)
         self.dist = dist or DistContext(device=pick_device(cfg.device))
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
+        self.logger = logger if self.dist.is_main else None
 
     # -- data ---------------------------------------------------------------------------------------
 
@@ -208,7 +228,8 @@ class Experiment:
         run_dir.mkdir(parents=True, exist_ok=True)
         d = self.dist  # several ranks: all train, rank 0 holds the lock and writes, all load the result
         with FileLock(str(run_dir) + ".lock") if d.is_main else contextlib.nullcontext():
-            if not d.agree((run_dir / DONE).is_file()):
+            loaded = d.agree((run_dir / DONE).is_file())
+            if not loaded:
                 seed_everything(self.cfg.seed)
                 history = train(run_dir)
                 if d.is_main:
@@ -220,6 +241,8 @@ class Experiment:
             d.barrier()
         module.load_state_dict(load_file(str(run_dir / FINAL)))
         self.histories[name] = json.loads((run_dir / DONE).read_text())["history"]
+        if self.logger is not None:
+            self.logger.stage_done(name, run_dir, self.histories[name], loaded)
         return module.to(self.device)
 
     @cached_property
@@ -227,8 +250,10 @@ class Experiment:
         """Per-epoch metrics of each stage that ran or was loaded."""
         return {}
 
-    def _loop(self, epochs: int, **kw: Any) -> LoopConfig:
-        return LoopConfig(epochs=epochs, progress=self.progress, **kw)
+    def _loop(self, name: str, epochs: int, **kw: Any) -> LoopConfig:
+        """The loop settings of stage ``name``, observed by the ``logger`` when there is one."""
+        observer = self.logger.stage(name) if self.logger is not None else None
+        return LoopConfig(epochs=epochs, progress=self.progress, observer=observer, **kw)
 
     def _meta(self, stage: str, key: str) -> dict[str, Any]:
         """What a stage's checkpoints must match to be resumed (checked in this order, most telling first)."""
@@ -273,7 +298,7 @@ class Experiment:
                 self.clip_features,
                 self.cfg.stage1,
                 run_dir,
-                self._loop(self.cfg.stage1.epochs),
+                self._loop("stage1", self.cfg.stage1.epochs),
                 seed=self.cfg.seed,
                 device=self.device,
                 meta=meta,
@@ -310,7 +335,7 @@ class Experiment:
                 self.clip_features,
                 self.cfg.stage2,
                 run_dir,
-                self._loop(self.cfg.stage2.epochs),
+                self._loop("stage2", self.cfg.stage2.epochs),
                 seed=self.cfg.seed,
                 device=self.device,
                 meta=meta,
@@ -344,7 +369,9 @@ class Experiment:
         labels = [self.labels[r.pid] for r in self.train_cache.records]
         meta = self._meta("stage3", self.stage3_key)
         validate = self._validator(net) if self.cfg.validate_every else None  # best_val implies validate_every
-        loop = self._loop(self.cfg.stage3.epochs, validate_every=self.cfg.validate_every, select=self.cfg.select)
+        loop = self._loop(
+            "stage3", self.cfg.stage3.epochs, validate_every=self.cfg.validate_every, select=self.cfg.select
+        )
         return self._run(
             "stage3",
             self.stage3_key,

@@ -83,15 +83,18 @@ def write_report(
     results: Mapping[str, Mapping[str, ProtocolResult]],
     extra: dict[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    description: str | None = None,
 ) -> list[Path]:
     """Write ``results.json``, ``results.md`` and one CMC figure per protocol into ``folder``.
 
-    ``overrides`` (dotted key -> value, see :mod:`csdn.overrides`) are recorded in both files.
+    ``overrides`` (dotted key -> value, see :mod:`csdn.overrides`) are recorded in both files;
+    ``description`` (a line naming the run, e.g. :func:`csdn.runs.describe`) heads ``results.md``.
     """
     from csdn.eval.plots import plot_cmc
 
     frame = results_frame(results)
     overrides = dict(overrides or {})
+    header = f"Run: {description}\n\n" if description else ""
     files: dict[str, Any] = {
         "results.json": {
             "summary": frame.to_dict(orient="records"),
@@ -99,7 +102,7 @@ def write_report(
             "overrides": overrides,
             "results": {m: {p: r.to_dict() for p, r in per.items()} for m, per in results.items()},
         },
-        "results.md": f"{overrides_line(overrides)}\n\n{frame.to_markdown(index=False)}\n",
+        "results.md": f"{header}{overrides_line(overrides)}\n\n{frame.to_markdown(index=False)}\n",
     }
     for protocol in sorted({p for per in results.values() for p in per}):
         curves = {model: per[protocol] for model, per in results.items() if protocol in per}

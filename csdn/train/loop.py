@@ -7,6 +7,9 @@ the result.
 
 Under several processes every rank runs the loop (and resumes from the same checkpoint), but only rank 0
 writes: checkpoints, ``history.json``, ``best.safetensors`` and the progress bar.
+
+An :class:`EpochObserver` in :attr:`LoopConfig.observer` hears where a stage starts (0, or the epoch it
+resumes from) and each finished epoch's metrics, on rank 0; the loop itself prints nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +29,16 @@ from csdn.artifacts import atomic_save_tensors, atomic_write_json, remove_stale_
 from csdn.errors import ConfigError, NonFiniteLossError
 from csdn.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from csdn.train.distributed import SINGLE, DistContext
+
+
+class EpochObserver(Protocol):
+    """Hooks of the loop (e.g. :class:`csdn.runs.StageLog`, the run folder's log of one stage)."""
+
+    def started(self, run_dir: Path, start: int, epochs: int) -> None:
+        """The stage starts at epoch ``start`` (0, or the checkpoint's epoch it resumed from) of ``epochs``."""
+
+    def epoch_done(self, metrics: dict[str, float], epochs: int) -> None:
+        """An epoch finished with ``metrics`` (its history row: ``epoch``, losses, ``lr``, ``seconds``, ...)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class LoopConfig:
     validate_every: int = 0  # run the validation callback every this many epochs (0: never)
     select: str = "final"  # "final" (the fixed schedule's last epoch) or "best_val" (best validation score)
     progress: bool = True  # show tqdm progress bars
+    observer: EpochObserver | None = field(default=None, compare=False)  # told of the start and each epoch (rank 0)
 
 
 @dataclass
@@ -81,6 +95,9 @@ def run_epochs(
         remove_stale_temporaries(run_dir / "best.safetensors")
     history, start = _resume(stage, run_dir) if resume else ([], 0)
     dist.barrier()  # every rank has read the checkpoint before rank 0 may write (and prune) the next
+    observer = cfg.observer if dist.is_main else None
+    if observer is not None:
+        observer.started(run_dir, start, cfg.epochs)
     bar = tqdm(
         total=cfg.epochs * stage.steps_per_epoch,
         initial=start * stage.steps_per_epoch,
@@ -110,6 +127,8 @@ def run_epochs(
             atomic_write_json(run_dir / "history.json", history)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 _save(stage, run_dir, epoch + 1, history, cfg.keep_checkpoints)
+        if observer is not None:
+            observer.epoch_done(metrics, cfg.epochs)
     bar.close()
     dist.barrier()  # rank 0's last checkpoint and best weights are on disk
     if cfg.select == "best_val" and (run_dir / "best.safetensors").is_file():

@@ -1,0 +1,254 @@
+"""The run folder of ``csdn train``/``eval``/``demo``: everything one run did, under a human name.
+
+:class:`RunFolder` is the :class:`~csdn.experiment.RunObserver` the CLI hands to an
+:class:`~csdn.experiment.Experiment`. It writes::
+
+    <run folder>/
+      config.json        the resolved configuration (every field)
+      overrides.json     the dotted overrides of the command line (flags, --config, --set)
+      version.json       csdn, torch and Python versions, the command, the cache, the start time
+      log.txt            one line per event: each epoch of each stage (losses, accuracy, val, lr, seconds),
+                         a resume, a stage loaded from the cache; appended to by every run into the folder
+      stage1.csv ...     the per-epoch history of each stage, one row per epoch
+      tensorboard/       TensorBoard event files (scalars "<stage>/<metric>" by epoch)
+      stages/stage1 ...  symbolic links to the stages' folders in the artifact cache
+      stages.json        the same as a listing (path, loaded from the cache or trained, epochs)
+      results.json, results.md, cmc_*.png   the report (csdn.reports.write_report)
+
+Stages already in the cache are logged as loaded, with their stored history written to the CSV files
+and TensorBoard, so a run on a warm cache still leaves a complete folder. Each line of the log is also
+passed to ``echo`` (the CLI prints it above the progress bars).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shlex
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from csdn.artifacts import atomic_write_bytes, atomic_write_json, config_key
+from csdn.config import ExperimentConfig, to_dict
+
+TENSORBOARD = "tensorboard"  # subfolder of the event files
+STAGES = "stages"  # subfolder of the links to the cached stage folders
+LOG = "log.txt"
+DEFAULT_NAME_KEYS = ("seed", "model.variant")  # overrides the default folder name spells out
+
+
+def default_run_name(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> str:
+    """``<profile>-<variant>-seed<k>``, plus a short hash of any other overrides (so runs don't collide)."""
+    name = f"{cfg.name}-{cfg.model.variant}-seed{cfg.seed}"
+    rest = {key: value for key, value in overrides.items() if key not in DEFAULT_NAME_KEYS}
+    return f"{name}-{config_key(rest, length=8)}" if rest else name
+
+
+def describe(cfg: ExperimentConfig) -> str:
+    """One line naming what a run is: profile, variant, seed, SII, CLIP weights and arch, data."""
+    data = cfg.data.dataset if cfg.data.root is None else f"{cfg.data.dataset} at {cfg.data.root}"
+    return (
+        f"profile {cfg.name}, variant {cfg.model.variant}, seed {cfg.seed}, SII {cfg.model.sii}, "
+        f"CLIP {cfg.clip.weights} ({cfg.clip.arch}), data {data}"
+    )
+
+
+def _column_rank(key: str) -> tuple[int, str]:
+    """Sort key of a history column: epoch, loss, the other losses, other metrics, validation, lr, seconds."""
+    if key in ("epoch", "loss", "lr", "seconds"):
+        return {"epoch": 0, "loss": 1, "lr": 5, "seconds": 6}[key], ""
+    return (2 if key.endswith("loss") else 4 if key.startswith("val_") else 3), key
+
+
+def metric_columns(history: list[Mapping[str, Any]]) -> list[str]:
+    """Every column of ``history`` in one fixed order (a cached history's keys come back sorted)."""
+    return sorted({key for row in history for key in row}, key=_column_rank)
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """``key=value`` pairs of an epoch's metrics (``lr`` in scientific notation, seconds last)."""
+    words = []
+    for key in metric_columns([metrics]):
+        if key in ("epoch", "seconds"):
+            continue
+        value = metrics[key]
+        words.append(f"{key}={value:.3e}" if key == "lr" else f"{key}={value:.4g}")
+    if "seconds" in metrics:
+        words.append(f"{metrics['seconds']:.1f}s")
+    return " ".join(words)
+
+
+def history_csv(history: list[Mapping[str, Any]]) -> str:
+    """The rows of a history as CSV text (columns in :func:`metric_columns` order)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=metric_columns(history), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+class StageLog:
+    """The :class:`~csdn.train.loop.EpochObserver` of one stage: forwards to its :class:`RunFolder`."""
+
+    def __init__(self, folder: RunFolder, name: str) -> None:
+        self.folder, self.name = folder, name
+
+    def started(self, run_dir: Path, start: int, epochs: int) -> None:
+        if start:
+            self.folder.line(f"{self.name}: resuming from epoch {start} of {epochs} (checkpoint in {run_dir})")
+        else:
+            self.folder.line(f"{self.name}: training {epochs} epoch(s) in {run_dir}")
+
+    def epoch_done(self, metrics: dict[str, float], epochs: int) -> None:
+        self.folder.epoch_done(self.name, metrics, epochs)
+
+
+class RunFolder:
+    """A run's folder (see the module docstring); ``echo`` also gets every log line."""
+
+    def __init__(self, path: Path, echo: Callable[[str], None] | None = None) -> None:
+        self.path = Path(path)
+        self.echo = echo
+        self.histories: dict[str, list[dict[str, float]]] = {}
+        self._logged: dict[str, set[int]] = {}  # epochs of each stage already in TensorBoard
+        self._writer: Any = None
+        self._tensorboard_off = False
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def start(self, command: str, cfg: ExperimentConfig, overrides: Mapping[str, Any], argv: list[str], cache: Path):
+        """Write the config, overrides and versions; start a new TensorBoard log; log the run's first line."""
+        import torch
+
+        from csdn import __version__
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / "config.json", to_dict(cfg))
+        atomic_write_json(self.path / "overrides.json", dict(overrides))
+        versions = {
+            "csdn": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "command": shlex.join(["csdn", *argv]),
+            "cache": str(Path(cache).resolve()),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_json(self.path / "version.json", versions)
+        self._clear_previous()
+        self.line(f"csdn {command} ({describe(cfg)}) into run folder {self.path}")
+
+    def _clear_previous(self) -> None:
+        """Remove what a previous run into this folder left of its stages (the log is kept and appended to)."""
+        listing = self.path / f"{STAGES}.json"
+        for name in _read_json(listing):
+            (self.path / f"{name}.csv").unlink(missing_ok=True)
+            if (self.path / STAGES / name).is_symlink():
+                (self.path / STAGES / name).unlink()
+        listing.unlink(missing_ok=True)
+        for old in (self.path / TENSORBOARD).glob("events.out.tfevents.*"):
+            old.unlink()  # this run's event files replace the last run's (scalars would repeat otherwise)
+
+    def line(self, text: str, echo: bool = True) -> None:
+        """Append a time-stamped line to the log (and pass it to ``echo`` unless ``echo=False``)."""
+        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
+        with open(self.path / LOG, "a", encoding="utf-8") as log:
+            log.write(stamped + "\n")
+        if echo and self.echo is not None:
+            self.echo(text)
+
+    def failed(self, error: BaseException) -> None:
+        """Log why the run stopped."""
+        self.line(f"stopped: {type(error).__name__}: {error}")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # -- stages (the Experiment's RunObserver) ------------------------------------------------------
+
+    def stage(self, name: str) -> StageLog:
+        self.histories[name] = []
+        return StageLog(self, name)
+
+    def epoch_done(self, name: str, metrics: dict[str, float], epochs: int) -> None:
+        """Log an epoch of stage ``name``: a line, a CSV row, its scalars."""
+        self.line(f"{name} epoch {int(metrics['epoch'])}/{epochs} {format_metrics(metrics)}")
+        rows = self.histories.setdefault(name, [])
+        rows.append(dict(metrics))
+        self._write_csv(name, rows)
+        self._scalars(name, [metrics])
+
+    def stage_done(self, name: str, run_dir: Path, history: list[dict[str, float]], loaded: bool) -> None:
+        """Stage ``name`` is complete: its whole history to the CSV and TensorBoard, a link to ``run_dir``."""
+        if loaded:
+            self.line(f"{name}: loaded from cache ({len(history)} epochs) from {run_dir}")
+            for row in history:  # in the log file only: the terminal gets the one line above
+                self.line(f"{name} epoch {int(row['epoch'])}/{len(history)} {format_metrics(row)} (cached)", echo=False)
+        else:
+            self.line(f"{name}: done ({len(history)} epochs) in {run_dir}")
+        self.histories[name] = [dict(row) for row in history]
+        self._write_csv(name, history)
+        self._scalars(name, history)
+        self._link(name, Path(run_dir), loaded, len(history))
+
+    # -- files --------------------------------------------------------------------------------------
+
+    def _write_csv(self, name: str, history: list[Mapping[str, Any]]) -> None:
+        atomic_write_bytes(self.path / f"{name}.csv", history_csv(history).encode())
+
+    def _scalars(self, name: str, rows: list[Mapping[str, Any]]) -> None:
+        """Add each row's metrics as ``<stage>/<metric>`` at its epoch, once per epoch."""
+        writer = self._tensorboard()
+        if writer is None:
+            return
+        logged = self._logged.setdefault(name, set())
+        for row in rows:
+            epoch = int(row["epoch"])
+            if epoch in logged:
+                continue
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(f"{name}/{key}", float(value), epoch)
+            logged.add(epoch)
+        writer.flush()
+
+    def _tensorboard(self) -> Any:
+        """The event-file writer, or None (with one log line) when the tensorboard package is missing."""
+        if self._writer is None and not self._tensorboard_off:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tensorboard_off = True
+                self.line("TensorBoard logging is off: the tensorboard package is missing (pip install tensorboard)")
+                return None
+            self._writer = SummaryWriter(log_dir=str(self.path / TENSORBOARD))
+        return self._writer
+
+    def _link(self, name: str, run_dir: Path, loaded: bool, epochs: int) -> None:
+        """Link ``stages/<name>`` to ``run_dir`` (a symlink where the file system allows) and list it."""
+        target = run_dir.resolve()
+        listing_path = self.path / f"{STAGES}.json"
+        listing = _read_json(listing_path)
+        entry = {"path": str(target), "loaded_from_cache": loaded, "epochs": epochs, "link": None}
+        link = self.path / STAGES / name
+        try:
+            link.parent.mkdir(exist_ok=True)
+            temporary = link.with_name(f".{name}.{os.getpid()}.tmp")
+            temporary.unlink(missing_ok=True)
+            temporary.symlink_to(target, target_is_directory=True)
+            os.replace(temporary, link)
+            entry["link"] = str(link.relative_to(self.path))
+        except OSError as error:  # e.g. no symlinks on this file system: the listing still names the folder
+            self.line(f"{name}: no symbolic link ({error}); see {listing_path.name}")
+        listing[name] = entry
+        atomic_write_json(listing_path, listing)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
