@@ -98,11 +98,8 @@ class StageLog:
     def __init__(self, folder: RunFolder, name: str) -> None:
         self.folder, self.name = folder, name
 
-    def started(self, run_dir: Path, start: int, epochs: int) -> None:
-        if start:
-            self.folder.line(f"{self.name}: resuming from epoch {start} of {epochs} (checkpoint in {run_dir})")
-        else:
-            self.folder.line(f"{self.name}: training {epochs} epoch(s) in {run_dir}")
+    def started(self, run_dir: Path, start: int, history: list[dict[str, float]], epochs: int) -> None:
+        self.folder.stage_started(self.name, run_dir, start, history, epochs)
 
     def epoch_done(self, metrics: dict[str, float], epochs: int) -> None:
         self.folder.epoch_done(self.name, metrics, epochs)
@@ -175,6 +172,18 @@ class RunFolder:
     def stage(self, name: str) -> StageLog:
         self.histories[name] = []
         return StageLog(self, name)
+
+    def stage_started(self, name: str, run_dir: Path, start: int, history: list[dict[str, float]], epochs: int) -> None:
+        """Stage ``name`` starts training at epoch ``start``; a resumed one's earlier epochs are logged first."""
+        if not start:
+            self.line(f"{name}: training {epochs} epoch(s) in {run_dir}")
+            return
+        self.line(f"{name}: resuming from epoch {start} of {epochs} (checkpoint in {run_dir})")
+        for row in history:
+            self.line(f"{name} epoch {int(row['epoch'])}/{epochs} {format_metrics(row)} (checkpoint)", echo=False)
+        self.histories[name] = [dict(row) for row in history]
+        self._write_csv(name, history)
+        self._scalars(name, history)  # in epoch order: TensorBoard drops steps written out of order
 
     def epoch_done(self, name: str, metrics: dict[str, float], epochs: int) -> None:
         """Log an epoch of stage ``name``: a line, a CSV row, its scalars."""

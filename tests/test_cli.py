@@ -33,7 +33,7 @@ def test_demo_on_smoke_writes_a_report(tmp_path: Path, capsys) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert "zero-shot CLIP" in out and "SYSU-MM01 at " in out
-    summary = json.loads((reports / "smoke" / "results.json").read_text())["summary"]
+    summary = json.loads((reports / "smoke-csdn-seed0" / "results.json").read_text())["summary"]
     assert {(row["model"], row["protocol"]) for row in summary} == {
         ("csdn", "all 1-shot"),
         ("csdn", "indoor 1-shot"),
@@ -45,7 +45,7 @@ def test_demo_on_smoke_writes_a_report(tmp_path: Path, capsys) -> None:
     assert all(0 <= row["mAP"] <= 100 for row in summary)
     oracle = [row for row in summary if row["model"].startswith("attribute oracle")]
     assert all(row["mAP"] > 50 for row in oracle)  # the world is solvable from invariant attributes
-    assert (reports / "smoke" / "cmc_all_1_shot.png").stat().st_size > 0
+    assert (reports / "smoke-csdn-seed0" / "cmc_all_1_shot.png").stat().st_size > 0
 
 
 # -- config overrides: --set, --config and the convenience flags, one path ------------------------------
@@ -81,13 +81,15 @@ def test_train_with_set_overrides_records_them_in_the_report(cache: Path, tmp_pa
     )
     assert code == 0
     assert "profile smoke; overrides: stage3.epochs=1, model.sii=attention" in capsys.readouterr().out
-    report = json.loads((reports / "smoke" / "results.json").read_text())
+    (folder,) = reports.iterdir()  # the default run folder: profile, variant, seed and a hash of the rest
+    assert folder.name.startswith("smoke-csdn-seed0-")
+    report = json.loads((folder / "results.json").read_text())
     assert report["overrides"] == {"stage3.epochs": 1, "model.sii": "attention"}
     assert report["config"]["stage3"]["epochs"] == 1 and report["config"]["model"]["sii"] == "attention"
     assert len(report["histories"]["stage3"]) == 1  # the override reached the training
-    assert (
-        (reports / "smoke" / "results.md").read_text().startswith("Overrides: `stage3.epochs=1, model.sii=attention`")
-    )
+    header = (folder / "results.md").read_text().splitlines()
+    assert header[0].startswith("Run: profile smoke, variant csdn, seed 0, SII attention, CLIP tiny-synthvi")
+    assert header[2] == "Overrides: `stage3.epochs=1, model.sii=attention`"
 
 
 def test_flags_then_config_files_then_set_entries(tmp_path: Path) -> None:

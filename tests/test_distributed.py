@@ -223,7 +223,7 @@ def test_torchrun_two_gloo_processes_match_one_process(one_process: Path, tmp_pa
         assert _max_gap(weights_1, weights_2) < WEIGHT_TOL, stage
     assert not list(cache.rglob("*.tmp")) and not list(cache.rglob(".epoch_*"))  # nothing half-written
     summary = [
-        json.loads((root / "smoke" / "results.json").read_text())["summary"]
+        json.loads((root / "smoke-csdn-seed0" / "results.json").read_text())["summary"]
         for root in (one_process / "reports", tmp_path / "reports")
     ]
     for row_1, row_2 in zip(*summary):  # evaluation on gathered features: the same test results

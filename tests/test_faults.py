@@ -195,7 +195,8 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     assert len(json.loads((run / "history.json").read_text())) == 1  # epoch 1's metrics, nothing after
     assert (cache / "runs" / f"stage1-{experiment.stage1_key}" / DONE).is_file()  # earlier stages: done
     assert _half_written(cache) == []
-    assert not (tmp_path / "reports").exists()
+    (log,) = (tmp_path / "reports").glob("*/log.txt")  # the run folder keeps the log of the stopped run, no report
+    assert "stopped: NonFiniteLossError" in log.read_text() and not list(log.parent.glob("results.*"))
 
 
 # -- unreadable images --------------------------------------------------------------------------------
@@ -262,7 +263,8 @@ def test_skip_bad_images_trains_without_them_and_writes_the_list(reference: Path
     assert main([*_train_args(cache, tmp_path / "reports"), "--skip-bad-images"]) == 0
     err = capsys.readouterr().err
     assert "skipped 2 unreadable training image(s)" in err
-    report = json.loads((tmp_path / "reports" / "smoke" / "results.json").read_text())
+    (report_file,) = (tmp_path / "reports").glob("*/results.json")  # the run folder of this command
+    report = json.loads(report_file.read_text())
     assert [entry["path"] for entry in report["skipped_images"]] == bad
     assert "not a readable image" in report["skipped_images"][0]["reason"]
     (listed,) = list((cache / "images").glob("*/skipped.json"))

@@ -34,8 +34,9 @@ from csdn.train.distributed import SINGLE, DistContext
 class EpochObserver(Protocol):
     """Hooks of the loop (e.g. :class:`csdn.runs.StageLog`, the run folder's log of one stage)."""
 
-    def started(self, run_dir: Path, start: int, epochs: int) -> None:
-        """The stage starts at epoch ``start`` (0, or the checkpoint's epoch it resumed from) of ``epochs``."""
+    def started(self, run_dir: Path, start: int, history: list[dict[str, float]], epochs: int) -> None:
+        """The stage starts at epoch ``start`` of ``epochs``: 0, or the checkpoint's epoch it resumed from
+        (``history``: the metrics of the epochs before it, from the checkpoint)."""
 
     def epoch_done(self, metrics: dict[str, float], epochs: int) -> None:
         """An epoch finished with ``metrics`` (its history row: ``epoch``, losses, ``lr``, ``seconds``, ...)."""
@@ -97,7 +98,7 @@ def run_epochs(
     dist.barrier()  # every rank has read the checkpoint before rank 0 may write (and prune) the next
     observer = cfg.observer if dist.is_main else None
     if observer is not None:
-        observer.started(run_dir, start, cfg.epochs)
+        observer.started(run_dir, start, list(history), cfg.epochs)
     bar = tqdm(
         total=cfg.epochs * stage.steps_per_epoch,
         initial=start * stage.steps_per_epoch,
