@@ -35,6 +35,7 @@ from typing import Any
 
 from csdn.artifacts import atomic_write_bytes, atomic_write_json, config_key
 from csdn.config import ExperimentConfig, to_dict
+from csdn.errors import ConfigError
 
 TENSORBOARD = "tensorboard"  # subfolder of the event files
 STAGES = "stages"  # subfolder of the links to the cached stage folders
@@ -77,7 +78,10 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
         if key in ("epoch", "seconds"):
             continue
         value = metrics[key]
-        words.append(f"{key}={value:.3e}" if key == "lr" else f"{key}={value:.4g}")
+        if not isinstance(value, (int, float)):
+            words.append(f"{key}={value}")
+        else:
+            words.append(f"{key}={value:.3e}" if key == "lr" else f"{key}={value:.4g}")
     if "seconds" in metrics:
         words.append(f"{metrics['seconds']:.1f}s")
     return " ".join(words)
@@ -119,12 +123,20 @@ class RunFolder:
     # -- the run ------------------------------------------------------------------------------------
 
     def start(self, command: str, cfg: ExperimentConfig, overrides: Mapping[str, Any], argv: list[str], cache: Path):
-        """Write the config, overrides and versions; start a new TensorBoard log; log the run's first line."""
+        """Write the config, overrides and versions; start a new TensorBoard log; log the run's first line.
+
+        Raises :class:`~csdn.errors.ConfigError` when the folder cannot be created (e.g. it is a file).
+        """
         import torch
 
         from csdn import __version__
 
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot create the run folder {self.path} ({error}); choose another with --out"
+            ) from error
         atomic_write_json(self.path / "config.json", to_dict(cfg))
         atomic_write_json(self.path / "overrides.json", dict(overrides))
         versions = {
@@ -222,7 +234,7 @@ class RunFolder:
             if epoch in logged:
                 continue
             for key, value in row.items():
-                if key != "epoch":
+                if key != "epoch" and isinstance(value, (int, float)):
                     writer.add_scalar(f"{name}/{key}", float(value), epoch)
             logged.add(epoch)
         writer.flush()

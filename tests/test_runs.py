@@ -198,3 +198,12 @@ def test_without_tensorboard_or_symlinks_the_rest_is_still_written(tmp_path: Pat
     assert len(_rows(tmp_path / "run" / "stage1.csv")) == 1
     assert "stage1 epoch 1/2 loss=1 lr=1.000e-01 0.5s" in (tmp_path / "run" / "log.txt").read_text()
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_an_unusable_run_folder_is_one_clear_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    argv = ["train", "--profile", "smoke", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "taken")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"csdn: error: cannot create the run folder {tmp_path / 'taken'}") and "--out" in err
+    assert not (tmp_path / "cache").exists()  # stopped before any work
