@@ -171,10 +171,11 @@ class RunFolder:
             self.echo(text)
 
     def failed(self, error: BaseException) -> None:
-        """Log why the run stopped."""
-        self.line(f"stopped: {type(error).__name__}: {error}")
+        """Log why the run stopped (in the file only: the CLI prints the error itself)."""
+        self.line(f"stopped: {type(error).__name__}: {error}", echo=False)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard event file."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -182,6 +183,7 @@ class RunFolder:
     # -- stages (the Experiment's RunObserver) ------------------------------------------------------
 
     def stage(self, name: str) -> StageLog:
+        """The loop observer of stage ``name`` (about to train)."""
         self.histories[name] = []
         return StageLog(self, name)
 
