@@ -19,6 +19,7 @@ from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.data.sysu import GALLERY_CAMS
 from csdn.errors import ConfigError
 from csdn.model.network import ModelConfig
+from csdn.model.sii import make_sii
 from csdn.overrides import override
 from csdn.synthvi.layouts import WRITERS
 from csdn.synthvi.pretrain import PretrainConfig
@@ -133,6 +134,7 @@ class ExperimentConfig:
     skip_bad_images: bool = False  # leave unreadable training images out (listed in skipped.json) instead of stopping
 
     def __post_init__(self) -> None:
+        self._check_epochs()
         if self.select not in SELECTS:
             raise ConfigError(f"select must be one of {SELECTS}, got {self.select!r}")
         if self.validate_every < 0:
@@ -142,6 +144,19 @@ class ExperimentConfig:
                 "select='best_val' needs validation: set validate_every > 0 (e.g. --set validate_every=5)"
                 ", or select='final'"
             )
+
+    def _check_epochs(self) -> None:
+        """Every stage that trains needs an epoch (an untrained stage would be cached as done)."""
+        trains = {"stage3": True, "stage1": self.model.uses_text, "stage2": self.model.uses_text and self.trains_sii}
+        for stage, training in trains.items():
+            epochs = getattr(self, stage).epochs
+            if training and epochs < 1:
+                raise ConfigError(f"{stage}.epochs must be >= 1 for variant {self.model.variant!r}, got {epochs}")
+
+    @property
+    def trains_sii(self) -> bool:
+        """Whether stage 2 trains: the SII this variant uses has trainable parameters ("mean" and "none" do not)."""
+        return any(p.requires_grad for p in make_sii(self.model.sii_kind, 4, heads=1).parameters())
 
 
 SMOKE_SYNTH = SynthConfig(

@@ -80,6 +80,10 @@ class ReIDStageConfig:
     workers: int = 0  # DataLoader worker processes building batches
 
     def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(
+                f"stage-3 epochs must be >= 1 (an untrained stage would be cached as done), got {self.epochs}"
+            )
         if self.triplet not in TRIPLETS:
             raise ConfigError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
         if self.hse_temperature <= 0 or self.msel_weight < 0:
