@@ -13,6 +13,7 @@ splits the images over the ranks and gathers the features in order. The ranks sh
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from dataclasses import asdict
 from functools import cached_property
@@ -32,7 +33,7 @@ from csdn.artifacts import (
     config_key,
     remove_stale_temporaries,
 )
-from csdn.clip.loader import ClipBundle, ClipSource, load_clip, local_dir_source
+from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, load_clip, local_dir_source
 from csdn.config import ExperimentConfig
 from csdn.data.cache import ImageCache, content_key
 from csdn.data.images import CachedImages
@@ -191,15 +192,29 @@ class Experiment:
             identity["synth"] = asdict(data.synth)
         return identity
 
+    @cached_property
+    def clip_identity(self) -> dict[str, Any]:
+        """What the CLIP config contributes to the keys: the config, with a weights file or ``local-dir:`` folder
+        named by its content (each file's name in the folder and digest) instead of its path."""
+        identity = asdict(self.cfg.clip)
+        weights = self.cfg.clip.weights
+        folder = Path(weights[len(LOCAL_DIR) :]).expanduser() if weights.startswith(LOCAL_DIR) else None
+        if folder is not None and folder.is_dir():
+            files = sorted(p for p in folder.iterdir() if p.is_file())
+            identity["weights"] = {"local-dir": [[p.name, _file_digest(p)] for p in files]}
+        elif folder is None and Path(weights).expanduser().is_file():
+            identity["weights"] = {"file": _file_digest(Path(weights).expanduser())}
+        return identity
+
     def _key(self, *parts: Any) -> str:
         """The cache key of a trained artifact: data, CLIP, seed, the training code's version and ``parts``."""
-        return config_key([self.data_identity, asdict(self.cfg.clip), self.cfg.seed, TRAINING_CODE_VERSION, *parts])
+        return config_key([self.data_identity, self.clip_identity, self.cfg.seed, TRAINING_CODE_VERSION, *parts])
 
     @cached_property
     def clip_features_key(self) -> str:
         """Key of the frozen-CLIP training features: the data and the CLIP, not the run seed (shared across seeds)."""
         skipped = [entry["index"] for entry in self.train_cache.skipped]
-        payload = [self.data_identity, asdict(self.cfg.clip), "clip-features", TRAINING_CODE_VERSION]
+        payload = [self.data_identity, self.clip_identity, "clip-features", TRAINING_CODE_VERSION]
         return config_key(payload + ([skipped] if skipped else []))
 
     @cached_property
@@ -477,3 +492,9 @@ class Experiment:
             split.name: evaluate_split(features_of, split, self.cfg.eval.rerank)
             for split in self.dataset.test_splits(self.split_options())
         }
+
+
+def _file_digest(path: Path) -> str:
+    """blake2b of a file's bytes, read in chunks (CLIP weights files are hundreds of MB)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()

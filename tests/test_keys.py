@@ -110,3 +110,27 @@ def test_synthvi_keys_need_no_data_and_keep_their_earlier_values(tmp_path: Path)
     assert not (tmp_path / "cache").exists()  # nothing generated or hashed to know the keys
     workers = Experiment(override(cfg, {"stage3.workers": 2}), tmp_path / "cache", progress=False)
     assert workers.stage3_key == e.stage3_key
+
+
+def test_a_clip_weights_file_is_keyed_by_its_content_not_its_path(tmp_path: Path) -> None:
+    weights = tmp_path / "a" / "RN.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"first weights")
+    moved = tmp_path / "b" / "renamed.safetensors"
+    moved.parent.mkdir()
+    shutil.copy(weights, moved)
+
+    def stage1_key(path: str) -> str:
+        cfg = override(get_profile("smoke"), {"clip.weights": path})
+        return Experiment(cfg, tmp_path / "cache", progress=False).stage1_key
+
+    key = stage1_key(str(weights))
+    assert stage1_key(str(moved)) == key
+    weights.write_bytes(b"other weights")  # rewritten in place
+    assert stage1_key(str(weights)) != key
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text("{}")
+    local = stage1_key(f"local-dir:{folder}")
+    (folder / "open_clip_config.json").write_text('{"model_cfg": {}}')
+    assert stage1_key(f"local-dir:{folder}/") != local
