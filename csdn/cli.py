@@ -1,7 +1,8 @@
 """The ``csdn`` console script. Config enters here (profile name, flags, ``$CSDN_PROFILE``/``$CSDN_CACHE``).
 
 Every command builds its configuration the same way: the ``--profile``, then the command's convenience
-flags (``--seed``, ``--clip``, ``--variant``, ...: each is one dotted override such as ``model.variant``),
+flags (``--seed``, ``--clip``, ``--variant``, ...: entries of :data:`FLAG_OVERRIDES`, each a dotted override
+such as ``model.variant``, or a few of them: ``--arch``, ``--ids-per-gpu``; a flag that cannot act is refused),
 then the ``--config FILE`` files (.yaml/.yml/.json), then the ``--set KEY=VALUE`` entries, a later value
 winning; all through :func:`csdn.overrides.override`. Every report records the overrides it ran with.
 
@@ -22,15 +23,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from csdn.artifacts import default_cache_root
-from csdn.config import SYNTH_LAYOUTS, ExperimentConfig, get_profile, profile_from_env, to_dict
+from csdn.clip.loader import TINY_ARCHS
+from csdn.config import SELECTS, SYNTH_LAYOUTS, ExperimentConfig, get_profile, profile_from_env, to_dict
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
-from csdn.errors import CsdnError
+from csdn.errors import ConfigError, CsdnError
 from csdn.model.network import VARIANTS
-from csdn.overrides import format_overrides, load_overrides, override, parse_overrides
+from csdn.overrides import format_overrides, load_overrides, parse_overrides
+from csdn.sources import dataset_label
+from csdn.train.distributed import world_size_from_env
 
 EXIT_BAD_INPUT = 2  # exit status of a CsdnError (and of argparse's usage errors)
 EPILOG = (
@@ -38,17 +43,46 @@ EPILOG = (
     "stage3.epochs=10 or model.sii=attention; a later value wins). Exit status 2 on bad input "
     "(one line: csdn: error: ...); any other error is a bug and shows its traceback."
 )
-# argparse destination -> the dotted config key its flag sets (when given)
-FLAG_OVERRIDES = {
+
+
+def _arch_overrides(arch: str) -> dict[str, Any]:
+    """``clip.arch``, and for a tiny arch also the arch the tiny-synthvi pretraining trains."""
+    return {"clip.arch": arch, **({"clip.pretrain.arch": arch} if arch in TINY_ARCHS else {})}
+
+
+def _ids_per_gpu_overrides(ids: int) -> dict[str, Any]:
+    """Stage 3's global batch: ``ids`` identities on each of the torchrun processes (one process: ``ids``)."""
+    if ids < 1:
+        raise ConfigError(f"--ids-per-gpu must be >= 1, got {ids}")
+    return {"stage3.ids_per_batch": ids * world_size_from_env()}
+
+
+# argparse destination -> the dotted config key its flag sets (when given), or a function of the flag's value
+# returning the overrides (a flag that sets several keys, or a derived value)
+FLAG_OVERRIDES: dict[str, str | Callable[[Any], dict[str, Any]]] = {
     "seed": "seed",
     "device": "device",
     "clip": "clip.weights",
-    "arch": "clip.arch",
+    "arch": _arch_overrides,
     "variant": "model.variant",
     "sii": "model.sii",
     "sync_bn": "sync_bn",
     "skip_bad_images": "skip_bad_images",
     "layout": "data.synth_layout",
+    "trial": "data.regdb_trial",
+    "validate_every": "validate_every",
+    "select": "select",
+    "trials": "eval.trials",
+    "shots": "eval.sysu_shots",
+    "rerank": "eval.rerank",
+    "workers": "stage3.workers",
+    "ids_per_gpu": _ids_per_gpu_overrides,
+}
+# flags that act on one dataset layout only: argparse destination -> (layout, what is refused otherwise)
+LAYOUT_FLAGS = {
+    "trial": ("regdb", "--trial picks a RegDB trial"),
+    "shots": ("sysu", "--shots sets SYSU-MM01's gallery shots"),
+    "validate_every": ("sysu", "--validate-every validates on SYSU-MM01's held-out val ids"),
 }
 
 
@@ -75,8 +109,11 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 
 def command_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The dotted overrides of the command line: its flags, then its --config files, then its --set entries."""
-    flags = {dest: getattr(args, dest, None) for dest in FLAG_OVERRIDES}
-    changes = {FLAG_OVERRIDES[dest]: value for dest, value in flags.items() if value is not None}
+    changes: dict[str, Any] = {}
+    for dest, target in FLAG_OVERRIDES.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            changes.update(target(value) if callable(target) else {target: value})
     if getattr(args, "dataset", None):
         changes.update({"data.dataset": args.dataset, "data.root": args.data})
     for path in getattr(args, "config_files", []):
@@ -86,9 +123,33 @@ def command_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def experiment_config(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[str, Any]]:
-    """The command line's configuration (the profile with :func:`command_overrides`) and those overrides."""
+    """The command line's configuration (the profile with :func:`command_overrides`) and those overrides.
+
+    ``--data`` is the profile's data root (refused for SynthVI); a flag that cannot act on the resulting
+    configuration is refused (:func:`check_flags_act`).
+    """
     changes = command_overrides(args)
-    return override(get_profile(args.profile, data_root=getattr(args, "data", None)), changes), changes
+    cfg = get_profile(args.profile, data_root=getattr(args, "data", None), **changes)
+    check_flags_act(args, cfg)
+    return cfg, changes
+
+
+def check_flags_act(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
+    """A :class:`ConfigError` for a flag given where it would change nothing (the config has no use for it)."""
+    for dest, (layout, what) in LAYOUT_FLAGS.items():
+        if getattr(args, dest, None) and cfg.data.layout != layout:  # (--validate-every 0 acts anywhere)
+            raise ConfigError(f"{what}, but the data is {dataset_label(cfg.data)}: leave the flag out")
+    if getattr(args, "validate_every", None) and not cfg.data.hold_out_val:
+        raise ConfigError("--validate-every needs held-out val ids: also --set data.hold_out_val=true")
+    if getattr(args, "trials", None) is not None and cfg.data.layout == "regdb":
+        raise ConfigError("--trials: RegDB's test split has one fixed gallery (pick the split with --trial)")
+    sii = getattr(args, "sii", None)
+    if sii not in (None, "none") and cfg.model.variant != "csdn":
+        raise ConfigError(f"--sii {sii} acts on variant csdn only (the one that fuses); {cfg.model.variant} has none")
+    if getattr(args, "sync_bn", None) is not None and world_size_from_env() == 1:
+        raise ConfigError("--sync-bn / --no-sync-bn act under torchrun only (one process normalises one batch)")
+    if getattr(args, "layout", None) and not cfg.data.synthetic:
+        raise ConfigError(f"--layout is the layout SynthVI is written in; {cfg.data.dataset} is read in its own")
 
 
 def config_arguments(args: argparse.Namespace) -> list[str]:
@@ -252,6 +313,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_and_report(args, zero_shot=True)
 
 
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The data, validation, evaluation and speed flags of train, eval and demo (entries of FLAG_OVERRIDES)."""
+    p.add_argument("--trial", type=int, help="RegDB trial 1..10 (data.regdb_trial): each its own split and model")
+    p.add_argument(
+        "--validate-every",
+        type=int,
+        metavar="N",
+        help="validate stage 3 every N epochs on SYSU-MM01's held-out val ids (validate_every; 0: never)",
+    )
+    p.add_argument(
+        "--select",
+        choices=SELECTS,
+        help="stage 3's result: the last epoch (final) or the best validation mAP (best_val, needs validation)",
+    )
+    p.add_argument("--trials", type=int, metavar="N", help="gallery trials averaged (eval.trials; SYSU-MM01, LLCM)")
+    p.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="SYSU-MM01 gallery images per (id, camera) (eval.sysu_shots): 1 single-shot, 10 multi-shot; "
+        "--shots 1 10 for both",
+    )
+    p.add_argument(
+        "--rerank",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="k-reciprocal re-ranking of the test distances (eval.rerank; k1=20, k2=6, lambda=0.3)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="DataLoader worker processes of stage 3 (stage3.workers; speed only: the same batches and cache)",
+    )
+    p.add_argument(
+        "--ids-per-gpu",
+        type=int,
+        metavar="P",
+        help="stage 3's global batch as P identities on each process: stage3.ids_per_batch = P x the number of "
+        "torchrun processes (stage3.ids_per_batch is always the global batch, split over the processes; "
+        "the learning rate is not scaled)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csdn", description=__doc__, epilog=EPILOG)
     parser.add_argument(
@@ -284,14 +390,22 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, fn, text, default_profile="demo" if name == "demo" else None)
         p.add_argument("--data", help="dataset root for real-data profiles (sysu-rn50, regdb-vitb16, ...)")
         p.add_argument("--clip", help="CLIP weights: tiny-synthvi, openai, a weights file, local-dir:<folder>, random")
-        p.add_argument("--arch", help="open_clip architecture (RN50, ViT-B-16, csdn-tiny-rn, csdn-tiny-vit)")
+        p.add_argument(
+            "--arch",
+            help="open_clip architecture (RN50, ViT-B-16, csdn-tiny-rn, csdn-tiny-vit); with --clip tiny-synthvi "
+            "(the embedded profiles' default) only a tiny one, which the SynthVI pretraining then trains",
+        )
         p.add_argument(
             "--variant",
             choices=list(VARIANTS),
             help="the network: csdn; clip-reid or vision-only (one shared stem); vision-only-stems",
         )
-        p.add_argument("--sii", choices=["official", "attention", "mean", "none"])
-        p.add_argument("--seed", type=int)
+        p.add_argument(
+            "--sii",
+            choices=["official", "attention", "mean", "none"],
+            help="SII fusion of variant csdn (model.sii): official, attention, mean (parameter-free) or none",
+        )
+        p.add_argument("--seed", type=int, help="seed of every random choice of the run")
         p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
         p.add_argument(
             "--out",
@@ -313,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="leave unreadable training images out (listed in the report) instead of stopping",
         )
+        add_run_flags(p)
         if name == "eval":
             p.add_argument("--zero-shot", action="store_true", help="also evaluate the frozen CLIP")
     from csdn.analysis.commands import add_commands

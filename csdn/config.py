@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from csdn.clip.loader import TINY_ARCHS
 from csdn.data.protocol import DIRECTIONS
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.data.sysu import GALLERY_CAMS
 from csdn.errors import ConfigError
 from csdn.model.network import ModelConfig
+from csdn.model.sii import make_sii
 from csdn.overrides import override
 from csdn.synthvi.layouts import WRITERS
 from csdn.synthvi.pretrain import PretrainConfig
@@ -52,6 +54,12 @@ class DataConfig:
             raise ConfigError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.synth_layout not in SYNTH_LAYOUTS:
             raise ConfigError(f"synth_layout must be one of {SYNTH_LAYOUTS}, got {self.synth_layout!r}")
+        if self.synthetic and self.root:
+            raise ConfigError(
+                f"a data root ({self.root}) is for a real dataset, but the data is SynthVI (generated into the "
+                "cache, no folder to read): choose a real-data profile (--profile sysu-rn50, regdb-rn50, "
+                "llcm-vitb16, ...) or name the dataset (--dataset / data.dataset=sysu), or leave --data out"
+            )
         if not self.synthetic and not self.root:
             raise ConfigError(
                 f"dataset {self.dataset!r} needs a root folder: pass --data /path/to/{self.dataset} "
@@ -76,6 +84,7 @@ class ClipConfig:
     """Which CLIP the image and text towers start from."""
 
     arch: str = "csdn-tiny-rn"  # open_clip architecture: "RN50", "ViT-B-16", "csdn-tiny-rn", "csdn-tiny-vit"
+    # (with weights "tiny-synthvi": a tiny one, the pretraining's pretrain.arch)
     weights: str = "tiny-synthvi"  # "tiny-synthvi" (pretrain ours on SynthVI), a tag ("openai"), a weights
     # file, "local-dir:<folder>", or "random"
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # how "tiny-synthvi" is pretrained
@@ -84,6 +93,22 @@ class ClipConfig:
     def __post_init__(self) -> None:
         if self.last_stride not in (1, 2):
             raise ConfigError(f"last_stride must be 1 or 2, got {self.last_stride}")
+        if self.weights == "tiny-synthvi":
+            self._check_tiny_arch()
+
+    def _check_tiny_arch(self) -> None:
+        """ "tiny-synthvi" pretrains ``pretrain.arch`` (a tiny arch): ``arch`` must name that one."""
+        if self.arch not in TINY_ARCHS:
+            raise ConfigError(
+                f"clip.weights='tiny-synthvi' pretrains a tiny CLIP ({', '.join(TINY_ARCHS)}) on SynthVI, not "
+                f"{self.arch!r}: for {self.arch} choose weights it can load (--clip openai, a weights file, "
+                "local-dir:<folder>, or random)"
+            )
+        if self.arch != self.pretrain.arch:
+            raise ConfigError(
+                f"clip.arch={self.arch!r} but the tiny-synthvi pretraining trains clip.pretrain.arch="
+                f"{self.pretrain.arch!r}: set both (the CLI's --arch {self.arch} does)"
+            )
 
 
 @dataclass(frozen=True)
@@ -133,6 +158,7 @@ class ExperimentConfig:
     skip_bad_images: bool = False  # leave unreadable training images out (listed in skipped.json) instead of stopping
 
     def __post_init__(self) -> None:
+        self._check_epochs()
         if self.select not in SELECTS:
             raise ConfigError(f"select must be one of {SELECTS}, got {self.select!r}")
         if self.validate_every < 0:
@@ -142,6 +168,19 @@ class ExperimentConfig:
                 "select='best_val' needs validation: set validate_every > 0 (e.g. --set validate_every=5)"
                 ", or select='final'"
             )
+
+    def _check_epochs(self) -> None:
+        """Every stage that trains needs an epoch (an untrained stage would be cached as done)."""
+        trains = {"stage3": True, "stage1": self.model.uses_text, "stage2": self.model.uses_text and self.trains_sii}
+        for stage, training in trains.items():
+            epochs = getattr(self, stage).epochs
+            if training and epochs < 1:
+                raise ConfigError(f"{stage}.epochs must be >= 1 for variant {self.model.variant!r}, got {epochs}")
+
+    @property
+    def trains_sii(self) -> bool:
+        """Whether stage 2 trains: the SII this variant uses has trainable parameters ("mean" and "none" do not)."""
+        return any(p.requires_grad for p in make_sii(self.model.sii_kind, 4, heads=1).parameters())
 
 
 SMOKE_SYNTH = SynthConfig(
@@ -237,11 +276,12 @@ PROFILES: dict[str, Callable[[str | None], ExperimentConfig]] = {
 
 
 def get_profile(name: str, data_root: str | None = None, **overrides: Any) -> ExperimentConfig:
-    """The named profile (real-data ones need ``data_root``) with top-level ``overrides`` (see
+    """The named profile (real-data ones need ``data_root``, which SynthVI refuses) with ``overrides`` (see
     :func:`csdn.overrides.override` for dotted ones: ``override(get_profile("demo"), {"stage3.epochs": 10})``)."""
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    return override(PROFILES[name](data_root), overrides)
+    changes = {"data.root": data_root, **overrides} if data_root else overrides  # refused for SynthVI
+    return override(PROFILES[name](data_root), changes)
 
 
 def profile_from_env(default: str = "demo") -> str:

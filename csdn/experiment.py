@@ -17,6 +17,7 @@ from the cache with its stored history.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from dataclasses import asdict
 from functools import cached_property
@@ -36,9 +37,9 @@ from csdn.artifacts import (
     config_key,
     remove_stale_temporaries,
 )
-from csdn.clip.loader import ClipBundle, ClipSource, load_clip, local_dir_source
+from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, load_clip, local_dir_source
 from csdn.config import ExperimentConfig
-from csdn.data.cache import ImageCache
+from csdn.data.cache import ImageCache, content_key
 from csdn.data.images import CachedImages
 from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
@@ -51,6 +52,7 @@ from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import make_sii, text_prototypes
 from csdn.runtime import pick_device, seed_everything
 from csdn.sources import open_dataset
+from csdn.synthvi.layouts import FORMAT_VERSION as SYNTHVI_FORMAT
 from csdn.synthvi.pretrain import tiny_clip
 from csdn.train.distributed import DistContext
 from csdn.train.loop import EpochObserver, LoopConfig
@@ -188,26 +190,58 @@ class Experiment:
     def text_encoder(self) -> nn.Module:
         return self.clip.text_encoder().to(self.device)
 
+    @cached_property
+    def data_identity(self) -> dict[str, Any]:
+        """What the training data contributes to the keys of trained artifacts: what determines it, not where it is.
+
+        SynthVI is generated from its config by a versioned writer, so the data config (and the writer's
+        format) is its content; the keys are those of earlier versions. A real dataset is its training
+        images' content: the training image cache's key (each file's bytes, its path relative to the images'
+        common root, pid, camera, modality, the input size), which the training needs anyway. So the same
+        images under another root spelling or mount
+        point reuse the cache, and an image rewritten in place retrains.
+        """
+        data = self.cfg.data
+        if data.synthetic:
+            identity = asdict(data)
+            if SYNTHVI_FORMAT != 1:  # a new SynthVI writer is new content (format-1 keys predate this entry)
+                identity["synthvi_format"] = SYNTHVI_FORMAT
+            return identity
+        identity: dict[str, Any] = {"dataset": data.dataset, "train_images": self.train_cache.key}
+        if self.cfg.clip.weights == "tiny-synthvi":  # the tiny CLIP is pretrained on SynthVI's CLIP pool
+            identity["synth"] = asdict(data.synth)
+        return identity
+
+    @cached_property
+    def clip_identity(self) -> dict[str, Any]:
+        """What the CLIP config contributes to the keys: the config, with a weights file or ``local-dir:`` folder
+        named by its content (each file's name in the folder and digest) instead of its path."""
+        identity = asdict(self.cfg.clip)
+        weights = self.cfg.clip.weights
+        folder = Path(weights[len(LOCAL_DIR) :]).expanduser() if weights.startswith(LOCAL_DIR) else None
+        if folder is not None and folder.is_dir():
+            files = sorted(p for p in folder.iterdir() if p.is_file())
+            identity["weights"] = {"local-dir": [[p.name, _file_digest(p)] for p in files]}
+        elif folder is None and Path(weights).expanduser().is_file():
+            identity["weights"] = {"file": _file_digest(Path(weights).expanduser())}
+        return identity
+
     def _key(self, *parts: Any) -> str:
         """The cache key of a trained artifact: data, CLIP, seed, the training code's version and ``parts``."""
-        return config_key([asdict(self.cfg.data), asdict(self.cfg.clip), self.cfg.seed, TRAINING_CODE_VERSION, *parts])
+        return config_key([self.data_identity, self.clip_identity, self.cfg.seed, TRAINING_CODE_VERSION, *parts])
+
+    @cached_property
+    def clip_features_key(self) -> str:
+        """Key of the frozen-CLIP training features: the data and the CLIP, not the run seed (shared across seeds)."""
+        skipped = [entry["index"] for entry in self.train_cache.skipped]
+        payload = [self.data_identity, self.clip_identity, "clip-features", TRAINING_CODE_VERSION]
+        return config_key(payload + ([skipped] if skipped else []))
 
     @cached_property
     def clip_features(self) -> CachedFeatures:
         """Projected features of every training image from the frozen CLIP (no augmentation), cached."""
         records = self.train_cache.records  # the training records (less unreadable ones when skipping)
-        skipped = [entry["index"] for entry in self.train_cache.skipped]
-        # Frozen-CLIP features depend on the data and the CLIP, not on the run seed: shared across seeds.
-        key = config_key(
-            [
-                asdict(self.cfg.data),
-                asdict(self.cfg.clip),
-                "clip-features",
-                TRAINING_CODE_VERSION,
-                *([skipped] if skipped else []),
-            ]
-        )
-        path = self.cache_root / "features" / f"clip-{key}.safetensors"
+        path = self.cache_root / "features" / f"clip-{self.clip_features_key}.safetensors"
         labels = torch.tensor([self.labels[r.pid] for r in records])
         if not self.dist.agree(path.is_file()):
             visual = self.clip.visual().to(self.device)
@@ -312,6 +346,11 @@ class Experiment:
         return {m: self.prompts.all_text_features(self.text_encoder, m) for m in MODALITIES}
 
     @cached_property
+    def stage2_key(self) -> str:
+        m = self.cfg.model
+        return config_key([self.stage1_key, m.sii_kind, m.sii_heads, asdict(self.cfg.stage2)])
+
+    @cached_property
     def sii(self) -> nn.Module:
         """Stage 2: the trained SII fusion (untrained variants are returned as built)."""
         kind = self.cfg.model.sii_kind
@@ -320,7 +359,7 @@ class Experiment:
         sii = make_sii(kind, dim, heads=self.cfg.model.sii_heads)
         if not any(p.requires_grad for p in sii.parameters()):
             return sii.to(self.device)
-        key = config_key([self.stage1_key, kind, self.cfg.model.sii_heads, asdict(self.cfg.stage2)])
+        key = self.stage2_key
         t = self.prompt_text_features
         meta = self._meta("stage2", key)
         torch.manual_seed(self.cfg.seed)
@@ -353,10 +392,29 @@ class Experiment:
 
     @cached_property
     def stage3_key(self) -> str:
-        upstream = self.stage1_key if self.cfg.model.uses_text else self._key("no-text")
-        return config_key(
-            [upstream, asdict(self.cfg.model), asdict(self.cfg.stage2), asdict(self.cfg.stage3), self.cfg.select]
-        )
+        """Key of stage 3: upstream stages, model, stage 2 and 3 settings (not speed-only ones), selection.
+
+        Settings that entered the key later join its payload only off the value every earlier run had,
+        so existing caches keep their keys: ``sync_bn=False`` (per-rank BatchNorm under torchrun), and
+        with ``select="best_val"`` the validation interval and (real data) the validation images' content.
+        """
+        cfg = self.cfg
+        upstream = self.stage1_key if cfg.model.uses_text else self._key("no-text")
+        stage3 = cfg.stage3.result_settings()
+        payload = [upstream, asdict(cfg.model), asdict(cfg.stage2), stage3, cfg.select]
+        if not cfg.sync_bn:
+            payload.append({"sync_bn": False})
+        if cfg.select == "best_val":
+            payload.append({"validate_every": cfg.validate_every, "validation": self._validation_identity()})
+        return config_key(payload)
+
+    def _validation_identity(self) -> str | None:
+        """The validation images' content key (real data; SynthVI's follows from its config), else None."""
+        split = None if self.cfg.data.synthetic else self.dataset.validation()
+        if split is None:
+            return None
+        records = [*split.query, *(r for trial in split.trials for r in split.gallery(trial))]
+        return content_key(records, self.image_size, progress=self.progress)
 
     @cached_property
     def network(self) -> CSDNNet:
@@ -461,3 +519,9 @@ class Experiment:
             split.name: evaluate_split(features_of, split, self.cfg.eval.rerank)
             for split in self.dataset.test_splits(self.split_options())
         }
+
+
+def _file_digest(path: Path) -> str:
+    """blake2b of a file's bytes, read in chunks (CLIP weights files are hundreds of MB)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()

@@ -166,6 +166,20 @@ def test_dataset_and_layout_flags_are_overrides_too() -> None:
         (["--set", "model.sii=fancy"], "model.sii=fancy: sii must be one of"),
         (["--sii", "none", "--set", "stage3=3"], "stage3 is a config section (ReIDStageConfig)"),
         (["--config", "nowhere.yaml"], "nowhere.yaml: cannot read the overrides file"),
+        # a flag either acts or is refused
+        (["--data", "/data/SYSU-MM01"], "a data root (/data/SYSU-MM01) is for a real dataset, but the data is SynthVI"),
+        (["--arch", "RN50"], "clip.weights='tiny-synthvi' pretrains a tiny CLIP"),
+        (["--set", "clip.arch=csdn-tiny-vit"], "set both (the CLI's --arch csdn-tiny-vit does)"),
+        (["--variant", "vision-only", "--sii", "attention"], "--sii attention acts on variant csdn only"),
+        (["--trial", "3"], "--trial picks a RegDB trial, but the data is SynthVI (SYSU-MM01 protocol)"),
+        (["--shots", "1", "10", "--set", "data.synth_layout=llcm"], "--shots sets SYSU-MM01's gallery shots"),
+        (["--trials", "3", "--set", "data.synth_layout=regdb"], "--trials: RegDB's test split has one fixed gallery"),
+        (["--validate-every", "2", "--set", "data.synth_layout=llcm"], "--validate-every validates on SYSU-MM01"),
+        (["--validate-every", "2", "--set", "data.hold_out_val=false"], "--validate-every needs held-out val ids"),
+        (["--ids-per-gpu", "0"], "--ids-per-gpu must be >= 1"),
+        (["--no-sync-bn"], "--sync-bn / --no-sync-bn act under torchrun only"),
+        (["--set", "stage3.epochs=0"], "stage-3 epochs must be >= 1"),
+        (["--set", "stage1.epochs=-1"], "epochs must be >= 0"),
     ],
 )
 def test_bad_overrides_give_one_line_and_exit_2(args: list[str], expected: str, tmp_path: Path, capsys) -> None:
@@ -301,3 +315,61 @@ def test_gap_checks_its_projection_methods_before_any_training(tmp_path: Path, c
     assert main(["--cache", str(tmp_path / "cache"), "gap", "--profile", "smoke", "--methods", "PCA"]) == 2
     assert "csdn: error: methods must be a non-empty subset of" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--trial", "4", "--set", "data.synth_layout=regdb"], {"data.regdb_trial": 4}),
+        (["--validate-every", "3"], {"validate_every": 3}),
+        (["--select", "best_val"], {"select": "best_val"}),
+        (["--trials", "4"], {"eval.trials": 4}),
+        (["--shots", "1", "10"], {"eval.sysu_shots": [1, 10]}),
+        (["--rerank"], {"eval.rerank": True}),
+        (["--no-rerank"], {"eval.rerank": False}),
+        (["--workers", "3"], {"stage3.workers": 3}),
+        (["--ids-per-gpu", "6"], {"stage3.ids_per_batch": 6}),  # one process: the global batch itself
+        (["--arch", "csdn-tiny-vit"], {"clip.arch": "csdn-tiny-vit", "clip.pretrain.arch": "csdn-tiny-vit"}),
+        (["--arch", "RN50", "--clip", "random"], {"clip.arch": "RN50", "clip.weights": "random"}),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "eval", "demo"])
+def test_run_flags_map_to_their_overrides(command: str, flags: list[str], expected: dict, monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg, overrides = _config([command, "--profile", "smoke", *flags])
+    assert {k: v for k, v in overrides.items() if not k.startswith("data.synth")} == expected
+    for key, value in expected.items():
+        field = cfg
+        for part in key.split("."):
+            field = getattr(field, part)
+        assert field == (tuple(value) if isinstance(value, list) else value)
+
+
+def test_ids_per_gpu_scales_the_global_batch_with_the_torchrun_processes(monkeypatch) -> None:
+    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    cfg, overrides = _config(["train", "--profile", "smoke", "--ids-per-gpu", "3"])
+    assert overrides == {"stage3.ids_per_batch": 12} and cfg.stage3.ids_per_batch == 12
+    from csdn.data.sampler import CrossModalitySampler
+
+    labels = [i // 2 for i in range(2 * 12)]  # 12 identities, 2 images each per modality
+    shares = [CrossModalitySampler(labels, labels, 12, 2, rank=r, world_size=4) for r in range(4)]
+    assert [len({labels[i] for i in next(iter(s))[0]}) for s in shares] == [3, 3, 3, 3]  # 3 ids on each process
+
+
+def test_every_flag_of_the_table_has_help_on_the_run_commands() -> None:
+    from csdn.cli import FLAG_OVERRIDES
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name in ("train", "eval", "demo"):
+        actions = {a.dest: a for a in commands[name]._actions}
+        run_flags = set(FLAG_OVERRIDES) - {"layout"}  # --layout belongs to synth and stats
+        assert run_flags <= set(actions), run_flags - set(actions)
+        assert all(actions[dest].help for dest in run_flags)
+
+
+def test_layout_is_refused_for_a_real_dataset(tmp_path: Path, capsys) -> None:
+    argv = ["--cache", str(tmp_path), "stats", "--dataset", "sysu", "--data", str(tmp_path), "--layout", "regdb"]
+    assert main(argv) == 2
+    assert "--layout is the layout SynthVI is written in; sysu is read in its own" in capsys.readouterr().err

@@ -149,6 +149,20 @@ def test_test_id_absent_from_image_folders(tmp_path: Path) -> None:
         LLCM(root)
 
 
+def test_test_ids_over_several_lines_are_all_read(tmp_path: Path) -> None:
+    root = make_llcm(tmp_path / "llcm", test_ids="3\n5")
+    assert LLCM(root).test_ids == [3, 5]
+
+
+@pytest.mark.parametrize("extra_id", [1, 2])  # 1: a 0001_c06 file name, 2: a vis/0002/ folder only
+def test_a_test_id_that_training_paths_spell_is_refused(tmp_path: Path, extra_id: int) -> None:
+    root = make_llcm(tmp_path / "llcm", test_ids=f"3,5,{extra_id}")
+    for modality in ("test_vis", "test_nir"):  # the id has test images, so only the overlap is wrong
+        write_jpeg(root / modality / "cam1" / f"{extra_id:04d}" / "x.jpg")
+    with pytest.raises(DatasetError, match=rf"train_(vis|nir).txt and .*test_id.txt share 1 identity: {extra_id}\."):
+        LLCM(root)
+
+
 def test_test_splits_are_the_directions_over_trials(root: Path) -> None:
     data = LLCM(root)
     splits = data.test_splits(SplitOptions(trials=3, directions=("visible->infrared",)))

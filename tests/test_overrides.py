@@ -36,6 +36,7 @@ def test_override_sets_fields_of_several_types_and_keeps_the_rest():
             "model.sii": "attention",
             "eval.flip": False,
             "stage3.milestones": [5, 8],
+            "data.dataset": "sysu",  # a data root is for a real dataset (SynthVI refuses one)
             "data.root": "/data/x",
             "clip.pretrain.max_images": None,
             "clip.pretrain.epochs": 7,

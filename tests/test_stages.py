@@ -155,3 +155,32 @@ def test_msel_needs_two_images_per_identity_and_modality() -> None:
     with pytest.raises(ValueError, match="instances >= 2"):
         ReIDStageConfig(instances=1)
     assert ReIDStageConfig(instances=1, msel_weight=0).instances == 1
+
+
+@pytest.mark.parametrize("epochs", [0, -3])
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3"])
+def test_a_stage_that_would_train_needs_an_epoch(stage: str, epochs: int) -> None:
+    from csdn.errors import ConfigError
+    from csdn.overrides import override
+
+    with pytest.raises(ConfigError, match=rf"{stage}.epochs must be >= 1|epochs must be >= [01]"):
+        override(get_profile("smoke"), {f"{stage}.epochs": epochs})
+
+
+def test_stages_that_do_not_train_may_have_no_epochs() -> None:
+    from csdn.overrides import override
+
+    smoke = get_profile("smoke")
+    for sii in ("mean", "none"):  # parameter-free fusion: stage 2 is skipped
+        assert override(smoke, {"model.sii": sii, "stage2.epochs": 0}).stage2.epochs == 0
+    vision = override(smoke, {"model.variant": "vision-only", "stage1.epochs": 0, "stage2.epochs": 0})
+    assert vision.stage1.epochs == 0
+    assert override(smoke, {"model.variant": "clip-reid", "stage2.epochs": 0}).stage2.epochs == 0  # no fusion
+
+
+def test_tiny_clip_pretraining_needs_an_epoch() -> None:
+    from csdn.errors import ConfigError
+    from csdn.overrides import override
+
+    with pytest.raises(ConfigError, match=r"need epochs >= 1"):
+        override(get_profile("smoke"), {"clip.pretrain.epochs": 0})

@@ -220,10 +220,30 @@ def test_missing_and_malformed_id_files(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"val_id.txt: missing file"):
         SYSUMM01(root)
     (root / "exp" / "val_id.txt").write_text("3;4\n")
-    with pytest.raises(DatasetError, match=r"val_id.txt: line 1 must be comma-separated integers"):
+    with pytest.raises(DatasetError, match=r"val_id.txt: line 1: '3;4' is not an identity number"):
+        SYSUMM01(root)
+    (root / "exp" / "val_id.txt").write_text("3\n\n7,x\n")
+    with pytest.raises(DatasetError, match=r"val_id.txt: line 3: 'x' is not an identity number"):
         SYSUMM01(root)
     (root / "exp" / "val_id.txt").write_text("\n")
-    with pytest.raises(DatasetError, match=r"val_id.txt: expected one line"):
+    with pytest.raises(DatasetError, match=r"val_id.txt: expected comma-separated identity numbers, found none"):
+        SYSUMM01(root)
+
+
+@pytest.mark.parametrize("test_ids", ["4,\n5\n", "4\n5", "4, 5", "4 5\n", "4,\r\n5,\n\n"])
+def test_id_files_split_over_lines_keep_every_id(tmp_path: Path, test_ids: str) -> None:
+    root = make_sysu(tmp_path / "sysu", ids={"train": "1,2", "val": "3", "test": test_ids})
+    reader = SYSUMM01(root)
+    assert reader.test_ids == [4, 5]
+    assert {r.pid for r in reader.query} == {4, 5}
+
+
+@pytest.mark.parametrize("name", ["train", "val"])
+def test_a_test_id_in_the_training_files_is_refused(tmp_path: Path, name: str) -> None:
+    ids = {"train": "1,2", "val": "3", "test": "4,5"}
+    ids[name] += ",5"
+    root = make_sysu(tmp_path / "sysu", ids=ids)
+    with pytest.raises(DatasetError, match=rf"{name}_id.txt and .*test_id.txt share 1 identity: 5\."):
         SYSUMM01(root)
 
 

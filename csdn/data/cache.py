@@ -90,21 +90,7 @@ class ImageCache:
         """
         records = list(records)
         height, width = _check_size(size)
-        if not records:
-            raise ValueError("cannot build an image cache from an empty record list")
-        paths = [os.path.abspath(r.path) for r in records]
-        digest = _digest_or_unreadable if skip_bad else _file_digest
-        digests = list(_parallel_map(digest, paths, workers, "hash images" if progress else None))
-        root = _common_root(paths)
-        key = config_key(
-            {
-                "format": CACHE_FORMAT,
-                "size": [height, width],
-                "images": [
-                    [os.path.relpath(p, root), d, r.pid, r.cam, r.modality] for p, d, r in zip(paths, digests, records)
-                ],
-            }
-        )
+        paths, digests, root, key = _content(records, (height, width), workers, progress, skip_bad)
 
         def produce(tmp: Path) -> None:
             skipped = _write_array(tmp / ARRAY_FILE, paths, digests, (height, width), workers, progress, skip_bad)
@@ -127,6 +113,11 @@ class ImageCache:
         return cls(directory, [r for i, r in enumerate(records) if i not in bad])
 
     @property
+    def key(self) -> str:
+        """The content key this cache was built under (see :func:`content_key`)."""
+        return json.loads((self.directory / META_FILE).read_text())["key"]
+
+    @property
     def skipped(self) -> list[dict]:
         """Images a ``skip_bad`` build left out: ``{"index", "path", "reason"}`` (index into its records)."""
         return _load_skipped(self.directory)
@@ -146,6 +137,29 @@ class ImageCache:
     def __repr__(self) -> str:
         height, width = self.size
         return f"ImageCache({len(self)} images of {height}x{width} at {self.directory})"
+
+
+def content_key(
+    records: Sequence[Record], size: tuple[int, int], workers: int = 0, progress: bool = False, skip_bad: bool = False
+) -> str:
+    """The key :meth:`ImageCache.build` gives ``records`` at ``size``, without building: a hash of each file's
+    bytes, its path relative to the images' common root, its record fields and the size (so the same
+    images under another root folder have the same key, and an image rewritten in place a new one)."""
+    return _content(list(records), _check_size(size), workers, progress, skip_bad)[3]
+
+
+def _content(
+    records: list[Record], size: tuple[int, int], workers: int, progress: bool, skip_bad: bool
+) -> tuple[list[str], list[str], str, str]:
+    """``(absolute paths, file digests, common root, key)`` of ``records`` at ``size``."""
+    if not records:
+        raise ValueError("cannot build an image cache from an empty record list")
+    paths = [os.path.abspath(r.path) for r in records]
+    digest = _digest_or_unreadable if skip_bad else _file_digest
+    digests = list(_parallel_map(digest, paths, workers, "hash images" if progress else None))
+    root = _common_root(paths)
+    images = [[os.path.relpath(p, root), d, r.pid, r.cam, r.modality] for p, d, r in zip(paths, digests, records)]
+    return paths, digests, root, config_key({"format": CACHE_FORMAT, "size": list(size), "images": images})
 
 
 def decode_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:

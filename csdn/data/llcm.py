@@ -9,7 +9,9 @@ Layout (as used by DEEN)::
 
 Training records take their ``pid`` from the index label and their camera from the file name's
 ``_c<N>_`` token (LLCM names files like ``0001_c06_s..._nir.jpg``) or a ``cam<N>`` folder; 0 when
-neither is present. Test records take pid and camera from the folders.
+neither is present. Test records take pid and camera from the folders. A test id that a training
+path also spells (a ``<pid>_c<N>`` file name or a ``<pid>`` folder) is refused: the index labels are
+0-based indices, so the paths are where train and test identities can be compared.
 
 The gallery of a trial is one image per (id, camera) of the gallery modality, drawn like DEEN's
 ``process_gallery_llcm`` (``random.seed(trial)``, ids ascending, cameras ascending, sorted files,
@@ -19,6 +21,7 @@ way round: ``"visible->infrared"`` queries with visible images against a near-in
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -31,6 +34,7 @@ from csdn.data.protocol import (
     EvalSplit,
     GalleryRules,
     SplitOptions,
+    check_disjoint,
     direction_modalities,
     list_images,
     read_id_list,
@@ -45,6 +49,7 @@ UNKNOWN_CAM = 0  # camera of a training image whose name carries none
 
 _CAM_DIR = re.compile(r"^cam(\d+)$")
 _CAM_TOKEN = re.compile(r"_c(\d+)(?=[_.])")
+_PID_PREFIX = re.compile(r"^(\d+)_c\d+[_.]")
 
 
 class LLCM:
@@ -62,6 +67,7 @@ class LLCM:
         self.test_ids: list[int] = sorted(set(read_id_list(id_file)))
         self._listing: dict[tuple[str, int, int], list[str]] = {}
         self._check_ids_have_images(id_file)
+        check_disjoint(id_file, self.test_ids, self._train_pids())
 
     @classmethod
     def open(cls, root: str | Path, data) -> LLCM:
@@ -128,6 +134,16 @@ class LLCM:
             records.append(Record(str(image), entry.label, _train_cam(entry.relpath), modality))
         return records
 
+    def _train_pids(self) -> dict[Path, set[int]]:
+        """Each training index file's identity numbers as its paths spell them (the labels are 0-based
+        indices, not comparable with test ids); paths that carry no identity number are left out."""
+        pids: dict[Path, set[int]] = {}
+        for record in self._train:
+            pid = _path_pid(Path(os.path.relpath(record.path, self.root)))
+            if pid is not None:
+                pids.setdefault(self.root / "idx" / TRAIN_INDEX[record.modality], set()).add(pid)
+        return pids
+
     def _test_cams(self, modality: str) -> list[int]:
         folder = require_dir(self.root / TEST_FOLDERS[modality], f"LLCM {modality} test images in cam<N>/<pid:04d>/")
         cams = sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := _CAM_DIR.match(p.name)))
@@ -172,3 +188,15 @@ def _train_cam(relpath: str) -> int:
         if folder:
             return int(folder.group(1))
     return UNKNOWN_CAM
+
+
+def _path_pid(relpath: Path) -> int | None:
+    """The identity number a training path spells: a ``<pid>_c<N>`` file-name prefix or the nearest
+    all-digit folder (``.../0001/...``); None if neither."""
+    prefix = _PID_PREFIX.match(relpath.name)
+    if prefix:
+        return int(prefix.group(1))
+    for part in reversed(relpath.parts[:-1]):
+        if part.isascii() and part.isdigit():
+            return int(part)
+    return None

@@ -15,7 +15,8 @@ was expected and how to fix it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol, get_args
@@ -29,6 +30,7 @@ Direction = Literal["visible->infrared", "infrared->visible"]
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_ID_SEPARATORS = re.compile(r"[,\s]+")  # between the ids of a split file
 
 
 class DatasetError(DataError):
@@ -158,17 +160,45 @@ def require_file(path: Path, what: str) -> Path:
 
 
 def read_id_list(path: Path) -> list[int]:
-    """Identities from a split file whose first line is comma-separated ids (e.g. ``1,2,4,...``)."""
-    require_file(path, "one line of comma-separated identity numbers")
-    lines = path.read_text().splitlines()
-    first = lines[0].strip() if lines else ""
-    tokens = [t.strip() for t in first.split(",") if t.strip()]
-    if not tokens:
-        raise DatasetError(f"{path}: expected one line of comma-separated identity numbers, found none")
-    try:
-        return [int(t) for t in tokens]
-    except ValueError:
-        raise DatasetError(f"{path}: line 1 must be comma-separated integers, got {first[:80]!r}") from None
+    """Identities from a split file of ids separated by commas and/or whitespace, on any number of lines.
+
+    The official files hold one comma-separated line (``1,2,4,...``); ids wrapped over several lines, or
+    one per line, are read too. A token that is not an integer raises a :class:`DatasetError` giving its
+    line number; so does a file without ids.
+    """
+    require_file(path, "comma-separated identity numbers")
+    ids: list[int] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for token in _ID_SEPARATORS.split(line.strip()):
+            if not token:
+                continue
+            if not token.isascii() or not token.isdigit():
+                raise DatasetError(
+                    f"{path}: line {number}: {token[:40]!r} is not an identity number (expected integers "
+                    f"separated by commas or spaces, e.g. 1,2,4); the line reads {line.strip()[:80]!r}"
+                )
+            ids.append(int(token))
+    if not ids:
+        raise DatasetError(f"{path}: expected comma-separated identity numbers, found none")
+    return ids
+
+
+def check_disjoint(test_file: Path, test_ids: Iterable[int], train_files: Mapping[Path, Iterable[int]]) -> None:
+    """A :class:`DatasetError` naming both files when an identity of ``test_ids`` is also a training one.
+
+    ``train_files`` maps each file that lists training (or validation) identities to its ids. Training on
+    a test identity inflates every test figure silently, so it is refused.
+    """
+    test = set(test_ids)
+    for train_file, train_ids in train_files.items():
+        shared = sorted(test.intersection(train_ids))
+        if shared:
+            shown = ", ".join(map(str, shared[:20])) + (" ..." if len(shared) > 20 else "")
+            raise DatasetError(
+                f"{train_file} and {test_file} share {len(shared)} identit{'y' if len(shared) == 1 else 'ies'}: "
+                f"{shown}. Training on test identities would inflate every test figure; take them out of one "
+                "of the files (are the files from different copies of the dataset?)"
+            )
 
 
 def read_index_file(path: Path) -> list[IndexEntry]:

@@ -4,6 +4,7 @@ Layout (the official release)::
 
     root/cam1..cam6/<pid:04d>/<k:04d>.jpg     RGB cams 1, 2 (indoor), 4, 5; IR cams 3, 6
     root/exp/train_id.txt, val_id.txt, test_id.txt   one line of comma-separated ids each
+                                              (wrapped lines are read too; train/val must not hold a test id)
     root/exp/rand_perm_cam.mat                optional: the official gallery permutations
 
 Gallery sampling follows the community code (AGW / CAJ ``process_gallery_sysu``): a generator seeded
@@ -27,6 +28,7 @@ from csdn.data.protocol import (
     EvalSplit,
     GalleryRules,
     SplitOptions,
+    check_disjoint,
     list_images,
     read_id_list,
     require_dir,
@@ -57,11 +59,12 @@ class SYSUMM01:
             require_dir(self.root / f"cam{cam}", f"SYSU-MM01 camera {cam}: one folder per 4-digit identity")
         self.hold_out_val = hold_out_val
         self._listing: dict[tuple[int, int], list[str]] = {}
-        split = {}
+        split, files = {}, {}
         for name in ("train", "val", "test"):
-            path = self.root / "exp" / f"{name}_id.txt"
+            files[name] = path = self.root / "exp" / f"{name}_id.txt"
             split[name] = sorted(set(read_id_list(path)))
             self._check_ids_have_images(path, split[name])
+        check_disjoint(files["test"], split["test"], {files["train"]: split["train"], files["val"]: split["val"]})
         self.train_ids: list[int] = split["train"]
         self.val_ids: list[int] = split["val"]
         self.test_ids: list[int] = split["test"]

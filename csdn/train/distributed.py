@@ -132,6 +132,11 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
+def world_size_from_env() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``), 1 outside torchrun (at the CLI edge only)."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
 def init_from_env(device_preference: str = "auto") -> DistContext:
     """Join the process group torchrun describes, or return the one-process context.
 

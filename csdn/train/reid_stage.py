@@ -21,9 +21,9 @@ the gathered global batch, so an update equals the one-process update up to Batc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 from csdn.train.schedule import make_scheduler
 
 TRIPLETS = ("wrt", "hard")
+SPEED_ONLY = ("workers",)  # ReIDStageConfig fields that cannot change a result (batches are the same whatever
+# the number of DataLoader workers): left out of cache keys. amp is not one of them (it changes the numerics).
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ class ReIDStageConfig:
     workers: int = 0  # DataLoader worker processes building batches
 
     def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(
+                f"stage-3 epochs must be >= 1 (an untrained stage would be cached as done), got {self.epochs}"
+            )
         if self.triplet not in TRIPLETS:
             raise ConfigError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
         if self.hse_temperature <= 0 or self.msel_weight < 0:
@@ -91,6 +97,12 @@ class ReIDStageConfig:
                 "MSEL compares an image with the other images of its identity and modality: it needs "
                 f"instances >= 2 (got {self.instances}); set msel_weight=0 to train with K=1"
             )
+
+    def result_settings(self) -> dict[str, Any]:
+        """The fields as a dict with :data:`SPEED_ONLY` ones at their defaults: what a cache key should hold
+        (any ``workers`` gives the key of the default, which earlier keys were computed with)."""
+        defaults = {f.name: f.default for f in fields(self) if f.name in SPEED_ONLY}
+        return asdict(replace(self, **defaults))
 
     @property
     def views(self) -> int:

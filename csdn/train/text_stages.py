@@ -55,6 +55,8 @@ class TextStageConfig:
     pairing: str = "private"  # stage 1 only: "private" (modality to its own prompts) or "all"
 
     def __post_init__(self) -> None:
+        if self.epochs < 0:  # 0 is allowed for a stage that does not train (stage 2 of a parameter-free SII)
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if self.pairing not in PAIRINGS:
             raise ConfigError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
 
