@@ -254,8 +254,7 @@ class Experiment:
         if not (run_dir / DONE).is_file():
             raise NotTrainedError(
                 f"{name} of this config is not trained: no finished run {run_dir} in the cache "
-                f"{self.cache_root}; train it first (csdn train with the same profile and settings), "
-                "or evaluate a weights file"
+                f"{self.cache_root} (training does not run here: train it first, or evaluate a weights file)"
             )
 
     def _load_run(self, name: str, run_dir: Path, module: nn.Module) -> nn.Module:
@@ -396,6 +395,7 @@ class Experiment:
         converted by :func:`csdn.model.release.convert_release_state_dict`. A file that does not fit the network
         (another architecture, variant or number of identities) raises :class:`CheckpointError` naming it.
         """
+        check_weights_file(Path(path))  # before building anything
         net = self.build_network()
         load_weights(net, Path(path))
         return net.to(self.device)
@@ -530,9 +530,8 @@ def read_done(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {path} ({error}): not a finished run folder of csdn") from error
 
 
-def load_weights(module: nn.Module, path: Path) -> None:
-    """Load the safetensors file ``path`` into ``module`` strictly; :class:`CheckpointError` naming it otherwise."""
-    path = Path(path)
+def check_weights_file(path: Path) -> None:
+    """:class:`CheckpointError` unless ``path`` is an existing ``.safetensors`` file."""
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     if path.suffix != ".safetensors":
@@ -540,6 +539,12 @@ def load_weights(module: nn.Module, path: Path) -> None:
             f"{path} is not a .safetensors file: evaluate this package's final.safetensors / best.safetensors, "
             "or convert the authors' release checkpoint first (csdn convert-release IN.pth OUT.safetensors)"
         )
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load the safetensors file ``path`` into ``module`` strictly; :class:`CheckpointError` naming it otherwise."""
+    path = Path(path)
+    check_weights_file(path)
     try:
         state = load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for a damaged or foreign file
