@@ -141,3 +141,11 @@ def test_state_dict_mismatch_lists_what_does_not_fit() -> None:
     found = {"a": torch.zeros(2), "b": torch.zeros(4), "d": torch.zeros(1)}
     assert state_dict_mismatch(expected, found) == "missing c; unexpected d; shape b (4,) instead of (3,)"
     assert state_dict_mismatch(expected, dict(expected)) == ""
+
+
+def test_release_stem_keys_its_own_runs_only(tmp_path: Path) -> None:
+    smoke = get_profile("smoke")
+    default = Experiment(smoke, tmp_path, progress=False)
+    release = Experiment(override(smoke, {"model.release_stem": True}), tmp_path, progress=False)
+    assert release.stage3_key != default.stage3_key and release.stage1_key == default.stage1_key
+    assert Experiment(override(smoke, {"model.release_stem": False}), tmp_path).stage3_key == default.stage3_key

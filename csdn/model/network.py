@@ -4,6 +4,9 @@ Head (a): GeM-pooled trunk feature map (ViT: the class token) -> BatchNorm1d (BN
 Head (b): the trunk's projected CLIP feature (attention pool / ViT projection) -> BatchNorm1d -> Linear.
 The inference feature is ``concat(L2norm(BN(GeM feature)), L2norm(projected feature))``.
 
+``release_stem=True`` (ResNets) runs each stem as the authors' release does, without the ReLUs after bn1 and
+bn2 (to evaluate its checkpoints, see :mod:`csdn.model.release`); the parameter names are unchanged.
+
 ``modality_stems=False`` gives one shared stem (the CLIP-ReID and vision-only baselines). A shared stem
 runs once over the concatenated visible + infrared batch, so its BatchNorms normalise both modalities
 with one set of batch statistics in training, as their running statistics do at test (as in AGW).
