@@ -25,7 +25,7 @@ from typing import Any
 from csdn.artifacts import default_cache_root
 from csdn.config import SYNTH_LAYOUTS, ExperimentConfig, get_profile, profile_from_env, to_dict
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
-from csdn.errors import CheckpointError, ConfigError, CsdnError
+from csdn.errors import CheckpointError, ClipWeightsError, ConfigError, CsdnError
 from csdn.model.network import VARIANTS
 from csdn.overrides import format_overrides, load_overrides, override, parse_overrides
 
@@ -209,26 +209,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _trained_features(args: argparse.Namespace, experiment):
-    """``features_of`` of the network ``csdn eval`` evaluates; refuses (with the command to run) to train one."""
-    from csdn.experiment import NotTrainedError, read_done
-
-    if args.weights:
-        net = experiment.network_from_weights(args.weights)
-    elif args.run:
-        net = experiment.network_from_run(args.run)
-        trained_key = read_done(args.run).get("config_key")
-        if trained_key != experiment.stage3_key:
-            print(
-                f"note: {args.run} was trained under another config (key {trained_key}, this config's is "
-                f"{experiment.stage3_key}); its weights fit and are evaluated under this config's data and protocol",
-                file=sys.stderr,
-            )
-    else:
-        try:
-            net = experiment.network
-        except NotTrainedError as error:
-            raise NotTrainedError(f"{error}. To train it: {_train_command(args)}") from error
+    """``features_of`` of the network ``csdn eval`` evaluates (given, or the cache's); never trains one."""
+    net = _given_network(args, experiment) if args.weights or args.run else _cached_network(args, experiment)
     return experiment.features_of(net.embed, net)
+
+
+def _given_network(args: argparse.Namespace, experiment):
+    """The network of ``--weights FILE`` or ``--run DIR`` (with a note when the run had another config)."""
+    from csdn.experiment import read_done
+
+    source = args.weights or args.run
+    try:
+        net = experiment.network_from_weights(source) if args.weights else experiment.network_from_run(source)
+    except ClipWeightsError as error:
+        raise ClipWeightsError(
+            f"{error}. Every tensor of the network comes from {source}: with an open_clip architecture "
+            "(RN50, ViT-B-16) --clip random builds it without CLIP weights"
+        ) from error
+    trained_key = read_done(args.run).get("config_key") if args.run else experiment.stage3_key
+    if trained_key != experiment.stage3_key:
+        print(
+            f"note: {args.run} was trained under another config (key {trained_key}, this config's is "
+            f"{experiment.stage3_key}); its weights fit and are evaluated under this config's data and protocol",
+            file=sys.stderr,
+        )
+    return net
+
+
+def _cached_network(args: argparse.Namespace, experiment):
+    """The cache's trained network of the config; refuses with the ``csdn train`` command to run."""
+    from csdn.experiment import NotTrainedError
+
+    try:
+        return experiment.network
+    except NotTrainedError as error:
+        raise NotTrainedError(f"{error}. To train it: {_train_command(args)}") from error
 
 
 # argparse destination -> option of the train/eval flags that take a value (to print a train command)

@@ -553,7 +553,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
     if problems:
         raise CheckpointError(
             f"weights file {path} does not fit the network of this config ({problems}); was it trained with "
-            "another profile, architecture, variant, number of identities or model.release_stem?"
+            "another profile, architecture, variant or number of identities?"
         )
     module.load_state_dict(state)
 

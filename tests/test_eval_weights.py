@@ -149,3 +149,12 @@ def test_release_stem_keys_its_own_runs_only(tmp_path: Path) -> None:
     release = Experiment(override(smoke, {"model.release_stem": True}), tmp_path, progress=False)
     assert release.stage3_key != default.stage3_key and release.stage1_key == default.stage1_key
     assert Experiment(override(smoke, {"model.release_stem": False}), tmp_path).stage3_key == default.stage3_key
+
+
+def test_missing_clip_weights_suggest_the_random_architecture(weights: Path, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "RN50.pt"
+    code = main(
+        ["--cache", str(tmp_path), "eval", "--profile", "smoke", "--clip", str(missing), "--weights", str(weights)]
+    )
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert code == 2 and str(missing) in err and "--clip random builds it without CLIP weights" in err
