@@ -21,6 +21,7 @@ every process runs the pipeline on its share, rank 0 prints and writes the repor
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from csdn.artifacts import default_cache_root
 from csdn.clip.loader import TINY_ARCHS
 from csdn.config import SELECTS, SYNTH_LAYOUTS, ExperimentConfig, get_profile, profile_from_env, to_dict
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
-from csdn.errors import ConfigError, CsdnError
+from csdn.errors import CheckpointError, ClipWeightsError, ConfigError, CsdnError
 from csdn.model.network import VARIANTS
 from csdn.overrides import format_overrides, load_overrides, parse_overrides
 from csdn.sources import dataset_label
@@ -216,7 +217,7 @@ def _open_run_folder(args: argparse.Namespace, cfg: ExperimentConfig, overrides:
     return run
 
 
-def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
+def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: bool = False) -> int:
     from csdn.experiment import Experiment
     from csdn.train.distributed import init_from_env, shutdown
 
@@ -225,8 +226,9 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
     run = _open_run_folder(args, cfg, overrides) if dist.is_main else None
     try:
         t0 = time.perf_counter()
-        experiment = Experiment(cfg, args.cache, dist=dist, logger=run)
-        results = {cfg.model.variant: experiment.evaluate()}
+        experiment = Experiment(cfg, args.cache, dist=dist, logger=run, trained_only=trained_only)
+        features = _trained_features(args, experiment) if trained_only else None
+        results = {cfg.model.variant: experiment.evaluate(features)}
         if zero_shot:
             results["zero-shot CLIP"] = experiment.evaluate(experiment.zero_shot_features())
             if cfg.data.synthetic:  # the world's own ceiling
@@ -235,7 +237,7 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
                 oracle = attribute_oracle(experiment.dataset, options=experiment.split_options())
                 results["attribute oracle (ceiling)"] = oracle.results
         if dist.is_main:
-            _report(run, cfg, overrides, experiment, results, time.perf_counter() - t0)
+            _report(run, cfg, overrides, experiment, results, time.perf_counter() - t0, evaluated=_evaluated(args))
     except BaseException as error:
         if run is not None:
             run.failed(error)
@@ -247,6 +249,12 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool) -> int:
     return 0
 
 
+def _evaluated(args: argparse.Namespace) -> str | None:
+    """The weights file or run folder ``csdn eval`` was given, if any."""
+    given = getattr(args, "weights", None) or getattr(args, "run", None)
+    return str(given) if given else None
+
+
 def _report(
     run,
     cfg: ExperimentConfig,
@@ -254,6 +262,7 @@ def _report(
     experiment,
     results: dict,
     seconds: float,
+    evaluated: str | None = None,
 ) -> None:
     from csdn.reports import results_frame, write_report
 
@@ -270,6 +279,8 @@ def _report(
         "config": to_dict(cfg),
         "run_folder": str(run.path),
     }
+    if evaluated:  # csdn eval of a given checkpoint
+        extra["evaluated"] = evaluated
     if cfg.skip_bad_images:
         extra["skipped_images"] = experiment.skipped_images
         if experiment.skipped_images:
@@ -291,8 +302,103 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate the (cached) trained model, and the zero-shot CLIP with --zero-shot."""
-    return _run_and_report(args, zero_shot=args.zero_shot)
+    """Evaluate a trained network (--weights FILE, --run DIR, or the cache's for this config); never trains."""
+    if args.weights and args.run:
+        raise ConfigError("give --weights FILE or --run DIR, not both")
+    return _run_and_report(args, zero_shot=args.zero_shot, trained_only=True)
+
+
+def _trained_features(args: argparse.Namespace, experiment):
+    """``features_of`` of the network ``csdn eval`` evaluates (given, or the cache's); never trains one."""
+    net = _given_network(args, experiment) if args.weights or args.run else _cached_network(args, experiment)
+    return experiment.features_of(net.embed, net)
+
+
+def _given_network(args: argparse.Namespace, experiment):
+    """The network of ``--weights FILE`` or ``--run DIR`` (with a note when the run had another config)."""
+    from csdn.experiment import read_done
+
+    source = args.weights or args.run
+    try:
+        net = experiment.network_from_weights(source) if args.weights else experiment.network_from_run(source)
+    except ClipWeightsError as error:
+        raise ClipWeightsError(
+            f"{error}. Every tensor of the network comes from {source}: with an open_clip architecture "
+            "(RN50, ViT-B-16) --clip random builds it without CLIP weights"
+        ) from error
+    trained_key = read_done(args.run).get("config_key") if args.run else experiment.stage3_key
+    if trained_key != experiment.stage3_key:
+        print(
+            f"note: {args.run} was trained under another config (key {trained_key}, this config's is "
+            f"{experiment.stage3_key}); its weights fit and are evaluated under this config's data and protocol",
+            file=sys.stderr,
+        )
+    return net
+
+
+def _cached_network(args: argparse.Namespace, experiment):
+    """The cache's trained network of the config; refuses with the ``csdn train`` command to run."""
+    from csdn.experiment import NotTrainedError
+
+    try:
+        return experiment.network
+    except NotTrainedError as error:
+        raise NotTrainedError(f"{error}. To train it: {_train_command(args)}") from error
+
+
+# argparse destination -> option of the train/eval flags that take a value (to print a train command)
+_TRAIN_FLAGS = {f: f"--{f}" for f in ("seed", "device", "clip", "arch", "variant", "sii")}
+
+
+def _train_command(args: argparse.Namespace) -> str:
+    """The ``csdn train`` command line with the flags, config files and overrides of ``args`` (an eval)."""
+    words = ["csdn", "--cache", str(args.cache), "train", "--profile", args.profile]
+    words += ["--data", args.data] if args.data else []
+    for dest, option in _TRAIN_FLAGS.items():
+        words += [option, str(getattr(args, dest))] if getattr(args, dest) is not None else []
+    if args.sync_bn is not None:
+        words.append("--sync-bn" if args.sync_bn else "--no-sync-bn")
+    words += ["--skip-bad-images"] if args.skip_bad_images else []
+    return shlex.join(words + config_arguments(args))
+
+
+def cmd_convert_release(args: argparse.Namespace) -> int:
+    """Convert the authors' released checkpoint (.pth) to this package's network weights (.safetensors)."""
+    from csdn.artifacts import atomic_save_tensors
+    from csdn.model.release import (
+        convert_release_state_dict,
+        read_release_checkpoint,
+        release_num_ids,
+        release_target,
+    )
+
+    if args.output.suffix != ".safetensors":
+        raise ConfigError(f"the output {args.output} must be a .safetensors file")
+    state = read_release_checkpoint(args.input)
+    try:
+        target = release_target(release_num_ids(state), arch=args.arch, image_size=(args.height, args.width))
+        converted, report = convert_release_state_dict(state, target)
+    except CheckpointError as error:
+        raise CheckpointError(f"{args.input}: {error}") from error
+    if report.missing:
+        raise CheckpointError(f"{args.input} leaves network tensors unfilled: {', '.join(report.missing[:5])}")
+    atomic_save_tensors(converted, args.output)
+    print(f"{args.input} -> {args.output}: {report.summary()}")
+    print(f"the text side is not part of the image network: {_prefixes(report.unused)}")
+    print(
+        "evaluate it with the release's stem: csdn eval --profile sysu-rn50 --data /path/to/SYSU-MM01 "
+        f"--weights {shlex.quote(str(args.output))} --set model.release_stem=true"
+    )
+    return 0
+
+
+def _prefixes(keys: list[str]) -> str:
+    """``prefix (count)`` of the first two dotted parts of ``keys`` (e.g. ``module.text_encoder (148)``)."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        prefix = ".".join(key.split(".")[:2])
+        counts[prefix] = counts.get(prefix, 0) + 1
+    return ", ".join(f"{prefix} ({n})" for prefix, n in counts.items()) or "none"
 
 
 def cmd_pretrain_clip(args: argparse.Namespace) -> int:
@@ -384,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pretrain-clip", cmd_pretrain_clip, "pretrain the tiny CLIP on SynthVI captions")
     for name, fn, text in (
         ("train", cmd_train, "train CSDN (three stages) and evaluate"),
-        ("eval", cmd_eval, "evaluate the trained model (cached stages are reused)"),
+        ("eval", cmd_eval, "evaluate a trained model (--weights, --run, or the cache's); never trains"),
         ("demo", cmd_demo, "the whole embedded pipeline on the demo profile"),
     ):
         p = add(name, fn, text, default_profile="demo" if name == "demo" else None)
@@ -430,12 +536,35 @@ def build_parser() -> argparse.ArgumentParser:
         add_run_flags(p)
         if name == "eval":
             p.add_argument("--zero-shot", action="store_true", help="also evaluate the frozen CLIP")
+            p.add_argument(
+                "--weights",
+                type=Path,
+                help="stage-3 network weights (.safetensors: a run's final/best.safetensors, or a converted "
+                "release checkpoint) to evaluate under this config",
+            )
+            p.add_argument(
+                "--run", type=Path, help="a finished stage-3 run folder ($CSDN_CACHE/runs/stage3-<key>) to evaluate"
+            )
+    _add_convert_release(sub)
     from csdn.analysis.commands import add_commands
 
     add_commands(sub)  # ablate, gap
     for p in sub.choices.values():  # --cache after the command too; SUPPRESS keeps the one given before it
         p.add_argument("--cache", type=Path, default=argparse.SUPPRESS, help="artifact cache root (as csdn --cache)")
     return parser
+
+
+def _add_convert_release(sub) -> None:
+    from csdn.model.release import RELEASE_ARCH, RELEASE_IMAGE_SIZE
+
+    text = "convert the authors' released CSDN checkpoint (nengdong96/CSDN, .pth) to network weights"
+    p = sub.add_parser("convert-release", help=text, description=text + " for csdn eval --weights")
+    p.add_argument("input", type=Path, help="the release's .pth (a state_dict, read with weights_only=True)")
+    p.add_argument("output", type=Path, help="the .safetensors file to write")
+    p.add_argument("--arch", default=RELEASE_ARCH, help=f"open_clip architecture (default {RELEASE_ARCH})")
+    p.add_argument("--height", type=int, default=RELEASE_IMAGE_SIZE[0], help="input height of the release")
+    p.add_argument("--width", type=int, default=RELEASE_IMAGE_SIZE[1], help="input width of the release")
+    p.set_defaults(func=cmd_convert_release)
 
 
 def main(argv: list[str] | None = None) -> int:

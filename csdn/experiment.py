@@ -35,6 +35,7 @@ from csdn.artifacts import (
     atomic_save_tensors,
     atomic_write_json,
     config_key,
+    is_complete,
     remove_stale_temporaries,
 )
 from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, load_clip, local_dir_source
@@ -44,7 +45,7 @@ from csdn.data.images import CachedImages
 from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
 from csdn.data.transforms import TransformConfig, test_transform
-from csdn.errors import ConfigError
+from csdn.errors import CheckpointError, ConfigError
 from csdn.eval.features import extract_features
 from csdn.eval.protocols import ProtocolResult, evaluate_split
 from csdn.model.network import CSDNNet
@@ -53,7 +54,7 @@ from csdn.model.sii import make_sii, text_prototypes
 from csdn.runtime import pick_device, seed_everything
 from csdn.sources import open_dataset
 from csdn.synthvi.layouts import FORMAT_VERSION as SYNTHVI_FORMAT
-from csdn.synthvi.pretrain import tiny_clip
+from csdn.synthvi.pretrain import tiny_clip, tiny_clip_key
 from csdn.train.distributed import DistContext
 from csdn.train.loop import EpochObserver, LoopConfig
 from csdn.train.reid_stage import train_reid
@@ -61,6 +62,10 @@ from csdn.train.text_stages import CachedFeatures, train_prompts, train_sii
 
 FINAL = "final.safetensors"
 DONE = "done.json"
+
+
+class NotTrainedError(CheckpointError):
+    """A trained artifact is not in the cache and the :class:`Experiment` may not train (``trained_only``)."""
 
 
 class RunObserver(Protocol):
@@ -78,6 +83,8 @@ class Experiment:
 
     ``dist`` is this process's place in a torchrun job (from :func:`csdn.train.distributed.init_from_env`);
     by default one process on ``cfg.device``. Only rank 0 shows progress bars and tells ``logger``.
+    ``trained_only=True`` never trains: a stage (or tiny CLIP) missing from the cache raises
+    :class:`NotTrainedError`.
     """
 
     def __init__(
@@ -87,6 +94,7 @@ class Experiment:
         progress: bool = True,
         dist: DistContext | None = None,
         logger: RunObserver | None = None,
+        trained_only: bool = False,
     ) -> None:
         self.cfg = cfg
         self.cache_root = Path(cache_root)
@@ -94,6 +102,7 @@ class Experiment:
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
         self.logger = logger if self.dist.is_main else None
+        self.trained_only = trained_only
 
     # -- data ---------------------------------------------------------------------------------------
 
@@ -173,10 +182,23 @@ class Experiment:
     def clip_source(self) -> ClipSource:
         c = self.cfg.clip
         if c.weights == "tiny-synthvi":
+            if self.trained_only:
+                self._require_tiny_clip()
             folder = tiny_clip(c.pretrain, self.cfg.data.synth, self.cache_root)
             return local_dir_source(folder, self.image_size)
         pretrained = None if c.weights == "random" else c.weights
         return ClipSource(arch=c.arch, pretrained=pretrained, image_size=self.image_size, last_stride=c.last_stride)
+
+    def _require_tiny_clip(self) -> None:
+        """Refuse (:class:`NotTrainedError`) when the config's tiny CLIP is not pretrained in the cache."""
+        c = self.cfg.clip
+        folder = self.cache_root / "tiny_clip" / tiny_clip_key(c.pretrain, self.cfg.data.synth)
+        if not is_complete(folder):
+            raise NotTrainedError(
+                f"the tiny CLIP this config builds on ({c.pretrain.arch}) is not in the cache {self.cache_root} "
+                f"(no {folder}) and evaluation does not pretrain it: run `csdn pretrain-clip` with the same "
+                "profile and settings first, or use the cache that holds it (--cache)"
+            )
 
     @cached_property
     def clip(self) -> ClipBundle:
@@ -259,6 +281,8 @@ class Experiment:
     def _run(self, name: str, key: str, module: nn.Module, train) -> nn.Module:
         """Load stage ``name``'s cached result into ``module``, or train it (under a lock) and cache it."""
         run_dir = self.cache_root / "runs" / f"{name}-{key}"
+        if self.trained_only:
+            return self._load_run(name, run_dir, module)
         run_dir.mkdir(parents=True, exist_ok=True)
         d = self.dist  # several ranks: all train, rank 0 holds the lock and writes, all load the result
         with FileLock(str(run_dir) + ".lock") if d.is_main else contextlib.nullcontext():
@@ -277,6 +301,23 @@ class Experiment:
         self.histories[name] = json.loads((run_dir / DONE).read_text())["history"]
         if self.logger is not None:
             self.logger.stage_done(name, run_dir, self.histories[name], loaded)
+        return module.to(self.device)
+
+    def _require_done(self, name: str, run_dir: Path) -> None:
+        """:class:`NotTrainedError` unless ``run_dir`` holds a finished run of stage ``name``."""
+        if not (run_dir / DONE).is_file():
+            raise NotTrainedError(
+                f"{name} of this config is not trained: no finished run {run_dir} in the cache "
+                f"{self.cache_root} (training does not run here: train it first, or evaluate a weights file)"
+            )
+
+    def _load_run(self, name: str, run_dir: Path, module: nn.Module) -> nn.Module:
+        """Stage ``name``'s finished result from ``run_dir`` into ``module``; :class:`NotTrainedError` if absent."""
+        self._require_done(name, run_dir)
+        load_weights(module, run_dir / FINAL)
+        self.histories[name] = read_done(run_dir)["history"]
+        if self.logger is not None:
+            self.logger.stage_done(name, run_dir, self.histories[name], True)
         return module.to(self.device)
 
     @cached_property
@@ -401,7 +442,10 @@ class Experiment:
         cfg = self.cfg
         upstream = self.stage1_key if cfg.model.uses_text else self._key("no-text")
         stage3 = cfg.stage3.result_settings()
-        payload = [upstream, asdict(cfg.model), asdict(cfg.stage2), stage3, cfg.select]
+        model = asdict(cfg.model)
+        if not model["release_stem"]:  # added later: its default leaves the keys of earlier runs unchanged
+            del model["release_stem"]
+        payload = [upstream, model, asdict(cfg.stage2), stage3, cfg.select]
         if not cfg.sync_bn:
             payload.append({"sync_bn": False})
         if cfg.select == "best_val":
@@ -416,14 +460,56 @@ class Experiment:
         records = [*split.query, *(r for trial in split.trials for r in split.gallery(trial))]
         return content_key(records, self.image_size, progress=self.progress)
 
+    @property
+    def stage3_dir(self) -> Path:
+        """The cache's stage-3 run folder of this config (``final.safetensors`` and ``done.json`` once trained)."""
+        return self.cache_root / "runs" / f"stage3-{self.stage3_key}"
+
+    def build_network(self) -> CSDNNet:
+        """The config's stage-3 network, untrained (CLIP weights and freshly initialised heads)."""
+        m = self.cfg.model
+        visual, num_ids = self.clip.visual(), self.num_ids
+        torch.manual_seed(self.cfg.seed)
+        return CSDNNet(visual, num_ids, modality_stems=m.modality_stems, gem_p=m.gem_p, release_stem=m.release_stem)
+
+    def network_from_weights(self, path: str | Path) -> CSDNNet:
+        """The config's network with every tensor from the weights file ``path`` (strict; never trains).
+
+        ``path``: a stage-3 ``final.safetensors``/``best.safetensors`` of this package, or a release checkpoint
+        converted by :func:`csdn.model.release.convert_release_state_dict`. A file that does not fit the network
+        (another architecture, variant or number of identities) raises :class:`CheckpointError` naming it.
+        """
+        check_weights_file(Path(path))  # before building anything
+        net = self.build_network()
+        load_weights(net, Path(path))
+        return net.to(self.device)
+
+    def network_from_run(self, run_dir: str | Path) -> CSDNNet:
+        """The network of a finished stage-3 run folder (``final.safetensors`` + ``done.json``); never trains.
+
+        A folder trained under another config still loads when its tensors fit; compare
+        ``read_done(run_dir)["config_key"]`` with :attr:`stage3_key` to know.
+        """
+        run_dir = Path(run_dir)
+        if not (run_dir / DONE).is_file():
+            raise CheckpointError(
+                f"{run_dir} is not a finished stage-3 run folder (no {DONE}); pass a folder "
+                "$CSDN_CACHE/runs/stage3-<key> whose training finished, or its weights file with --weights"
+            )
+        return self._load_run("stage3", run_dir, self.build_network())
+
     @cached_property
     def network(self) -> CSDNNet:
-        """Stage 3: the trained image network."""
+        """Stage 3: the trained image network (with ``trained_only``: the cached one, or an error)."""
+        if self.trained_only:
+            self._require_done("stage3", self.stage3_dir)  # before building anything
+            return self.network_from_run(self.stage3_dir)
         # Everything lazy first (CLIP loading or pretraining, stages 1-2), so that the initial weights
         # depend on the seed alone, not on which artifacts this process had to compute.
         visual, prototypes, num_ids = self.clip.visual(), self.prototypes, self.num_ids
         torch.manual_seed(self.cfg.seed)
-        net = CSDNNet(visual, num_ids, modality_stems=self.cfg.model.modality_stems, gem_p=self.cfg.model.gem_p)
+        m = self.cfg.model
+        net = CSDNNet(visual, num_ids, modality_stems=m.modality_stems, gem_p=m.gem_p, release_stem=m.release_stem)
         labels = [self.labels[r.pid] for r in self.train_cache.records]
         meta = self._meta("stage3", self.stage3_key)
         validate = self._validator(net) if self.cfg.validate_every else None  # best_val implies validate_every
@@ -525,3 +611,61 @@ def _file_digest(path: Path) -> str:
     """blake2b of a file's bytes, read in chunks (CLIP weights files are hundreds of MB)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def read_done(run_dir: Path) -> dict[str, Any]:
+    """The ``done.json`` of a finished run folder (history, config_key, world_size)."""
+    path = Path(run_dir) / DONE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path} ({error}): not a finished run folder of csdn") from error
+
+
+def check_weights_file(path: Path) -> None:
+    """:class:`CheckpointError` unless ``path`` is an existing ``.safetensors`` file."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"{path} is not a .safetensors file: evaluate this package's final.safetensors / best.safetensors, "
+            "or convert the authors' release checkpoint first (csdn convert-release IN.pth OUT.safetensors)"
+        )
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load the safetensors file ``path`` into ``module`` strictly; :class:`CheckpointError` naming it otherwise."""
+    path = Path(path)
+    check_weights_file(path)
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for a damaged or foreign file
+        raise CheckpointError(f"cannot read weights file {path}: {error}") from error
+    problems = state_dict_mismatch(module.state_dict(), state)
+    if problems:
+        raise CheckpointError(
+            f"weights file {path} does not fit the network of this config ({problems}); was it trained with "
+            "another profile, architecture, variant or number of identities?"
+        )
+    module.load_state_dict(state)
+
+
+def state_dict_mismatch(expected: dict[str, Tensor], found: dict[str, Tensor], show: int = 3) -> str:
+    """What keeps ``found`` from loading strictly where ``expected`` is the target's state_dict ("" if nothing)."""
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (f", ... ({len(keys)} in all)" if len(keys) > show else "")
+
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k} {tuple(found[k].shape)} instead of {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    parts = [
+        f"missing {some(missing)}" if missing else "",
+        f"unexpected {some(unexpected)}" if unexpected else "",
+        f"shape {some(shapes)}" if shapes else "",
+    ]
+    return "; ".join(p for p in parts if p)

@@ -4,6 +4,9 @@ Head (a): GeM-pooled trunk feature map (ViT: the class token) -> BatchNorm1d (BN
 Head (b): the trunk's projected CLIP feature (attention pool / ViT projection) -> BatchNorm1d -> Linear.
 The inference feature is ``concat(L2norm(BN(GeM feature)), L2norm(projected feature))``.
 
+``release_stem=True`` (ResNets) runs each stem as the authors' release does, without the ReLUs after bn1 and
+bn2 (to evaluate its checkpoints, see :mod:`csdn.model.release`); the parameter names are unchanged.
+
 ``modality_stems=False`` gives one shared stem (the CLIP-ReID and vision-only baselines). A shared stem
 runs once over the concatenated visible + infrared batch, so its BatchNorms normalise both modalities
 with one set of batch statistics in training, as their running statistics do at test (as in AGW).
@@ -47,6 +50,7 @@ class ModelConfig:
     sii: str = "official"  # SII variant: "official", "attention", "mean" or "none"
     sii_heads: int = 8  # attention heads of the "attention" SII
     gem_p: float = 3.0  # initial GeM exponent (learnable)
+    release_stem: bool = False  # RN stems as the release runs them: no ReLU after bn1 and bn2 (for its checkpoints)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -107,6 +111,27 @@ def classifier(dim: int, num_ids: int) -> nn.Linear:
     return fc
 
 
+# Positions of the ReLUs after bn1 and bn2 in the ResNet stem of csdn.clip.adapt.extract_stem
+# (conv1, bn1, act1, conv2, bn2, act2, conv3, bn3, act3, avgpool).
+_RELEASE_DROPPED_RELUS = (2, 5)
+
+
+def release_resnet_stem(visual: ClipVisual) -> nn.Sequential:
+    """The ResNet stem as the release runs it: CLIP's stem without the ReLUs after bn1 and bn2.
+
+    The ReLUs become ``nn.Identity`` in place, so the parameter names (``0.weight``, ``1.*``, ``3.weight``,
+    ...) are those of the ordinary stem and checkpoints of either kind share one key layout.
+    """
+    if visual.kind != RESNET:
+        raise ConfigError("release_stem applies to ResNet towers (RN50 family) only; set model.release_stem=false")
+    stem = copy.deepcopy(visual.stem)
+    for index in _RELEASE_DROPPED_RELUS:
+        if not isinstance(stem[index], nn.ReLU):
+            raise ValueError(f"unexpected ResNet stem layout: module {index} is {type(stem[index]).__name__}")
+        stem[index] = nn.Identity()
+    return stem
+
+
 class NetOutput(NamedTuple):
     """Training-time outputs for a batch."""
 
@@ -119,14 +144,22 @@ class NetOutput(NamedTuple):
 class CSDNNet(nn.Module):
     """Stems per modality + the shared trunk of a CLIP image tower + two heads."""
 
-    def __init__(self, visual: ClipVisual, num_ids: int, modality_stems: bool = True, gem_p: float = 3.0) -> None:
+    def __init__(
+        self,
+        visual: ClipVisual,
+        num_ids: int,
+        modality_stems: bool = True,
+        gem_p: float = 3.0,
+        release_stem: bool = False,
+    ) -> None:
         super().__init__()
         if num_ids < 1:
             raise ValueError(f"num_ids must be >= 1, got {num_ids}")
         self.num_ids = num_ids
         self.modality_stems = modality_stems
-        stems = {VISIBLE: copy.deepcopy(visual.stem)}
-        stems[INFRARED] = copy.deepcopy(visual.stem) if modality_stems else stems[VISIBLE]
+        stem = release_resnet_stem(visual) if release_stem else visual.stem
+        stems = {VISIBLE: copy.deepcopy(stem)}
+        stems[INFRARED] = copy.deepcopy(stem) if modality_stems else stems[VISIBLE]
         self.stems = nn.ModuleDict(stems) if modality_stems else None
         self.stem = None if modality_stems else stems[VISIBLE]
         self.trunk = copy.deepcopy(visual.trunk)
