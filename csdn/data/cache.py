@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from csdn.artifacts import atomic_write_json, build_once, config_key, is_complete
 from csdn.data.protocol import DatasetError
 from csdn.data.records import Record
+from csdn.errors import CacheError
 
 CACHE_FORMAT = 1  # bump when decoding or layout changes, so old caches are not reused
 ARRAY_FILE = "images.npy"
@@ -60,7 +61,7 @@ class ImageCache:
         self.directory = Path(directory)
         if not is_complete(self.directory):
             raise FileNotFoundError(f"{self.directory}: not a finished image cache (build it with ImageCache.build)")
-        self.array: np.ndarray = np.load(self.directory / ARRAY_FILE, mmap_mode="r")
+        self.array: np.ndarray = _open_array(self.directory / ARRAY_FILE)
         self.records: list[Record] = list(records) if records is not None else _load_records(self.directory)
         if len(self.records) != len(self.array):
             raise ValueError(f"{self.directory}: {len(self.array)} cached images but {len(self.records)} records")
@@ -211,6 +212,20 @@ def _truncate(target: Path, rows: int) -> None:
     out.flush()
     del out, full
     os.replace(part, target)
+
+
+def _open_array(path: Path) -> np.ndarray:
+    """The cached ``N x H x W x 3`` array, memory-mapped; a truncated or foreign file is a :class:`CacheError`."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:  # numpy: bad header (ValueError), file too short (OSError, ...)
+        raise CacheError(
+            f"{path}: unreadable image cache array (truncated or damaged: {error}); "
+            f"delete the folder {path.parent} to rebuild it"
+        ) from error
+    if array.ndim != 4 or array.dtype != np.uint8:
+        raise CacheError(f"{path}: not an image cache array ({array.dtype}, {array.shape}); delete {path.parent}")
+    return array
 
 
 def _read_bytes(path: str) -> bytes:

@@ -157,10 +157,21 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def read_text(path: Path) -> str:
+    """The text of a dataset's text file; a binary or otherwise undecodable file is a :class:`DatasetError`."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{path}: not a text file (byte {error.start} cannot be decoded: {error.reason}); "
+            "replace it with the dataset's original file"
+        ) from error
+
+
 def read_id_list(path: Path) -> list[int]:
     """Identities from a split file whose first line is comma-separated ids (e.g. ``1,2,4,...``)."""
     require_file(path, "one line of comma-separated identity numbers")
-    lines = path.read_text().splitlines()
+    lines = read_text(path).splitlines()
     first = lines[0].strip() if lines else ""
     tokens = [t.strip() for t in first.split(",") if t.strip()]
     if not tokens:
@@ -179,7 +190,7 @@ def read_index_file(path: Path) -> list[IndexEntry]:
     """
     require_file(path, "lines of '<relative image path> <integer label>'")
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.strip().rsplit(maxsplit=1)
