@@ -247,6 +247,7 @@ def atomic_save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
         os.close(fd)
         try:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+            os.chmod(tmp, 0o666 & ~process_umask())  # safetensors writes a file of its own (mode 0600)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

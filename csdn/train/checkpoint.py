@@ -94,7 +94,7 @@ def save_checkpoint(
         tmp = temporary_dir(ckpt_root, f".{final.name}.")
         try:
             atomic_save_tensors(model.state_dict(), tmp / "model.safetensors")
-            with writing(tmp / "train_state.pt"):  # torch reports a short write as "unexpected pos"
+            with writing(final / "train_state.pt"):  # torch reports a short write as "unexpected pos"
                 torch.save(train_state, tmp / "train_state.pt")
             full_meta = {**meta, "epoch": epoch, "version": __version__}
             (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str))
