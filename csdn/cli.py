@@ -310,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _fail(str(converted))
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(
-            "\ncsdn: interrupted; rerun the same command to resume (finished stages and the last epoch's "
+            "csdn: interrupted; rerun the same command to resume (finished stages and the last epoch's "
             "checkpoint are kept)",
             file=sys.stderr,
         )
@@ -319,8 +320,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str) -> int:
+    _close_progress_bars()
     print(f"csdn: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars an exception left open, so that the message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":
