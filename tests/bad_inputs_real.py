@@ -2,7 +2,8 @@
 
 ``sudo python tests/bad_inputs_real.py`` mounts small tmpfs folders to run ``csdn train --profile smoke``
 as a subprocess on a disk that fills up at three points (SynthVI and tiny-CLIP checkpoints, a torch
-training-state save), evaluates a warm cache on a read-only mount, and sends Ctrl-C (SIGINT) to a
+training-state save), builds an image cache on a nearly full disk (a memory map there died of SIGBUS without
+a word), evaluates a warm cache on a read-only mount, and sends Ctrl-C (SIGINT) to a
 training run and reruns it. It prints each outcome and the counts: clear errors, silent wrong results,
 raw tracebacks. It needs the privilege to mount; it unmounts what it mounted.
 """
@@ -61,6 +62,21 @@ def disk_full(scratch: Path, size: str) -> tuple[str, str]:
     return classify(result, 2, r"cannot write .*: no space left on the disk")
 
 
+def disk_full_image_cache(scratch: Path, warm: Path) -> tuple[str, str]:
+    """A warm cache without its image caches on a disk with 500 KiB left: the memory-mapped array cannot fit."""
+    folder = scratch / "full-images"
+    mount_tmpfs(folder, "200m")
+    try:
+        shutil.copytree(warm, folder / "cache", ignore=shutil.ignore_patterns("images"))
+        free = shutil.disk_usage(folder).free - 500 * 1024
+        with open(folder / "filler", "wb") as filler:
+            filler.write(bytes(free))
+        result = csdn("--cache", str(folder / "cache"), "eval", "--profile", "smoke", "--reports", str(scratch / "r"))
+    finally:
+        umount(folder)
+    return classify(result, 2, r"cannot write .*images.npy: no space left on the disk")
+
+
 def read_only_warm_cache(scratch: Path, warm: Path) -> tuple[str, str]:
     folder = scratch / "ro"
     mount_tmpfs(folder, "200m")
@@ -98,6 +114,7 @@ def main() -> int:
             csdn("--cache", str(warm), "train", "--profile", "smoke", "--reports", str(scratch / "w")).returncode == 0
         )
         cases = {f"disk full ({size} tmpfs)": lambda s=size: disk_full(scratch, s) for size in ("6m", "20m", "38m")}
+        cases["disk full building an image cache (memory map)"] = lambda: disk_full_image_cache(scratch, warm)
         cases["read-only mount, warm cache: eval works"] = lambda: read_only_warm_cache(scratch, warm)
         cases["Ctrl-C (SIGINT), then the same command"] = lambda: ctrl_c_then_rerun(scratch)
         for name, run in cases.items():

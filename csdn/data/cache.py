@@ -23,6 +23,7 @@ depend on that choice: a later build that does not skip reports the images such 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -165,6 +166,7 @@ def _write_array(
 ) -> list[dict]:
     """Decode into ``target`` in order; returns the skipped images (``skip_bad``), which the array omits."""
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
+    _reserve(target)
 
     def decode(item: tuple[str, str]) -> np.ndarray | str:
         """The image, or (``skip_bad``) the reason it cannot be read, which names the path."""
@@ -206,12 +208,30 @@ def _truncate(target: Path, rows: int) -> None:
     full = np.load(target, mmap_mode="r")
     part = target.with_name(f".{target.name}.part")
     out = np.lib.format.open_memmap(part, mode="w+", dtype=full.dtype, shape=(rows, *full.shape[1:]))
+    _reserve(part)
     for start in range(0, rows, 1024):
         stop = min(rows, start + 1024)
         out[start:stop] = full[start:stop]
     out.flush()
     del out, full
     os.replace(part, target)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the disk space of the (sparse) array file ``path`` now.
+
+    A full disk is then an ``OSError`` (ENOSPC) naming the file, instead of a SIGBUS that kills the process
+    without a word when a page of the memory map is first written.
+    """
+    if not hasattr(os, "posix_fallocate"):  # not on macOS or Windows
+        return
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system without it
+                return
+            raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def _open_array(path: Path) -> np.ndarray:
