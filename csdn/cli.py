@@ -292,6 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    """Ctrl-C: one line saying how to resume, and the shell's status for SIGINT."""
+    _close_progress_bars()
+    print(
+        "csdn: interrupted; rerun the same command to resume (finished stages and the last epoch's "
+        "checkpoint are kept)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "dataset", None) and not getattr(args, "data", None):
         return _fail(f"--dataset {args.dataset} needs --data /path/to/{args.dataset}")
@@ -309,14 +327,6 @@ def main(argv: list[str] | None = None) -> int:
         if converted is None:
             raise
         return _fail(str(converted))
-    except KeyboardInterrupt:
-        _close_progress_bars()
-        print(
-            "csdn: interrupted; rerun the same command to resume (finished stages and the last epoch's "
-            "checkpoint are kept)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
 
 
 def _fail(message: str) -> int:

@@ -95,7 +95,10 @@ def ctrl_c_then_rerun(scratch: Path) -> tuple[str, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "csdn", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(10)  # into the tiny-CLIP pretraining or a stage
+    deadline = time.monotonic() + 300
+    while not (scratch / "cc" / "runs").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the tiny-CLIP pretraining has started
+    time.sleep(1)
     process.send_signal(signal.SIGINT)
     stderr = process.communicate(timeout=120)[1]
     first = classify(subprocess.CompletedProcess(args, process.returncode, "", stderr), 130, "rerun the same command")
