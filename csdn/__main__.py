@@ -2,6 +2,10 @@
 
 import sys
 
-from csdn.cli import main
+try:
+    from csdn.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load: nothing started, nothing to resume
+    print("csdn: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

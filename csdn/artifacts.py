@@ -3,21 +3,30 @@
 Every artifact is a directory ``<root>/<kind>/<key>`` produced by :func:`build_once`: the producer
 writes into a private temporary directory next to the target, and the finished directory is renamed
 into place under a file lock, so a reader never sees a half-written artifact and two processes that
-need the same artifact compute it once.
+need the same artifact compute it once. A finished artifact is read without a lock (a fully built cache
+works on a read-only mount), and what is written gets the permissions of the process umask, like any
+file the user creates (a shared cache stays shared).
+
+A write that fails for a reason the user can fix (disk full, read-only or not permitted, a file where a
+folder is needed) raises :class:`~csdn.errors.StorageError` naming the path and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
+
+from csdn.errors import CacheError, StorageError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -28,6 +37,109 @@ COMPLETE_MARKER = ".complete"
 # an existing cache never serves the old code's results. 2: shared stem in one call, MSEL, first-view HSE,
 # cosine text-side options, stage-3 augmentation settings, training diagnostics.
 TRAINING_CODE_VERSION = 2
+
+
+# What a failed write means, by errno, and what the user can do about it.
+_WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on the disk; free some space or use a folder on another disk",
+    errno.EDQUOT: "the disk quota is exhausted; free some space or use a folder on another disk",
+    errno.EROFS: "the file system is read-only; use a writable folder",
+    errno.EACCES: "permission denied; use a writable folder or fix the folder's permissions",
+    errno.EPERM: "operation not permitted; use a writable folder or fix the folder's permissions",
+    errno.ENOTDIR: "a file is in the way where a folder is needed; remove it or choose another folder",
+    errno.EEXIST: "a file is in the way where a folder is needed; remove it or choose another folder",
+    errno.EISDIR: "a folder is in the way where a file is needed; remove it or choose another folder",
+}
+# Messages of libraries that report a failed write in their own words (torch's zip writer, safetensors).
+_WRITE_FAILURE_TEXTS = {
+    "unexpected pos": errno.ENOSPC,  # torch.save's inline_container.cc when a write comes up short
+    "No space left on device": errno.ENOSPC,
+    "os error 28": errno.ENOSPC,
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+}
+
+
+def storage_error(error: BaseException, path: str | Path) -> StorageError | None:
+    """The :class:`StorageError` that ``error`` (raised writing ``path``) means, or None when it is no such failure."""
+    if isinstance(error, StorageError):
+        return error
+    from safetensors import SafetensorError
+
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None and isinstance(error, (RuntimeError, OSError, SafetensorError)):
+        code = next((c for text, c in _WRITE_FAILURE_TEXTS.items() if text in str(error)), None)
+    if code not in _WRITE_FAILURES:
+        return None
+    where = getattr(error, "filename", None) or path
+    return _storage_error(code, f"cannot write {where}: {_WRITE_FAILURES[code]}")
+
+
+def _storage_error(code: int, message: str) -> StorageError:
+    """A :class:`StorageError` whose text is ``message`` alone and whose ``errno`` is ``code``."""
+    error = StorageError(message)
+    error.errno = code
+    return error
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` the user can fix into :class:`StorageError`; anything else propagates."""
+    try:
+        yield
+    except Exception as error:  # re-raised unchanged unless storage_error recognises it
+        converted = storage_error(error, path)
+        if converted is None or converted is error:
+            raise
+        raise converted from error
+
+
+def process_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temporary_file(folder: Path, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``folder`` with the permissions of an ordinary file (0666 less the umask)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    os.chmod(tmp, 0o666 & ~process_umask())
+    return fd, tmp
+
+
+def temporary_dir(folder: Path, prefix: str) -> Path:
+    """``tempfile.mkdtemp`` in ``folder`` with the permissions of an ordinary folder (0777 less the umask)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    os.chmod(tmp, 0o777 & ~process_umask())
+    return tmp
+
+
+def check_folder(folder: str | Path, what: str, writable: bool = True) -> None:
+    """Fail early, with :class:`StorageError`, when ``folder`` cannot be used as ``what``.
+
+    ``folder`` need not exist; its nearest existing ancestor must be a folder and (``writable``) accept a
+    new file, which is created and removed again. Nothing else is created.
+    """
+    folder = Path(folder).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise _storage_error(errno.ENOTDIR, f"{what} {folder}: {existing} is a file, not a folder; choose a folder")
+    if not writable:
+        return
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".csdn-write-check.", dir=existing)
+    except OSError as error:
+        converted = storage_error(error, existing)
+        if converted is None:
+            raise
+        raise _storage_error(converted.errno, f"{what} {folder}: {_WRITE_FAILURES[converted.errno]}") from error
+    os.close(fd)
+    os.unlink(probe)
 
 
 def default_cache_root() -> Path:
@@ -58,42 +170,55 @@ def build_once(target: Path, produce: Callable[[Path], None]) -> Path:
     or processes) wait on a lock file and reuse the finished artifact.
     """
     target = Path(target)
-    if is_complete(target):
+    if is_complete(target):  # read without a lock: a finished cache is usable on a read-only mount
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if is_complete(target):
-            return target
-        if target.exists():  # an interrupted earlier attempt without the marker
-            shutil.rmtree(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            produce(tmp)
-            (tmp / COMPLETE_MARKER).write_text("ok\n")
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if is_complete(target):
+                return target
+            if target.exists():  # an interrupted earlier attempt without the marker
+                shutil.rmtree(target)
+            tmp = temporary_dir(target.parent, f".{target.name}.")
+            try:
+                produce(tmp)
+                (tmp / COMPLETE_MARKER).write_text("ok\n")
+                os.replace(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
     return target
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename (no half-written file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temporary_file(path.parent, f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def load_tensors(path: str | Path, fix: str) -> dict[str, Tensor]:
+    """The tensors of the safetensors file ``path``; a truncated or foreign file is a :class:`CacheError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:  # truncated or foreign (SafetensorError), missing (OSError)
+        raise CacheError(f"{path}: unreadable (truncated or not a safetensors file: {error}); {fix}") from error
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -116,12 +241,14 @@ def atomic_save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temporary_file(path.parent, f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+            os.chmod(tmp, 0o666 & ~process_umask())  # safetensors writes a file of its own (mode 0600)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -7,8 +7,12 @@ then the ``--config FILE`` files (.yaml/.yml/.json), then the ``--set KEY=VALUE`
 winning; all through :func:`csdn.overrides.override`. Every report records the overrides it ran with.
 
 Exit status: 0 on success; 2 on bad input, i.e. a :class:`~csdn.errors.CsdnError` (a config value, a
-dataset, a checkpoint, CLIP weights, a non-finite loss), printed as one line ``csdn: error: ...`` like a
-bad command line. Any other exception is a bug and keeps its traceback.
+dataset, a checkpoint, CLIP weights, a non-finite loss, a folder that cannot be written), printed as one
+line ``csdn: error: ...`` like a bad command line; a write that fails for lack of space or permission is
+reported the same way. 130 on Ctrl-C, with a line saying that rerunning the same command resumes. Any
+other exception is a bug and keeps its traceback. ``train``, ``eval`` and ``demo`` check up front what
+would otherwise fail only after training: the reports folder is writable, the dataset opens, and every
+test image decodes (the image caches evaluation reads are built first).
 
 ``train``, ``eval`` and ``demo`` write a run folder (``--out``, default ``<--reports>/<profile>-<variant>-seed<k>``,
 see :mod:`csdn.runs`): resolved config, versions, a per-epoch log, CSV histories, TensorBoard, the report.
@@ -28,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from csdn.artifacts import default_cache_root
+from csdn.artifacts import check_folder, default_cache_root, storage_error
 from csdn.clip.loader import TINY_ARCHS
 from csdn.config import SELECTS, SYNTH_LAYOUTS, ExperimentConfig, get_profile, profile_from_env, to_dict
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
@@ -39,6 +43,7 @@ from csdn.sources import dataset_label
 from csdn.train.distributed import world_size_from_env
 
 EXIT_BAD_INPUT = 2  # exit status of a CsdnError (and of argparse's usage errors)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 EPILOG = (
     "Config: --profile, then the flags, then --config files, then --set KEY=VALUE (dotted keys such as "
     "stage3.epochs=10 or model.sii=attention; a later value wins). Exit status 2 on bad input "
@@ -168,7 +173,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.out:
         root = Path(args.out)
-        WRITERS[layout](cfg.data.synth, root, progress=True)
+        try:
+            WRITERS[layout](cfg.data.synth, root, progress=True)
+        except FileExistsError as error:  # --out holds something else: not ours to overwrite
+            raise ConfigError(f"synth --out: {error}") from error
     else:
         root = synthvi_root(cfg.data.synth, layout, args.cache, progress=True)
     counts = load_metadata(root)["counts"]
@@ -227,6 +235,7 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: boo
     try:
         t0 = time.perf_counter()
         experiment = Experiment(cfg, args.cache, dist=dist, logger=run, trained_only=trained_only)
+        experiment.check_test_images()  # opens the dataset first, then decodes every test image once
         features = _trained_features(args, experiment) if trained_only else None
         results = {cfg.model.variant: experiment.evaluate(features)}
         if zero_shot:
@@ -568,6 +577,24 @@ def _add_convert_release(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    """Ctrl-C: one line saying how to resume, and the shell's status for SIGINT."""
+    _close_progress_bars()
+    print(
+        "csdn: interrupted; rerun the same command to resume (finished stages and the last epoch's "
+        "checkpoint are kept)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in the run folder
@@ -575,14 +602,32 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--dataset {args.dataset} needs --data /path/to/{args.dataset}")
     try:
         args.cache = args.cache or default_cache_root()
+        # up front, not after hours of training; a warm cache may be read-only, the reports folder is written
+        check_folder(args.cache, "artifact cache (--cache or $CSDN_CACHE)", writable=False)
+        if getattr(args, "reports", None):
+            check_folder(args.reports, "--reports folder")
         return args.func(args)
     except CsdnError as error:  # bad input: one clear line; anything else is a bug and keeps its traceback
         return _fail(str(error))
+    except OSError as error:  # a write that failed for lack of space or permission is no bug either
+        converted = storage_error(error, error.filename or args.cache)
+        if converted is None:
+            raise
+        return _fail(str(converted))
 
 
 def _fail(message: str) -> int:
+    _close_progress_bars()
     print(f"csdn: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars an exception left open, so that the message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

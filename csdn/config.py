@@ -159,6 +159,8 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self._check_epochs()
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in 0..{2**32 - 1} (NumPy's range), got {self.seed!r}")
         if self.select not in SELECTS:
             raise ConfigError(f"select must be one of {SELECTS}, got {self.select!r}")
         if self.validate_every < 0:

@@ -35,3 +35,11 @@ class ClipWeightsError(CsdnError):
 
 class NonFiniteLossError(CsdnError, FloatingPointError):
     """A training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class StorageError(CsdnError, OSError):
+    """A file or folder csdn must write that cannot be written (read-only, disk full, a file in the way)."""
+
+
+class CacheError(CsdnError, RuntimeError):
+    """A file of the artifact cache that is truncated or not what csdn wrote; deleting it rebuilds it."""

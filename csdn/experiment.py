@@ -36,7 +36,9 @@ from csdn.artifacts import (
     atomic_write_json,
     config_key,
     is_complete,
+    load_tensors,
     remove_stale_temporaries,
+    writing,
 )
 from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, load_clip, local_dir_source
 from csdn.config import ExperimentConfig
@@ -45,7 +47,7 @@ from csdn.data.images import CachedImages
 from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
 from csdn.data.transforms import TransformConfig, test_transform
-from csdn.errors import CheckpointError, ConfigError
+from csdn.errors import CacheError, CheckpointError, ConfigError
 from csdn.eval.features import extract_features
 from csdn.eval.protocols import ProtocolResult, evaluate_split
 from csdn.model.network import CSDNNet
@@ -272,33 +274,26 @@ class Experiment:
             if self.dist.is_main:
                 atomic_save_tensors({"features": feats}, path)  # unique temp file: safe under concurrency
             self.dist.barrier()
-        feats = load_file(str(path))["features"]
+        feats = load_tensors(path, f"delete {path} to compute the features again")["features"]
         vis = torch.tensor([r.modality == VISIBLE for r in records])
         return CachedFeatures(feats[vis], labels[vis], feats[~vis], labels[~vis])
 
     # -- stages -------------------------------------------------------------------------------------
 
     def _run(self, name: str, key: str, module: nn.Module, train) -> nn.Module:
-        """Load stage ``name``'s cached result into ``module``, or train it (under a lock) and cache it."""
+        """Load stage ``name``'s cached result into ``module``, or train it (under a lock) and cache it.
+
+        A finished stage is read without a lock or any write (a warm cache works on a read-only mount).
+        """
         run_dir = self.cache_root / "runs" / f"{name}-{key}"
         if self.trained_only:
             return self._load_run(name, run_dir, module)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        d = self.dist  # several ranks: all train, rank 0 holds the lock and writes, all load the result
-        with FileLock(str(run_dir) + ".lock") if d.is_main else contextlib.nullcontext():
-            loaded = d.agree((run_dir / DONE).is_file())
-            if not loaded:
-                seed_everything(self.cfg.seed)
-                history = train(run_dir)
-                if d.is_main:
-                    remove_stale_temporaries(run_dir / FINAL)  # under the lock: no other writer is live
-                    atomic_save_tensors(module.state_dict(), run_dir / FINAL)
-                    atomic_write_json(
-                        run_dir / DONE, {"history": history, "config_key": key, "world_size": d.world_size}
-                    )
-            d.barrier()
-        module.load_state_dict(load_file(str(run_dir / FINAL)))
-        self.histories[name] = json.loads((run_dir / DONE).read_text())["history"]
+        loaded = self.dist.agree((run_dir / DONE).is_file())
+        if not loaded:
+            self._train_stage(run_dir, key, module, train)
+        fix = f"delete the folder {run_dir} to train this stage again"
+        module.load_state_dict(load_tensors(run_dir / FINAL, fix))
+        self.histories[name] = _read_history(run_dir / DONE, fix)
         if self.logger is not None:
             self.logger.stage_done(name, run_dir, self.histories[name], loaded)
         return module.to(self.device)
@@ -319,6 +314,23 @@ class Experiment:
         if self.logger is not None:
             self.logger.stage_done(name, run_dir, self.histories[name], True)
         return module.to(self.device)
+
+    def _train_stage(self, run_dir: Path, key: str, module: nn.Module, train) -> None:
+        """Train a stage into ``run_dir`` under its lock (unless another process finished it meanwhile)."""
+        d = self.dist  # several ranks: all train, rank 0 holds the lock and writes, all load the result
+        lock = FileLock(str(run_dir) + ".lock") if d.is_main else contextlib.nullcontext()
+        with writing(run_dir):  # a read-only or full cache: one clear error naming the folder
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with lock:
+                if not d.agree((run_dir / DONE).is_file()):
+                    seed_everything(self.cfg.seed)
+                    history = train(run_dir)
+                    if d.is_main:
+                        remove_stale_temporaries(run_dir / FINAL)  # under the lock: no other writer is live
+                        atomic_save_tensors(module.state_dict(), run_dir / FINAL)
+                        record = {"history": history, "config_key": key, "world_size": d.world_size}
+                        atomic_write_json(run_dir / DONE, record)
+                d.barrier()
 
     @cached_property
     def histories(self) -> dict[str, list[dict[str, float]]]:
@@ -593,6 +605,17 @@ class Experiment:
 
         return validate
 
+    def check_test_images(self) -> None:
+        """Build the image caches evaluation reads (every query and gallery image of the test protocols).
+
+        Run before training, an unreadable test image stops the run at once instead of after training;
+        evaluation then reuses these caches (the same record lists as :func:`evaluate_split` asks for).
+        """
+        for split in self.dataset.test_splits(self.split_options()):
+            galleries = [split.gallery(t) for t in split.trials]
+            self.image_cache(list(split.query))
+            self.image_cache(list(dict.fromkeys(r for gallery in galleries for r in gallery)))
+
     def split_options(self) -> SplitOptions:
         """The test protocols ``cfg.eval`` asks for, as the readers take them."""
         e = self.cfg.eval
@@ -669,3 +692,11 @@ def state_dict_mismatch(expected: dict[str, Tensor], found: dict[str, Tensor], s
         f"shape {some(shapes)}" if shapes else "",
     ]
     return "; ".join(p for p in parts if p)
+
+
+def _read_history(done: Path, fix: str) -> list[dict[str, float]]:
+    """The per-epoch history a finished stage's ``done.json`` holds (garbage there is a :class:`CacheError`)."""
+    try:
+        return json.loads(done.read_text())["history"]
+    except (ValueError, KeyError, TypeError) as error:  # not JSON (or not UTF-8), not a mapping, no "history"
+        raise CacheError(f"{done}: not a finished stage's record ({type(error).__name__}: {error}); {fix}") from error

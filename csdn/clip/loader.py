@@ -173,6 +173,13 @@ def _is_torchscript_archive(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
+def _folder_given(path: Path) -> str:
+    return (
+        f"CLIP weights: {path} is a folder, not a weights file; for an open_clip folder (open_clip_config.json "
+        f"and weights) write local-dir:{path} (csdn train --clip local-dir:{path}), else give the weights file"
+    )
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     """Read a weights file into a plain state dict; also say whether it carries OpenAI's markers.
 
@@ -180,6 +187,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     ``module.`` / ``_orig_mod.`` prefixes (DataParallel, torch.compile).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ClipWeightsInvalid(_folder_given(path))
     if not path.is_file():
         raise ClipWeightsNotFound(f"CLIP weights file not found: {path}")
     if path.suffix not in _WEIGHT_SUFFIXES:
@@ -390,6 +399,8 @@ def _plan(source: ClipSource) -> _Plan:
     if pretrained.startswith(LOCAL_DIR):
         return _plan_local_dir(source, Path(pretrained[len(LOCAL_DIR) :]))
     path = Path(pretrained).expanduser()
+    if path.is_dir():
+        raise ClipWeightsInvalid(_folder_given(path))
     if path.is_file():
         cfg = registered_config(source.arch)
         state, openai_marker = read_state_dict(path)

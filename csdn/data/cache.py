@@ -23,6 +23,7 @@ depend on that choice: a later build that does not skip reports the images such 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 from csdn.artifacts import atomic_write_json, build_once, config_key, is_complete
 from csdn.data.protocol import DatasetError
 from csdn.data.records import Record
+from csdn.errors import CacheError
 
 CACHE_FORMAT = 1  # bump when decoding or layout changes, so old caches are not reused
 ARRAY_FILE = "images.npy"
@@ -60,7 +62,7 @@ class ImageCache:
         self.directory = Path(directory)
         if not is_complete(self.directory):
             raise FileNotFoundError(f"{self.directory}: not a finished image cache (build it with ImageCache.build)")
-        self.array: np.ndarray = np.load(self.directory / ARRAY_FILE, mmap_mode="r")
+        self.array: np.ndarray = _open_array(self.directory / ARRAY_FILE)
         self.records: list[Record] = list(records) if records is not None else _load_records(self.directory)
         if len(self.records) != len(self.array):
             raise ValueError(f"{self.directory}: {len(self.array)} cached images but {len(self.records)} records")
@@ -178,6 +180,7 @@ def _write_array(
 ) -> list[dict]:
     """Decode into ``target`` in order; returns the skipped images (``skip_bad``), which the array omits."""
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
+    _reserve(target)
 
     def decode(item: tuple[str, str]) -> np.ndarray | str:
         """The image, or (``skip_bad``) the reason it cannot be read, which names the path."""
@@ -219,12 +222,44 @@ def _truncate(target: Path, rows: int) -> None:
     full = np.load(target, mmap_mode="r")
     part = target.with_name(f".{target.name}.part")
     out = np.lib.format.open_memmap(part, mode="w+", dtype=full.dtype, shape=(rows, *full.shape[1:]))
+    _reserve(part)
     for start in range(0, rows, 1024):
         stop = min(rows, start + 1024)
         out[start:stop] = full[start:stop]
     out.flush()
     del out, full
     os.replace(part, target)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the disk space of the (sparse) array file ``path`` now.
+
+    A full disk is then an ``OSError`` (ENOSPC) naming the file, instead of a SIGBUS that kills the process
+    without a word when a page of the memory map is first written.
+    """
+    if not hasattr(os, "posix_fallocate"):  # not on macOS or Windows
+        return
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system without it
+                return
+            raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def _open_array(path: Path) -> np.ndarray:
+    """The cached ``N x H x W x 3`` array, memory-mapped; a truncated or foreign file is a :class:`CacheError`."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:  # numpy: bad header (ValueError), file too short (OSError, ...)
+        raise CacheError(
+            f"{path}: unreadable image cache array (truncated or damaged: {error}); "
+            f"delete the folder {path.parent} to rebuild it"
+        ) from error
+    if array.ndim != 4 or array.dtype != np.uint8:
+        raise CacheError(f"{path}: not an image cache array ({array.dtype}, {array.shape}); delete {path.parent}")
+    return array
 
 
 def _read_bytes(path: str) -> bytes:

@@ -159,6 +159,17 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def read_text(path: Path) -> str:
+    """The text of a dataset's text file; a binary or otherwise undecodable file is a :class:`DatasetError`."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{path}: not a text file (byte {error.start} cannot be decoded: {error.reason}); "
+            "replace it with the dataset's original file"
+        ) from error
+
+
 def read_id_list(path: Path) -> list[int]:
     """Identities from a split file of ids separated by commas and/or whitespace, on any number of lines.
 
@@ -168,7 +179,7 @@ def read_id_list(path: Path) -> list[int]:
     """
     require_file(path, "comma-separated identity numbers")
     ids: list[int] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         for token in _ID_SEPARATORS.split(line.strip()):
             if not token:
                 continue
@@ -209,7 +220,7 @@ def read_index_file(path: Path) -> list[IndexEntry]:
     """
     require_file(path, "lines of '<relative image path> <integer label>'")
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.strip().rsplit(maxsplit=1)

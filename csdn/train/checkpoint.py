@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from csdn import __version__
-from csdn.artifacts import atomic_save_tensors, atomic_write_json
+from csdn.artifacts import atomic_save_tensors, atomic_write_json, temporary_dir, writing
 from csdn.errors import CheckpointError
 
 LATEST = "latest.json"
@@ -83,22 +82,28 @@ def save_checkpoint(
     meta: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``epoch`` atomically, point ``latest.json`` at it, keep the newest ``keep``."""
+    """Write checkpoint ``epoch`` atomically, point ``latest.json`` at it, keep the newest ``keep``.
+
+    A write that fails for lack of space or permission raises :class:`~csdn.errors.StorageError` naming
+    the file; the previous checkpoint stays the latest.
+    """
     ckpt_root = Path(run_dir) / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"epoch_{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
-    try:
-        atomic_save_tensors(model.state_dict(), tmp / "model.safetensors")
-        torch.save(train_state, tmp / "train_state.pt")
-        full_meta = {**meta, "epoch": epoch, "version": __version__}
-        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(final):
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_dir(ckpt_root, f".{final.name}.")
+        try:
+            atomic_save_tensors(model.state_dict(), tmp / "model.safetensors")
+            with writing(final / "train_state.pt"):  # torch reports a short write as "unexpected pos"
+                torch.save(train_state, tmp / "train_state.pt")
+            full_meta = {**meta, "epoch": epoch, "version": __version__}
+            (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     atomic_write_json(ckpt_root / LATEST, {"epoch": epoch, "dir": final.name})
     _prune(ckpt_root, keep)
     return final
@@ -118,7 +123,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = Path(run_dir) / "checkpoints" / LATEST
     if not pointer.is_file():
         return None
-    target = pointer.parent / json.loads(pointer.read_text())["dir"]
+    try:
+        name = json.loads(pointer.read_text())["dir"]
+    except (ValueError, KeyError, TypeError) as error:  # not JSON, not a mapping, or no "dir"
+        raise CheckpointError(
+            f'{pointer}: not a checkpoint pointer (expected {{"epoch": N, "dir": "epoch_NNNN"}}, '
+            f"{type(error).__name__}: {error}); delete it to train this stage from scratch"
+        ) from error
+    if not isinstance(name, str) or Path(name).name != name:
+        raise CheckpointError(f"{pointer}: 'dir' must name a checkpoint folder, got {name!r}; delete {pointer}")
+    target = pointer.parent / name
     return target if target.is_dir() else None
 
 
