@@ -235,8 +235,11 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: boo
     try:
         t0 = time.perf_counter()
         experiment = Experiment(cfg, args.cache, dist=dist, logger=run, trained_only=trained_only)
-        experiment.check_test_images()  # opens the dataset first, then decodes every test image once
-        features = _trained_features(args, experiment) if trained_only else None
+        if trained_only:  # csdn eval: the network first (a missing one is refused at once), then evaluation
+            features = _trained_features(args, experiment)
+        else:  # before any training: opens the dataset first, then decodes every test image once
+            experiment.check_test_images()
+            features = None
         results = {cfg.model.variant: experiment.evaluate(features)}
         if zero_shot:
             results["zero-shot CLIP"] = experiment.evaluate(experiment.zero_shot_features())

@@ -286,11 +286,13 @@ class Experiment:
         A finished stage is read without a lock or any write (a warm cache works on a read-only mount).
         """
         run_dir = self.cache_root / "runs" / f"{name}-{key}"
-        if self.trained_only:
-            return self._load_run(name, run_dir, module)
-        loaded = self.dist.agree((run_dir / DONE).is_file())
-        if not loaded:
-            self._train_stage(run_dir, key, module, train)
+        if self.trained_only:  # never trains: a stage missing from the cache is refused
+            self._require_done(name, run_dir)
+            loaded = True
+        else:
+            loaded = self.dist.agree((run_dir / DONE).is_file())
+            if not loaded:
+                self._train_stage(run_dir, key, module, train)
         fix = f"delete the folder {run_dir} to train this stage again"
         module.load_state_dict(load_tensors(run_dir / FINAL, fix))
         self.histories[name] = _read_history(run_dir / DONE, fix)
@@ -515,7 +517,7 @@ class Experiment:
         """Stage 3: the trained image network (with ``trained_only``: the cached one, or an error)."""
         if self.trained_only:
             self._require_done("stage3", self.stage3_dir)  # before building anything
-            return self.network_from_run(self.stage3_dir)
+            return self._run("stage3", self.stage3_key, self.build_network(), train=None)
         # Everything lazy first (CLIP loading or pretraining, stages 1-2), so that the initial weights
         # depend on the seed alone, not on which artifacts this process had to compute.
         visual, prototypes, num_ids = self.clip.visual(), self.prototypes, self.num_ids

@@ -153,7 +153,7 @@ def reports_read_only(w: World) -> list[str]:
 def cache_read_only_stage_missing(w: World) -> list[str]:
     cache = w.cache(stages=("stage1", "stage2"))
     read_only(w.mp, cache)
-    return w.train(cache, command="eval")
+    return w.train(cache)
 
 
 def disk_full_checkpoint(w: World) -> list[str]:
@@ -211,7 +211,7 @@ def latest_json_garbage(w: World) -> list[str]:
 def done_json_garbage(w: World) -> list[str]:
     cache = w.cache()
     (w.run(cache, "stage2") / "done.json").write_text('{"history": ')
-    return w.train(cache, command="eval")
+    return w.train(cache)  # stage 2 is read on the way to stage 3 (csdn eval reads stage 3 only)
 
 
 def final_truncated(w: World) -> list[str]:

@@ -65,7 +65,7 @@ def test_a_warm_cache_on_a_read_only_mount_evaluates_without_writing(warm: Path,
     cache = World(tmp_path, warm, monkeypatch).cache()
     read_only(monkeypatch, cache)  # every write under the cache fails: no lock, no temporary file, no folder
     assert main(["--cache", str(cache), "eval", "--profile", "smoke", "--reports", str(tmp_path / "reports")]) == 0
-    assert (tmp_path / "reports" / "smoke" / "results.json").is_file()
+    assert len(list((tmp_path / "reports").glob("*/results.json"))) == 1  # the run folder's report
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027])

@@ -127,8 +127,7 @@ def test_a_killed_stage_resumes_and_says_from_which_epoch(cache: Path, tmp_path:
     monkeypatch.setattr(csdn.train.loop, "_save", save_then_die)
     folder = tmp_path / "resume"
     argv = ["train", "--profile", "smoke", *TINY, "--set", "stage3.epochs=2", "--out", str(folder)]
-    with pytest.raises(KeyboardInterrupt):
-        main(["--cache", str(cache), *argv])
+    assert main(["--cache", str(cache), *argv]) == 130  # Ctrl-C: one line, the shell's status for SIGINT
     assert "stopped: KeyboardInterrupt" in (folder / "log.txt").read_text()
     monkeypatch.setattr(csdn.train.loop, "_save", save)
     capsys.readouterr()
@@ -149,11 +148,13 @@ def test_cache_is_accepted_before_and_after_every_command(tmp_path: Path) -> Non
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # every subcommand, ablate and gap included
     assert {"synth", "stats", "pretrain-clip", "train", "eval", "demo", "ablate", "gap"} <= set(commands)
+    positional = {"convert-release": ["in.pth", "out.safetensors"]}  # commands with required arguments
     for command in commands:
-        before = parser.parse_args(["--cache", str(tmp_path / "a"), command])
-        after = parser.parse_args([command, "--cache", str(tmp_path / "b")])
+        rest = positional.get(command, [])
+        before = parser.parse_args(["--cache", str(tmp_path / "a"), command, *rest])
+        after = parser.parse_args([command, *rest, "--cache", str(tmp_path / "b")])
         assert (before.cache, after.cache) == (tmp_path / "a", tmp_path / "b"), command
-        assert parser.parse_args([command]).cache is None  # main() then picks $CSDN_CACHE or the default
+        assert parser.parse_args([command, *rest]).cache is None  # main() then picks $CSDN_CACHE or the default
 
 
 def test_cache_after_the_command_is_used(tmp_path: Path, capsys) -> None:
