@@ -40,7 +40,7 @@ from csdn.artifacts import (
     remove_stale_temporaries,
     writing,
 )
-from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, load_clip, local_dir_source
+from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, load_clip, local_dir_source, state_dict_differences
 from csdn.config import ExperimentConfig
 from csdn.data.cache import ImageCache, content_key
 from csdn.data.images import CachedImages
@@ -681,13 +681,8 @@ def state_dict_mismatch(expected: dict[str, Tensor], found: dict[str, Tensor], s
     def some(keys: list[str]) -> str:
         return ", ".join(keys[:show]) + (f", ... ({len(keys)} in all)" if len(keys) > show else "")
 
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [
-        f"{k} {tuple(found[k].shape)} instead of {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in found and found[k].shape != v.shape
-    ]
+    missing, unexpected, differ = state_dict_differences(expected, found)
+    shapes = [f"{k} {tuple(found[k].shape)} instead of {tuple(expected[k].shape)}" for k in differ]
     parts = [
         f"missing {some(missing)}" if missing else "",
         f"unexpected {some(unexpected)}" if unexpected else "",

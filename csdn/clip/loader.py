@@ -244,16 +244,24 @@ def describe_state_dict(state: dict[str, torch.Tensor]) -> str:
     return f"not an open_clip CLIP state dict (first keys: {list(state)[:3]})"
 
 
+def state_dict_differences(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Keys of ``expected`` missing from ``found``, keys of ``found`` it lacks, and keys whose shapes differ."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [k for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    return missing, unexpected, shapes
+
+
 def _mismatches(model: CLIP, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    return missing, unexpected, shapes
+    missing, unexpected, shapes = state_dict_differences(expected, state)
+    return (
+        missing,
+        unexpected,
+        [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in shapes],
+    )
 
 
 def _mismatch_message(path: Path, arch: str, state: dict, found: tuple[list[str], list[str], list[str]]) -> str:
