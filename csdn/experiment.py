@@ -136,8 +136,21 @@ class Experiment:
         return self.cfg.stage3.transforms(self.cfg.data.height, self.cfg.data.width, self.clip.mean, self.clip.std)
 
     def image_cache(self, records: list[Record]) -> ImageCache:
-        """The uint8 cache of ``records`` at the network's input size (an unreadable image is an error)."""
-        return ImageCache.build(records, self.image_size, self.cache_root, progress=self.progress)
+        """The uint8 cache of ``records`` at the network's input size (an unreadable image is an error).
+
+        Kept per record list: the test images are checked before training and read by every model's
+        evaluation, and each build would hash every file's bytes again.
+        """
+        key = tuple(records)
+        if key not in self._image_caches:
+            self._image_caches[key] = ImageCache.build(
+                records, self.image_size, self.cache_root, progress=self.progress
+            )
+        return self._image_caches[key]
+
+    @cached_property
+    def _image_caches(self) -> dict[tuple[Record, ...], ImageCache]:
+        return {}
 
     @cached_property
     def train_cache(self) -> ImageCache:
@@ -222,8 +235,8 @@ class Experiment:
         format) is its content; the keys are those of earlier versions. A real dataset is its training
         images' content: the training image cache's key (each file's bytes, its path relative to the images'
         common root, pid, camera, modality, the input size), which the training needs anyway. So the same
-        images under another root spelling or mount
-        point reuse the cache, and an image rewritten in place retrains.
+        images under another root spelling or mount point reuse the cache, and an image rewritten in place
+        retrains.
         """
         data = self.cfg.data
         if data.synthetic:
