@@ -15,7 +15,6 @@ from csdn.analysis.ablation import (
     FULL_CSDN,
     VARIANTS,
     ZERO_SHOT,
-    check_distinct_run,
     describe_effects,
     effects,
     format_summary,
@@ -25,8 +24,7 @@ from csdn.analysis.ablation import (
     variants_frame,
 )
 from csdn.config import get_profile
-from csdn.eval.metrics import Metrics
-from csdn.eval.protocols import ProtocolResult
+from csdn.overrides import override
 
 BASE = get_profile("smoke")
 
@@ -40,25 +38,35 @@ def test_full_csdn_row_is_the_profile_itself():
 def test_each_variant_sets_its_switches():
     m = {v.name: v.apply(BASE, 1) for v in VARIANTS}
     assert all(cfg.seed == 1 for cfg in m.values())
-    assert not m["vision-only"].model.uses_text and not m["vision-only"].model.modality_stems
-    assert not m["+stems (CSDN w/o HSE)"].model.uses_text and m["+stems (CSDN w/o HSE)"].model.modality_stems
+    plain = m["vision-only no-MSEL"]
+    assert not plain.model.uses_text and not plain.model.modality_stems and plain.stage3.msel_weight == 0
+    stems = m["vision-only-stems no-MSEL"]
+    assert not stems.model.uses_text and stems.model.modality_stems and stems.stage3.msel_weight == 0
+    assert m["vision-only-stems"].model.modality_stems and m["vision-only-stems"].stage3.msel_weight == 1
+    assert not m["vision-only"].model.modality_stems and m["vision-only"].stage3.msel_weight == 1
     clip_reid = m["clip-reid"].model
     assert clip_reid.shared_prompts and clip_reid.sii_kind == "none" and not clip_reid.modality_stems
-    prompts = m["+modality prompts"].model
+    prompts = m["csdn sii=none"].model
     assert not prompts.shared_prompts and prompts.sii_kind == "none" and prompts.modality_stems
-    assert m["+SII (attention)"].model.sii_kind == "attention"
-    assert m["pairing all"].stage1.pairing == "all" and m["pairing all"].model == BASE.model
-    assert m["wording released"].model.prompt_wording == "released"
+    assert m["csdn no-MSEL"].stage3.msel_weight == 0 and m["csdn no-MSEL"].model == BASE.model
+    assert m["csdn sii=attention"].model.sii_kind == "attention"
+    assert m["csdn pairing=all"].stage1.pairing == "all" and m["csdn pairing=all"].model == BASE.model
+    assert m["csdn wording=released"].model.prompt_wording == "released"
     assert len({repr(cfg) for cfg in m.values()}) == len(VARIANTS)  # no two rows train the same thing
-    # the variant switches never touch data, CLIP, stage-2/3 optimisation or evaluation
+    # the variant switches never touch data, CLIP, stage-2 or evaluation, and of stage 3 only MSEL's weight
     for cfg in m.values():
-        assert (cfg.data, cfg.clip, cfg.stage2, cfg.stage3, cfg.eval) == (
-            BASE.data,
-            BASE.clip,
-            BASE.stage2,
-            BASE.stage3,
-            BASE.eval,
-        )
+        assert (cfg.data, cfg.clip, cfg.stage2, cfg.eval) == (BASE.data, BASE.clip, BASE.stage2, BASE.eval)
+        assert dataclasses.replace(cfg.stage3, msel_weight=BASE.stage3.msel_weight) == BASE.stage3
+
+
+def test_row_names_are_cli_networks():
+    # a row called after a `--variant` network with no switch off its defaults trains exactly that network
+    # (the baselines' rows set model.sii to "none", which those networks ignore: only csdn fuses)
+    assert get_variant("csdn").apply(BASE) == override(BASE, {"model.variant": "csdn"})
+    for name in ("vision-only", "vision-only-stems", "clip-reid"):
+        row, cli = get_variant(name).apply(BASE), override(BASE, {"model.variant": name})
+        assert row.model.sii_kind == cli.model.sii_kind == "none"
+        assert row == override(cli, {"model.sii": "none"})
 
 
 def test_text_variants_refuse_a_base_without_hse():
@@ -72,7 +80,7 @@ def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="unknown ablation variant 'CSDN'"):
         get_variant("CSDN")
     with pytest.raises(ValueError, match="unknown ablation variant"):
-        run_ablation(BASE, variants=["nope"], evaluate=lambda cfg, zs: {})
+        run_ablation(BASE, variants=["nope"], measure=fake_measure)
 
 
 def test_comparisons_name_existing_variants():
@@ -82,56 +90,59 @@ def test_comparisons_name_existing_variants():
     assert list(frame.index) == [v.name for v in VARIANTS]
     assert tuple(frame.loc["vision-only", ["sii", "prompt_wording", "pairing"]]) == ("-", "-", "-")
     assert frame.loc["clip-reid", "sii"] == "-" and frame.loc[FULL_CSDN, "sii"] == "official"
+    assert frame.loc["csdn no-MSEL", "msel_weight"] == 0
 
 
-def result(r1: float, mAP: float, mINP: float) -> ProtocolResult:
-    cmc = np.full(20, 1.0)
-    cmc[:9] = r1
-    return ProtocolResult("test", (0,), (Metrics(cmc, mAP, mINP, 4, 4),))
+def fake_measure(job, cache_root):
+    """measure_run's record with made-up numbers: zero-shot 10%, +10 for stems, +1 per seed."""
+    cfg = job.config
+    value = 10.0 if job.zero_shot else 20.0 + 10.0 * cfg.model.modality_stems + cfg.seed
+    metrics = {"R1": value, "R10": 100.0, "mAP": value / 2, "mINP": value / 4}
+    run = {"margin": value / 100, "seconds": 1.0, **({} if job.zero_shot else {"train ID acc": 0.9})}
+    return {
+        "name": job.name,
+        "seed": job.seed,
+        "stage3_key": None if job.zero_shot else repr(cfg),
+        "results": {"all": metrics, "indoor": metrics},
+        "run": run,
+    }
 
 
-def fake_evaluate(calls):
-    def evaluate(cfg, zero_shot):
-        calls.append((cfg.model.variant, cfg.model.sii, cfg.seed, zero_shot))
-        value = 0.1 if zero_shot else 0.2 + 0.1 * cfg.model.modality_stems + 0.01 * cfg.seed
-        return {"all": result(value, value / 2, value / 4), "indoor": result(value, value, value)}
-
-    return evaluate
-
-
-def test_run_ablation_tidy_table():
-    calls = []
-    runs = run_ablation(
-        BASE, seeds=(3, 5), variants=["vision-only", FULL_CSDN], evaluate=fake_evaluate(calls), progress=False
+def test_run_ablation_tidy_tables(tmp_path: Path):
+    result = run_ablation(
+        BASE,
+        seeds=(3, 5),
+        variants=["vision-only", FULL_CSDN],
+        cache_root=tmp_path,
+        measure=fake_measure,
+        progress=False,
     )
-    assert calls == [
-        ("csdn", "official", 3, True),
-        ("vision-only", "none", 3, False),
-        ("csdn", "official", 3, False),
-        ("vision-only", "none", 5, False),
-        ("csdn", "official", 5, False),
-    ]
-    assert list(runs.columns) == ["variant", "seed", "protocol", "R1", "R10", "mAP", "mINP", "seconds"]
-    assert len(runs) == 10  # (1 zero-shot + 2 variants x 2 seeds) x 2 protocols
-    row = runs[(runs.variant == FULL_CSDN) & (runs.seed == 5) & (runs.protocol == "all")].iloc[0]
-    assert (row.R1, row.R10, row.mAP, row.mINP) == pytest.approx((35.0, 100.0, 17.5, 8.75))
-    assert list(runs[runs.variant == ZERO_SHOT].seed) == [3, 3]
+    jobs = list(zip(result.runs.variant, result.runs.seed))
+    assert jobs == [(ZERO_SHOT, 3), ("vision-only", 3), (FULL_CSDN, 3), ("vision-only", 5), (FULL_CSDN, 5)]
+    assert list(result.metrics.columns) == ["variant", "seed", "protocol", "R1", "R10", "mAP", "mINP"]
+    assert len(result.metrics) == 10  # (1 zero-shot + 2 variants x 2 seeds) x 2 protocols
+    row = result.metrics[(result.metrics.variant == FULL_CSDN) & (result.metrics.seed == 5)].iloc[0]
+    assert (row.protocol, row.R1, row.mAP, row.mINP) == ("all", 35.0, 17.5, 8.75)
+    assert list(result.runs.columns) == ["variant", "seed", "train ID acc", "margin", "seconds"]
+    assert result.seconds >= 0
 
 
-def test_run_ablation_input_checks():
+def test_run_ablation_input_checks(tmp_path: Path):
     with pytest.raises(ValueError, match="distinct"):
-        run_ablation(BASE, seeds=(1, 1), evaluate=fake_evaluate([]))
+        run_ablation(BASE, seeds=(1, 1), cache_root=tmp_path, measure=fake_measure)
     with pytest.raises(ValueError, match="cache_root"):
-        run_ablation(BASE, seeds=(0,))
+        run_ablation(BASE, seeds=(0,), measure=fake_measure)
+    with pytest.raises(ValueError, match="--jobs must be >= 1"):
+        run_ablation(BASE, seeds=(0,), cache_root=tmp_path, jobs=0, measure=fake_measure)
 
 
-def test_distinct_configs_must_not_share_a_stage3_run():
-    seen = {}
-    check_distinct_run(seen, "k0", BASE)
-    check_distinct_run(seen, "k0", BASE)  # the same configuration again (e.g. a second ablation) is fine
-    check_distinct_run(seen, "k1", dataclasses.replace(BASE, seed=1))
-    with pytest.raises(RuntimeError, match="seeds 0 and 2"):
-        check_distinct_run(seen, "k0", dataclasses.replace(BASE, seed=2))
+def test_distinct_configs_must_not_share_a_stage3_run(tmp_path: Path):
+    def one_key(job, cache_root):  # a cache key that forgot the seed
+        return {**fake_measure(job, cache_root), "stage3_key": "k0"}
+
+    run_ablation(BASE, seeds=(0,), variants=[FULL_CSDN], cache_root=tmp_path, measure=one_key, progress=False)
+    with pytest.raises(RuntimeError, match="share the stage-3 cache entry k0"):
+        run_ablation(BASE, seeds=(0, 2), variants=[FULL_CSDN], cache_root=tmp_path, measure=one_key, progress=False)
 
 
 def tidy(values: dict[str, list[float]], protocols=("all",)) -> pd.DataFrame:
@@ -184,27 +195,16 @@ def test_tables_refuse_malformed_runs():
 def test_ablate_command_writes_the_report(tmp_path: Path, monkeypatch, capsys):
     seen = {}
 
-    def fake_run(base, seeds, variants, zero_shot, cache_root):
-        seen.update(seeds=seeds, variants=variants, zero_shot=zero_shot, cache=cache_root, profile=base.name)
-        return run_ablation(base, seeds, variants, zero_shot, evaluate=fake_evaluate([]), progress=False)
+    def fake_run(base, seeds, variants, zero_shot, cache_root, jobs, threads):
+        seen.update(seeds=seeds, variants=variants, zero_shot=zero_shot, cache=cache_root, jobs=jobs, threads=threads)
+        return run_ablation(base, seeds, variants, zero_shot, cache_root, measure=fake_measure, progress=False)
 
     monkeypatch.setattr(commands, "run_ablation", fake_run)
     parser = argparse.ArgumentParser()
     commands.add_commands(parser.add_subparsers())
     reports = tmp_path / "reports"
-    args = parser.parse_args(
-        [
-            "ablate",
-            "--profile",
-            "smoke",
-            "--seeds",
-            "2",
-            "--variants",
-            "vision-only, +SII (official)",
-            "--reports",
-            str(reports),
-        ]
-    )
+    argv = ["ablate", "--profile", "smoke", "--seeds", "2", "--variants", "vision-only, csdn", "--jobs", "2"]
+    args = parser.parse_args([*argv, "--reports", str(reports)])
     args.cache = tmp_path / "cache"
     assert args.func(args) == 0
     assert seen == {
@@ -212,16 +212,21 @@ def test_ablate_command_writes_the_report(tmp_path: Path, monkeypatch, capsys):
         "variants": ["vision-only", FULL_CSDN],
         "zero_shot": True,
         "cache": tmp_path / "cache",
-        "profile": "smoke",
+        "jobs": 2,
+        "threads": None,
     }
     folder = reports / "smoke" / "ablation"
     text = (folder / "ablation.md").read_text()
-    assert "csdn ablate --profile smoke --seeds 2 --variants 'vision-only, +SII (official)'" in text
+    assert "csdn ablate --profile smoke --seeds 2 --variants 'vision-only, csdn' --jobs 2" in text
     assert "20.5 ± 0.7" in text  # vision-only R1: 20.0 and 21.0 over seeds 0, 1
     assert "modality stems" not in text.split("## Effects")[1].split("## Variants")[0]  # its rows were not run
+    assert "0.205 ± 0.007" in text.split("## Modality gap")[1]  # vision-only's margin over seeds
+    metrics = pd.read_csv(folder / "ablation_metrics.csv")
+    assert len(metrics) == 10 and set(metrics.variant) == {ZERO_SHOT, "vision-only", FULL_CSDN}
     runs = pd.read_csv(folder / "ablation_runs.csv")
-    assert len(runs) == 10 and set(runs.variant) == {ZERO_SHOT, "vision-only", FULL_CSDN}
+    assert len(runs) == 5 and list(runs.margin[:2]) == [0.1, 0.2]
     assert (folder / "ablation_all.png").stat().st_size > 5_000
+    assert (folder / "ablation_gap.png").stat().st_size > 5_000
     assert "ablation of 3 rows x 2 seeds" in capsys.readouterr().out
 
 
@@ -250,13 +255,14 @@ def test_describe_effects_names_what_is_beyond_the_noise():
 
 @pytest.mark.slow  # trains two smoke networks (random CLIP weights, no pretraining): about 10-30 s
 def test_csdn_without_hse_trains_exactly_the_stems_row(tmp_path: Path):
-    # the design claim behind "+stems (CSDN w/o HSE)": without HSE, prompts and SII never reach the images
+    # the design claim behind "text = csdn - vision-only-stems": without HSE, prompts and SII never reach
+    # the images
     from csdn.experiment import Experiment
 
     base = dataclasses.replace(BASE, validate_every=0, clip=dataclasses.replace(BASE.clip, weights="random"))
     no_hse = dataclasses.replace(base, stage3=dataclasses.replace(base.stage3, hse_visible=0.0, hse_infrared=0.0))
     with_text = Experiment(no_hse, tmp_path, progress=False)
-    stems_row = Experiment(get_variant("+stems (CSDN w/o HSE)").apply(base), tmp_path, progress=False)
+    stems_row = Experiment(get_variant("vision-only-stems").apply(base), tmp_path, progress=False)
     a, b = with_text.network.state_dict(), stems_row.network.state_dict()
     assert "stage1" in with_text.histories  # the text side did train
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -234,30 +234,21 @@ def test_genuine_bugs_keep_their_traceback(cache: Path, tmp_path: Path, monkeypa
 
 
 def test_ablate_records_its_overrides(tmp_path: Path, monkeypatch, capsys) -> None:
-    import pandas as pd
 
     import csdn.analysis.commands as commands
 
     bases = []
 
-    def fake_run(base, seeds, variants, zero_shot, cache_root):
+    from csdn.analysis.ablation import run_ablation
+
+    def fake_measure(job, cache_root):
+        metrics = {"R1": 50.0, "R10": 90.0, "mAP": 40.0, "mINP": 20.0}
+        record = {"stage3_key": None, "results": {"all": metrics}, "run": {"margin": 0.1, "seconds": 1.0}}
+        return {**record, "name": job.name, "seed": job.seed}
+
+    def fake_run(base, seeds, variants, zero_shot, cache_root, jobs, threads):
         bases.append(base)
-        return pd.DataFrame(
-            [
-                {
-                    "variant": v,
-                    "seed": s,
-                    "protocol": "all",
-                    "R1": 50.0,
-                    "R10": 90.0,
-                    "mAP": 40.0,
-                    "mINP": 20.0,
-                    "seconds": 1.0,
-                }
-                for v in variants
-                for s in seeds
-            ]
-        )
+        return run_ablation(base, seeds, variants, zero_shot, cache_root, measure=fake_measure, progress=False)
 
     monkeypatch.setattr(commands, "run_ablation", fake_run)
     reports = tmp_path / "reports"

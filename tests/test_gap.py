@@ -12,11 +12,14 @@ import csdn.analysis.commands as commands
 from csdn.analysis.gap import (
     GapConfig,
     centroid_gap,
+    cross_modality_retrieval,
     gap_records,
     gap_table,
+    identity_modality_margin,
     modality_classifier_accuracy,
     modality_gap,
     nearest_neighbour_accuracy,
+    other_modality_neighbour_rate,
 )
 from csdn.data.records import INFRARED, VISIBLE, Record
 from csdn.data.sysu import SYSUMM01
@@ -96,6 +99,41 @@ def test_nearest_neighbour_accuracy_counts_and_skips():
     intra, cross = nearest_neighbour_accuracy(x, [1, 2, 1, 2, 3], [V, V, I, I, I])
     assert cross == pytest.approx(3 / 4)  # only infrared pid 2 (@0.4) has the wrong nearest visible image
     assert math.isnan(intra)  # no identity has two images of one modality
+
+
+def test_identity_modality_margin_by_hand():
+    # unit vectors: pid 1 visible e1, infrared (e1 + e3)/sqrt2; pid 2 visible e2, infrared (e2 + e3)/sqrt2
+    r = 1 / math.sqrt(2)
+    x = np.array([[1, 0, 0], [0, 1, 0], [r, 0, r], [0, r, r]])
+    pids, mods = [1, 2, 1, 2], [V, V, I, I]
+    # visible: cos to own infrared r, to the other visible 0 -> r; infrared: cos to own visible r, to the
+    # other infrared 0.5 -> r - 0.5; mean (2r + 2(r - 0.5)) / 4 = r - 0.25
+    assert identity_modality_margin(x, pids, mods) == pytest.approx(r - 0.25)
+    # modality dominating identity (each modality one tight cluster) gives a negative margin
+    clusters = np.array([[1, 0.01], [1, -0.01], [0.01, 1], [-0.01, 1]])
+    assert identity_modality_margin(clusters, pids, mods) < -0.9
+    assert math.isnan(identity_modality_margin(x, [1, 2, 3, 4], mods))  # no identity in both modalities
+
+
+def test_other_modality_neighbour_rate_and_its_ideal_by_hand():
+    # pid 1: visible @0, @0.1, infrared @0.05; pid 2: visible @5, infrared @5.2, @5.3
+    x = np.array([[0.0], [0.1], [0.05], [5.0], [5.2], [5.3]])
+    pids, mods = [1, 1, 1, 2, 2, 2], [V, V, I, V, I, I]
+    rate, ideal = other_modality_neighbour_rate(x, pids, mods)
+    # nearest: 0->0.05 (other), 0.1->0.05 (other), 0.05->0 or 0.1 (other), 5->5.2 (other), 5.2->5.3, 5.3->5.2
+    assert rate == pytest.approx(4 / 6)
+    # ideal: each image's other same-identity images' other-modality share: 1/2, 1/2, 2/2, 2/2, 1/2, 1/2
+    assert ideal == pytest.approx(4 / 6)
+    separated = np.array([[0.0], [0.1], [9.0], [0.2], [9.1], [9.2]])  # visible at 0-0.2, infrared at 9
+    assert other_modality_neighbour_rate(separated, pids, mods)[0] == 0.0
+
+
+def test_cross_modality_retrieval_by_hand():
+    # infrared queries against every visible image, cosine: pid 1's query ranks its match 2nd, pid 2's 1st
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.1, 1.0]])
+    recs = records_of([1, 2, 1, 2], [V, V, I, I])
+    out = cross_modality_retrieval(x, recs)
+    assert out == pytest.approx({"R1": 0.5, "mAP": (0.5 + 1.0) / 2})
 
 
 def test_modality_gap_normalises_rows_first():

@@ -263,8 +263,8 @@ def test_enumerated_choices_are_checked():
     assert get_profile("smoke", seed=5).seed == 5  # top-level keyword overrides go through override()
 
 
-def test_ablation_variants_are_override_dicts_giving_the_configs_of_before():
-    def before(v, base, seed=None):  # the variants' transformation as it was written before the overrides
+def test_ablation_variants_are_override_dicts_giving_nested_replacements():
+    def by_hand(v, base, seed=None):  # the variants' transformation written with nested dataclasses.replace
         model = dataclasses.replace(
             base.model,
             variant=v.overrides["model.variant"],
@@ -272,34 +272,28 @@ def test_ablation_variants_are_override_dicts_giving_the_configs_of_before():
             prompt_wording=v.overrides["model.prompt_wording"],
         )
         stage1 = dataclasses.replace(base.stage1, pairing=v.overrides["stage1.pairing"])
-        return dataclasses.replace(base, model=model, stage1=stage1, seed=base.seed if seed is None else seed)
+        stage3 = dataclasses.replace(base.stage3, msel_weight=v.overrides["stage3.msel_weight"])
+        seed = base.seed if seed is None else seed
+        return dataclasses.replace(base, model=model, stage1=stage1, stage3=stage3, seed=seed)
 
-    names = [
-        "vision-only",
-        "+stems (CSDN w/o HSE)",
-        "clip-reid",
-        "+modality prompts",
-        "+SII (official)",
-        "+SII (attention)",
-        "pairing all",
-        "wording released",
-    ]
-    assert [v.name for v in VARIANTS] == names
-    switches = [tuple(v.overrides.values()) for v in VARIANTS]
-    assert switches == [
-        ("vision-only", "none", "paper", "private"),
-        ("vision-only-stems", "none", "paper", "private"),
-        ("clip-reid", "none", "paper", "private"),
-        ("csdn", "none", "paper", "private"),
-        ("csdn", "official", "paper", "private"),
-        ("csdn", "attention", "paper", "private"),
-        ("csdn", "official", "paper", "all"),
-        ("csdn", "official", "released", "private"),
-    ]
+    switches = {v.name: tuple(v.overrides.values()) for v in VARIANTS}
+    assert switches == {
+        "vision-only no-MSEL": ("vision-only", "none", "paper", "private", 0.0),
+        "vision-only-stems no-MSEL": ("vision-only-stems", "none", "paper", "private", 0.0),
+        "vision-only-stems": ("vision-only-stems", "none", "paper", "private", 1.0),
+        "vision-only": ("vision-only", "none", "paper", "private", 1.0),
+        "clip-reid": ("clip-reid", "none", "paper", "private", 1.0),
+        "csdn sii=none": ("csdn", "none", "paper", "private", 1.0),
+        "csdn": ("csdn", "official", "paper", "private", 1.0),
+        "csdn no-MSEL": ("csdn", "official", "paper", "private", 0.0),
+        "csdn sii=attention": ("csdn", "attention", "paper", "private", 1.0),
+        "csdn pairing=all": ("csdn", "official", "paper", "all", 1.0),
+        "csdn wording=released": ("csdn", "official", "released", "private", 1.0),
+    }
     for base in (SMOKE, get_profile("demo")):
         for v in VARIANTS:
             for seed in (None, 0, 2):
-                assert v.apply(base, seed) == before(v, base, seed), (v.name, seed)
+                assert v.apply(base, seed) == by_hand(v, base, seed), (v.name, seed)
 
 
 # -- the error hierarchy ----------------------------------------------------------------------------------

@@ -2,40 +2,43 @@
 
 Each variant is a named dict of dotted overrides (:func:`csdn.overrides.override`) of a base
 :class:`~csdn.config.ExperimentConfig` (the full CSDN configuration of a profile): it sets the component
-switches of :data:`SWITCHES` explicitly, and nothing else, so every row below is a complete, documented
-configuration. Runs go through :class:`~csdn.experiment.Experiment`,
-whose stage caches are keyed by configuration: stage 1 is shared by every variant with the same
-prompts (``+modality prompts`` and both ``+SII`` rows), the ``+SII (official)`` row *is* the profile's
-default run (a notebook or ``csdn train`` of the same seed is reused), and a second ablation reuses
-everything. The seed changes every stage's key, so seeds are independent runs. ::
+switches of :data:`SWITCHES` explicitly, and nothing else, so every row is a complete, documented
+configuration. A row's name is the ``csdn --variant`` network it trains plus the switches it sets off
+that network's defaults ("csdn sii=none" is ``csdn train --set model.sii=none``), so a name means one
+network everywhere. The seed changes every stage's key, so seeds are independent runs. ::
 
-    variant                model              stems  SII        wording   pairing  text reaches the images by
-    vision-only            vision-only        no     -          -         -        nothing (ID + triplet only)
-    +stems (CSDN w/o HSE)  vision-only-stems  yes    -          -         -        nothing
-    clip-reid              clip-reid          no     -          paper     private  i2t loss to shared prompts
-    +modality prompts      csdn               yes    none       paper     private  HSE, own modality's prompts
-    +SII (official)        csdn               yes    official   paper     private  HSE, fused prompts (= CSDN)
-    +SII (attention)       csdn               yes    attention  paper     private  HSE, fused prompts
-    pairing all            csdn               yes    official   paper     all      HSE, fused prompts
-    wording released       csdn               yes    official   released  private  HSE, fused prompts
+    row                         reads as                     network            MSEL  SII        wording   pairing
+    vision-only no-MSEL         vision-only                  vision-only        no    -          -         -
+    vision-only-stems no-MSEL   + modality stems             vision-only-stems  no    -          -         -
+    vision-only-stems           + MSEL (release w/o text)    vision-only-stems  yes   -          -         -
+    vision-only                 shared stem + MSEL           vision-only        yes   -          -         -
+    clip-reid                   CLIP-ReID (shared prompts)   clip-reid          yes   -          paper     private
+    csdn sii=none               + modality prompts           csdn               yes   none       paper     private
+    csdn                        + SII official = CSDN        csdn               yes   official   paper     private
+    csdn no-MSEL                CSDN without MSEL            csdn               no    official   paper     private
+    csdn sii=attention          + SII attention              csdn               yes   attention  paper     private
+    csdn pairing=all            pairing all (released)       csdn               yes   official   paper     all
+    csdn wording=released       released wording             csdn               yes   official   released  private
 
 **Where is "+HSE"?** The paper adds MPL, SII and HSE in turn. Here (as in the released code) stage 3
 starts from CLIP's image tower, not from anything stages 1-2 train, and HSE (the image-to-text
 cross-entropy against the frozen text prototypes) is the *only* path from the text side to the image
-network. A row "modality prompts + SII, without HSE" therefore trains exactly the network of
-``+stems (CSDN w/o HSE)``: stages 1-2 would run and be thrown away (same seed, same initialisation,
-same batches). So that row is the ``vision-only-stems`` variant, and HSE's effect
-is measured as ``+SII (official)`` (full CSDN) against ``+stems (CSDN w/o HSE)``; MPL and SII are
-measured *with* HSE on, each against the row before it (see :data:`COMPARISONS`). CLIP-ReID's
-image-to-text loss uses the same HSE term and weights, against one shared prompt learner.
-``clip-reid -> +modality prompts`` changes two things (modality prompts and modality stems); the stems'
-own effect, without text, is ``vision-only -> +stems``.
+network: modality prompts and SII without HSE train exactly the ``vision-only-stems`` network (stages 1-2
+would run and be thrown away). So the text's total effect on the CSDN network is ``csdn`` against
+``vision-only-stems``; MPL and SII are measured *with* HSE on, each against the row before it (see
+:data:`COMPARISONS`). CLIP-ReID's image-to-text loss uses the same HSE term and weights against one
+shared prompt learner on one shared stem, so its text effect is measured against ``vision-only``.
+``clip-reid -> csdn sii=none`` changes two things (modality prompts and modality stems); the stems' own
+effect, without text, is ``vision-only -> vision-only-stems``.
+
+:func:`run_ablation` runs the grid through :func:`csdn.analysis.grid.run_grid` (parallel workers, a
+resumable cache of measurements); :func:`summarize` and :func:`effects` turn its tables into mean ± sd
+and paired effects with confidence intervals.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,18 +47,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from csdn.analysis.grid import ZERO_SHOT, GridJob, GridResult, Measure, run_grid
 from csdn.config import ExperimentConfig
 from csdn.data.records import Record
 from csdn.errors import ConfigError
-from csdn.eval.protocols import ProtocolResult
 from csdn.model.network import ModelConfig
 from csdn.overrides import override
-
-ZERO_SHOT = "zero-shot CLIP"  # the reference row: the frozen CLIP image tower, no training
-Evaluate = Callable[[ExperimentConfig, bool], Mapping[str, ProtocolResult]]  # (cfg, zero_shot) -> results
-
 
 # The dotted config keys every variant sets (the column of the variant table is the last part of the key).
 SWITCHES = (
@@ -63,6 +61,7 @@ SWITCHES = (
     "model.sii",  # the SII fusion (only the csdn variant fuses): "official", "attention", "mean", "none"
     "model.prompt_wording",  # "paper" or "released"
     "stage1.pairing",  # stage-1 image/text pairing: "private" or "all"
+    "stage3.msel_weight",  # the MSEL term's weight (0: off; the profiles' value, 1, otherwise)
 )
 
 
@@ -99,91 +98,84 @@ class Variant:
         return override(base, {**self.overrides, **({} if seed is None else {"seed": seed})})
 
 
+def _variant(name: str, what: str, network: str, sii: str = "none", msel: float = 1.0, **switches: str) -> Variant:
+    overrides = {
+        "model.variant": network,
+        "model.sii": sii,
+        "model.prompt_wording": switches.get("wording", "paper"),
+        "stage1.pairing": switches.get("pairing", "private"),
+        "stage3.msel_weight": msel,
+    }
+    return Variant(name, what, overrides)
+
+
 VARIANTS: tuple[Variant, ...] = (
-    Variant(
+    _variant(
+        "vision-only no-MSEL",
+        "vision-only: CLIP image tower, one shared stem, ID + triplet losses only",
         "vision-only",
-        "CLIP image tower trained with ID + triplet losses, one shared stem, no text",
-        {
-            "model.variant": "vision-only",
-            "model.sii": "none",
-            "model.prompt_wording": "paper",
-            "stage1.pairing": "private",
-        },
+        msel=0.0,
     ),
-    Variant(
-        "+stems (CSDN w/o HSE)",
-        "vision-only with modality-specific stems: the CSDN network without HSE "
-        "(prompts and SII without HSE never reach it)",
-        {
-            "model.variant": "vision-only-stems",
-            "model.sii": "none",
-            "model.prompt_wording": "paper",
-            "stage1.pairing": "private",
-        },
+    _variant(
+        "vision-only-stems no-MSEL",
+        "+ modality stems: a visible and an infrared stem, ID + triplet only",
+        "vision-only-stems",
+        msel=0.0,
     ),
-    Variant(
+    _variant(
+        "vision-only-stems",
+        "+ MSEL: the released objective without text (the CSDN network without HSE)",
+        "vision-only-stems",
+    ),
+    _variant("vision-only", "shared stem, ID + triplet + MSEL (the baseline of `csdn demo`)", "vision-only"),
+    _variant(
         "clip-reid",
-        "CLIP-ReID: one shared prompt learner, image-to-text loss (HSE weights) against it, one shared stem",
-        {
-            "model.variant": "clip-reid",
-            "model.sii": "none",
-            "model.prompt_wording": "paper",
-            "stage1.pairing": "private",
-        },
+        "CLIP-ReID: one shared prompt learner and stem, HSE against the shared prompts, MSEL",
+        "clip-reid",
     ),
-    Variant(
-        "+modality prompts",
-        "two modality prompt learners + stems; each modality's images aligned to its own prompts (no fusion)",
-        {"model.variant": "csdn", "model.sii": "none", "model.prompt_wording": "paper", "stage1.pairing": "private"},
+    _variant(
+        "csdn sii=none",
+        "+ modality prompts: two prompt learners + stems, each modality's images aligned to its own prompts",
+        "csdn",
     ),
-    Variant(
-        "+SII (official)",
-        "full CSDN: released SII fusion t_vis + W_c tanh(W_v t_ir), HSE to the fused prototypes",
-        {
-            "model.variant": "csdn",
-            "model.sii": "official",
-            "model.prompt_wording": "paper",
-            "stage1.pairing": "private",
-        },
+    _variant(
+        "csdn",
+        "+ SII official = CSDN as released: t_vis + W_c tanh(W_v t_ir), HSE to the fused prototypes, MSEL",
+        "csdn",
+        sii="official",
     ),
-    Variant(
-        "+SII (attention)",
-        "full CSDN with a genuine multi-head attention SII",
-        {
-            "model.variant": "csdn",
-            "model.sii": "attention",
-            "model.prompt_wording": "paper",
-            "stage1.pairing": "private",
-        },
+    _variant("csdn no-MSEL", "CSDN without MSEL", "csdn", sii="official", msel=0.0),
+    _variant("csdn sii=attention", "CSDN with a genuine multi-head attention SII", "csdn", sii="attention"),
+    _variant(
+        "csdn pairing=all",
+        "CSDN, stage 1 pairing every image with both learners' texts (released code)",
+        "csdn",
+        sii="official",
+        pairing="all",
     ),
-    Variant(
-        "pairing all",
-        "full CSDN, stage 1 with every image against both learners' texts (released code)",
-        {"model.variant": "csdn", "model.sii": "official", "model.prompt_wording": "paper", "stage1.pairing": "all"},
-    ),
-    Variant(
-        "wording released",
-        "full CSDN with the released prompt 'A photo of a X X X X person.'",
-        {
-            "model.variant": "csdn",
-            "model.sii": "official",
-            "model.prompt_wording": "released",
-            "stage1.pairing": "private",
-        },
+    _variant(
+        "csdn wording=released",
+        "CSDN with the released prompt 'A photo of a X X X X person.'",
+        "csdn",
+        sii="official",
+        wording="released",
     ),
 )
-FULL_CSDN = "+SII (official)"
+FULL_CSDN = "csdn"
 
 # (effect, variant, reference): what each component adds, measured as variant - reference.
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
-    ("modality stems (no text)", "+stems (CSDN w/o HSE)", "vision-only"),
-    ("HSE (text into the CSDN network)", FULL_CSDN, "+stems (CSDN w/o HSE)"),
-    ("CLIP-ReID text (shared prompts)", "clip-reid", "vision-only"),
-    ("modality prompts + stems (vs CLIP-ReID)", "+modality prompts", "clip-reid"),
-    ("SII official (vs no fusion)", FULL_CSDN, "+modality prompts"),
-    ("SII attention (vs official)", "+SII (attention)", FULL_CSDN),
-    ("pairing all (vs private)", "pairing all", FULL_CSDN),
-    ("released wording (vs paper)", "wording released", FULL_CSDN),
+    ("modality stems (no text, no MSEL)", "vision-only-stems no-MSEL", "vision-only no-MSEL"),
+    ("MSEL (no text, stems)", "vision-only-stems", "vision-only-stems no-MSEL"),
+    ("modality stems (no text, MSEL)", "vision-only-stems", "vision-only"),
+    ("text: prompts + SII + HSE (CSDN vs its network without text)", FULL_CSDN, "vision-only-stems"),
+    ("CLIP-ReID text (shared stem)", "clip-reid", "vision-only"),
+    ("modality prompts + stems (vs CLIP-ReID)", "csdn sii=none", "clip-reid"),
+    ("SII official (vs no fusion)", FULL_CSDN, "csdn sii=none"),
+    ("MSEL in CSDN", FULL_CSDN, "csdn no-MSEL"),
+    ("SII attention (vs official)", "csdn sii=attention", FULL_CSDN),
+    ("pairing all (vs private)", "csdn pairing=all", FULL_CSDN),
+    ("released wording (vs paper)", "csdn wording=released", FULL_CSDN),
     ("CSDN vs CLIP-ReID", FULL_CSDN, "clip-reid"),
 )
 
@@ -209,39 +201,6 @@ def variants_frame(variants: Sequence[Variant] = VARIANTS) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("name")
 
 
-def experiment_evaluator(cache_root: Path, progress: bool = False) -> Evaluate:
-    """``(cfg, zero_shot) -> {protocol: ProtocolResult}`` by a cached :class:`~csdn.experiment.Experiment`:
-    the trained network, or with ``zero_shot`` the frozen CLIP image tower it starts from.
-
-    Refuses (RuntimeError) to evaluate two different configurations that map to one stage-3 cache entry,
-    since the second would silently reuse the first one's network (see :func:`check_distinct_run`).
-    """
-    from csdn.experiment import Experiment
-
-    seen: dict[str, ExperimentConfig] = {}
-
-    def evaluate(cfg: ExperimentConfig, zero_shot: bool) -> Mapping[str, ProtocolResult]:
-        experiment = Experiment(cfg, cache_root, progress=progress)
-        if not zero_shot:
-            check_distinct_run(seen, experiment.stage3_key, cfg)
-        return experiment.evaluate(experiment.zero_shot_features() if zero_shot else None)
-
-    return evaluate
-
-
-def check_distinct_run(seen: dict[str, ExperimentConfig], stage3_key: str, cfg: ExperimentConfig) -> None:
-    """Record ``cfg`` under its stage-3 cache key in ``seen``; raise if another configuration has that key."""
-    other = seen.setdefault(stage3_key, cfg)
-    if other != cfg:
-        raise RuntimeError(
-            f"two different configurations (seeds {other.seed} and {cfg.seed}, model variant "
-            f"{cfg.model.variant!r}) share the stage-3 cache entry {stage3_key}: the second run would reuse "
-            "the first one's network. Experiment.stage3_key must depend on the data, the CLIP and the seed "
-            "for every variant (in csdn/experiment.py the vision-only key is the constant 'no-text' "
-            "without them)."
-        )
-
-
 def model_features(
     base: ExperimentConfig,
     name: str,
@@ -261,58 +220,52 @@ def model_features(
     return features_of(list(records))
 
 
-def run_ablation(
+def grid_jobs(
     base: ExperimentConfig,
     seeds: Sequence[int] = (0, 1, 2),
     variants: Sequence[str] | None = None,
     zero_shot: bool = True,
-    evaluate: Evaluate | None = None,
-    cache_root: Path | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Train (or load) and evaluate every variant for every seed: a tidy table, one row per
-    (variant, seed, protocol) with R1/R10/mAP/mINP in percent (means over the protocol's trials) and the
-    run's seconds. ``variants`` are names of :data:`VARIANTS` (default all); ``zero_shot`` adds the
-    frozen CLIP once (it has no seed). ``evaluate`` defaults to :func:`experiment_evaluator` on
-    ``cache_root``.
-    """
+) -> list[GridJob]:
+    """The runs of an ablation: the frozen CLIP once (``zero_shot``; it has no seed) and every variant
+    (names of :data:`VARIANTS`, default all) for every seed, seed by seed."""
     chosen = [get_variant(name) for name in variants] if variants is not None else list(VARIANTS)
     if not chosen or not seeds:
         raise ConfigError("an ablation needs at least one variant and one seed")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
-    if evaluate is None:
-        if cache_root is None:
-            raise ValueError("run_ablation needs cache_root (or an evaluate function)")
-        evaluate = experiment_evaluator(cache_root)
-    jobs = [(ZERO_SHOT, seeds[0], override(base, {"seed": seeds[0]}))] if zero_shot else []
-    jobs += [(v.name, seed, v.apply(base, seed)) for seed in seeds for v in chosen]
-    rows = []
-    for name, seed, cfg in tqdm(jobs, desc="ablation runs", disable=not progress):
-        t0 = time.perf_counter()
-        results = evaluate(cfg, name == ZERO_SHOT)
-        seconds = time.perf_counter() - t0
-        rows += [
-            {"variant": name, "seed": seed, "protocol": protocol, **_metrics(result), "seconds": seconds}
-            for protocol, result in results.items()
-        ]
-    return pd.DataFrame(rows)
+    jobs = [GridJob(ZERO_SHOT, seeds[0], override(base, {"seed": seeds[0]}))] if zero_shot else []
+    return jobs + [GridJob(v.name, seed, v.apply(base, seed)) for seed in seeds for v in chosen]
 
 
-def _metrics(result: ProtocolResult) -> dict[str, float]:
-    return {
-        "R1": 100 * result.rank(1),
-        "R10": 100 * result.rank(10),
-        "mAP": 100 * result.mAP,
-        "mINP": 100 * result.mINP,
-    }
+def run_ablation(
+    base: ExperimentConfig,
+    seeds: Sequence[int] = (0, 1, 2),
+    variants: Sequence[str] | None = None,
+    zero_shot: bool = True,
+    cache_root: Path | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
+    measure: Measure | None = None,
+    progress: bool = True,
+) -> GridResult:
+    """Train (or load) and measure every run of :func:`grid_jobs` with :func:`csdn.analysis.grid.run_grid`
+    (``jobs`` worker processes, ``threads`` torch threads each): ``metrics`` has one row per (variant, seed,
+    protocol) with R1/R10/mAP/mINP in percent (means over the protocol's trials), ``runs`` one row per
+    (variant, seed) with the run's seconds, training diagnostics and modality-gap metrics."""
+    grid = grid_jobs(base, seeds, variants, zero_shot)
+    if cache_root is None:
+        raise ConfigError("run_ablation needs cache_root, the artifact cache the runs are trained in")
+    return run_grid(grid, Path(cache_root), jobs, threads, measure, progress)
 
 
-def summarize(runs: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP")) -> pd.DataFrame:
-    """Mean and sample standard deviation (ddof 1; NaN for one seed) over seeds, per variant and
-    protocol, in the order the variants first appear; columns ``seeds``, ``<metric> mean``, ``<metric> std``."""
-    _check_runs(runs, metrics)
-    grouped = runs.groupby(["variant", "protocol"], sort=False)
+def summarize(
+    runs: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP"), by: Sequence[str] = ("variant", "protocol")
+) -> pd.DataFrame:
+    """Mean and sample standard deviation (ddof 1; NaN for one seed) over seeds, per ``by`` group (variant
+    and protocol for the metrics table, variant alone for the runs table), in the order the variants first
+    appear; columns ``seeds``, ``<metric> mean``, ``<metric> std``."""
+    _check_runs(runs, metrics, by)
+    grouped = runs.groupby(list(by), sort=False)
     out = grouped.size().rename("seeds").to_frame()
     for metric in metrics:
         out[f"{metric} mean"] = grouped[metric].mean()
@@ -323,13 +276,16 @@ def summarize(runs: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP")
 def format_summary(
     summary: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP", "mINP"), digits: int = 1
 ) -> pd.DataFrame:
-    """``summarize``'s table as ``"mean ± std"`` strings, one row per variant, one column per (protocol, metric)."""
+    """``summarize``'s table as ``"mean ± std"`` strings, one row per variant and one column per metric,
+    per (protocol, metric) when the summary is by protocol too."""
     cells = pd.DataFrame(index=summary.index)
     for metric in metrics:
         mean, std = summary[f"{metric} mean"], summary[f"{metric} std"]
         cells[metric] = [
             f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, std)
         ]
+    if "protocol" not in summary.index.names:
+        return cells
     table = cells.unstack("protocol")
     table = table.reindex(list(dict.fromkeys(summary.index.get_level_values("variant"))))
     table.columns = [f"{protocol} {metric}" for metric, protocol in table.columns]
@@ -411,12 +367,12 @@ def describe_effects(table: pd.DataFrame, protocol: str | None = None) -> str:
     return " ".join(parts)
 
 
-def _check_runs(runs: pd.DataFrame, metrics: Sequence[str]) -> None:
-    missing = {"variant", "seed", "protocol", *metrics} - set(runs.columns)
+def _check_runs(runs: pd.DataFrame, metrics: Sequence[str], by: Sequence[str] = ("variant", "protocol")) -> None:
+    missing = {"seed", *by, *metrics} - set(runs.columns)
     if missing:
         raise ValueError(f"the ablation table lacks columns {sorted(missing)} (expected run_ablation's output)")
-    if runs.duplicated(["variant", "seed", "protocol"]).any():
-        raise ValueError("the ablation table has repeated (variant, seed, protocol) rows")
+    if runs.duplicated([*by, "seed"]).any():
+        raise ValueError(f"the ablation table has repeated ({', '.join(by)}, seed) rows")
 
 
 GAP_MODELS: dict[str, str] = {  # label -> variant name: the models whose modality gap is compared

@@ -5,10 +5,12 @@ the parsed arguments with ``args.cache`` set to the artifact cache root. Both bu
 configuration like every ``csdn`` command (:func:`csdn.cli.experiment_config`: profile, flags,
 ``--config`` files, ``--set`` entries) and record its overrides in the report.
 
-- ``csdn ablate --profile demo --seeds 3 --reports reports`` trains (or loads) every ablation variant
-  for seeds 0..2 and writes ``reports/demo/ablation/``: ``ablation.md`` (mean ± sd table, effects
-  table, variant table, the command), ``ablation_runs.csv`` (one row per variant, seed and protocol),
-  ``ablation_summary.csv`` and one bar chart per protocol.
+- ``csdn ablate --profile demo --seeds 3 --jobs 2 --reports reports`` trains (or loads) every ablation
+  variant for seeds 0..2 in two worker processes and writes ``reports/demo/ablation/``: ``ablation.md``
+  (mean ± sd tables of the test metrics, the training diagnostics and the modality gap; paired effects;
+  the variant table; the command and wall time), ``ablation_metrics.csv`` (one row per variant, seed and
+  protocol), ``ablation_runs.csv`` (one row per variant and seed: diagnostics and gap metrics), the
+  summaries, one bar chart per protocol and one of the gap metrics.
 - ``csdn gap --profile demo --reports reports`` measures the modality gap of the zero-shot CLIP, the
   vision-only and CLIP-ReID baselines and CSDN on the test images and writes ``reports/demo/gap/``:
   ``gap.md``, ``gap.csv``, ``gap.png`` (the metrics as bars) and ``projections.png`` (t-SNE and UMAP
@@ -38,6 +40,7 @@ from csdn.analysis.ablation import (
     variants_frame,
 )
 from csdn.analysis.gap import GapConfig, gap_records, gap_table, modality_gap
+from csdn.analysis.grid import GridResult
 from csdn.analysis.projection import (
     METHODS,
     ProjectionConfig,
@@ -68,6 +71,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--variants", help="comma-separated variant names (default: all): " + ", ".join(v.name for v in VARIANTS)
     )
     p.add_argument("--no-zero-shot", action="store_true", help="leave out the zero-shot CLIP reference row")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own worker process")
+    p.add_argument(
+        "--threads", type=int, help="torch threads per worker (default: the CPU cores shared out among the jobs)"
+    )
     p.set_defaults(func=cmd_ablate)
     p = subparsers.add_parser(
         "gap",
@@ -103,15 +110,22 @@ def _command(name: str, args: argparse.Namespace, options: dict[str, object]) ->
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    """Train (or load from the cache) every ablation variant for each seed and write the ablation report."""
+    """Train (or load from the cache) every ablation variant for each seed, in ``--jobs`` worker processes,
+    and write the ablation report (a killed grid, run again, restarts where it stopped)."""
     base, overrides = experiment_config(args)
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     names = [n.strip() for n in args.variants.split(",") if n.strip()] if args.variants else None
-    t0 = time.perf_counter()
-    runs = run_ablation(base, seeds, names, zero_shot=not args.no_zero_shot, cache_root=Path(args.cache))
-    seconds = time.perf_counter() - t0
+    result = run_ablation(
+        base,
+        seeds,
+        names,
+        zero_shot=not args.no_zero_shot,
+        cache_root=Path(args.cache),
+        jobs=args.jobs,
+        threads=args.threads,
+    )
     command = _command(
         "ablate",
         args,
@@ -122,33 +136,57 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             "--first-seed": args.first_seed or None,
             "--variants": args.variants,
             "--no-zero-shot": args.no_zero_shot,
+            "--jobs": args.jobs if args.jobs != 1 else None,
+            "--threads": args.threads,
         },
     )
     folder = Path(args.reports) / base.name / "ablation"
-    written = write_ablation_report(folder, runs, command, seconds, overrides)
-    print(format_summary(summarize(runs)).to_string())
+    written = write_ablation_report(folder, result, command, overrides)
+    print(format_summary(summarize(result.metrics)).to_string())
     print(
-        f"\nablation of {runs['variant'].nunique()} rows x {len(seeds)} seeds in {seconds:.0f}s "
-        f"(overrides: {format_overrides(overrides)}); report: {', '.join(str(p) for p in written)}"
+        f"\nablation of {result.runs['variant'].nunique()} rows x {len(seeds)} seeds in {result.seconds:.0f}s "
+        f"with {args.jobs} job(s) (overrides: {format_overrides(overrides)}); "
+        f"report: {', '.join(str(p) for p in written)}"
     )
     return 0
 
 
+# Per-run columns of the report: training diagnostics, and the modality gap of the test features.
+DIAGNOSTIC_COLUMNS = ("train ID acc", "HSE CE visible", "HSE CE infrared", "val R1", "val mAP")
+GAP_COLUMNS = (
+    "margin",
+    "other_modality_nn",
+    "nn_cross",
+    "modality_accuracy",
+    "centroid_ratio",
+    "x-mod mAP train ids",
+    "x-mod mAP test ids",
+)
+GAP_PLOT = ("margin", "other_modality_nn", "x-mod mAP train ids", "x-mod mAP test ids")
+
+
 def write_ablation_report(
-    folder: Path, runs: pd.DataFrame, command: str, seconds: float, overrides: Mapping[str, Any] | None = None
+    folder: Path, result: GridResult, command: str, overrides: Mapping[str, Any] | None = None
 ) -> list[Path]:
-    """``ablation.md``, ``ablation_runs.csv``, ``ablation_summary.csv`` and one bar chart per protocol;
-    ``overrides`` (of the base configuration) are recorded in ``ablation.md``'s header."""
-    summary = summarize(runs)
-    seeds = sorted(set(runs["seed"]))
-    variants = [v for v in VARIANTS if v.name in set(runs["variant"])]
-    effect = effects(runs, "mAP")
+    """``ablation.md`` and the CSV tables and bar charts of an ablation ``result``; ``overrides`` (of the
+    base configuration) are recorded in ``ablation.md``'s header."""
+    metrics, runs = result.metrics, result.runs
+    summary = summarize(metrics)
+    seeds = sorted(set(metrics["seed"]))
+    variants = [v for v in VARIANTS if v.name in set(metrics["variant"])]
+    effect = effects(metrics, "mAP")
+    trained = runs.dropna(subset=["train ID acc"]) if "train ID acc" in runs else runs.iloc[:0]
+    diagnostic_columns = [c for c in DIAGNOSTIC_COLUMNS if c in runs]
+    gap_columns = [c for c in GAP_COLUMNS if c in runs]
+    diagnostics = summarize(trained, diagnostic_columns, by=("variant",))
+    gap = summarize(runs, gap_columns, by=("variant",))
+    gap_effect = effects(runs.assign(protocol="test ids"), "margin")
     lines = [
         f"# Ablation ({len(seeds)} seed{'s' * (len(seeds) != 1)}: {seeds})",
         "",
         f"Command: `{command}`  ",
         f"{overrides_line(overrides or {})}  ",
-        f"Wall time: {seconds:.0f} s (stages already in the cache are loaded, not retrained)",
+        f"Wall time: {result.seconds:.0f} s (runs already measured or trained in the cache are read back)",
         "",
         "## R1 / mAP / mINP (%), mean ± sample sd over seeds",
         "",
@@ -160,6 +198,27 @@ def write_ablation_report(
         "",
         *[f"- {describe_effects(effect, p)}" for p in dict.fromkeys(effect.get("protocol", []))],
         "",
+        "## Did each model learn? Last stage-3 epoch, mean ± sd over seeds",
+        "",
+        "train ID acc: ID accuracy of the GeM head on the training batches (fraction); HSE CE: image-to-text "
+        "cross-entropy per modality (chance: ln of the training identities); val: the last validation (%).",
+        "",
+        format_summary(diagnostics, diagnostic_columns, 3).to_markdown() if len(diagnostics) else "(no trained run)",
+        "",
+        "## Modality gap of the test features, mean ± sd over seeds",
+        "",
+        "margin: mean cos(same identity, other modality) - mean cos(other identities, same modality); "
+        "other_modality_nn: nearest neighbour among both modalities is of the other modality (fraction); "
+        "nn_cross: nearest other-modality neighbour has the same identity (fraction); modality_accuracy: "
+        "balanced accuracy of a linear modality classifier (0.5: inseparable); x-mod mAP: infrared->visible "
+        "mAP (%) over all images of the training identities and of the test identities.",
+        "",
+        format_summary(gap, gap_columns, 3).to_markdown(),
+        "",
+        "## Effects on the identity-modality margin (paired by seed)",
+        "",
+        gap_effect.round(3).to_markdown(index=False) if len(gap_effect) else "(no comparison has both its rows)",
+        "",
         "## Variants",
         "",
         variants_frame(variants).to_markdown(),
@@ -167,11 +226,15 @@ def write_ablation_report(
     ]
     files: dict[str, Any] = {
         "ablation.md": "\n".join(lines),
-        "ablation_runs.csv": runs.round(4).to_csv(index=False),
+        "ablation_metrics.csv": metrics.round(4).to_csv(index=False),
+        "ablation_runs.csv": runs.round(5).to_csv(index=False),
         "ablation_summary.csv": summary.round(4).to_csv(),
+        "ablation_gap_summary.csv": gap.round(5).to_csv(),
     }
-    for protocol in dict.fromkeys(runs["protocol"]):
-        files[f"ablation_{_slug(protocol)}.png"] = plot_ablation(runs, protocol=protocol)
+    for protocol in dict.fromkeys(metrics["protocol"]):
+        files[f"ablation_{_slug(protocol)}.png"] = plot_ablation(metrics, protocol=protocol)
+    plotted = [c for c in GAP_PLOT if c in runs]
+    files["ablation_gap.png"] = plot_ablation(runs, plotted, title="modality gap of the test features")
     return write_report_files(folder, files)
 
 

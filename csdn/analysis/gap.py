@@ -17,10 +17,25 @@ identity):
   identity, searched among the *other* modality (cross) and among the *same* modality (intra, the
   feature itself excluded). A feature whose identity has no other image in the searched set is skipped.
   A small gap shows as cross close to intra.
+- **identity-modality margin**: per feature, the mean cosine similarity to the same identity's features
+  in the *other* modality minus the mean similarity to *other* identities' features in the *same*
+  modality, averaged. Positive: a person is closer to themself across modalities than to strangers seen
+  by the same kind of camera (identity outweighs modality); negative: modality outweighs identity.
+- **other-modality neighbour rate**: the fraction of features whose nearest neighbour among *both*
+  modalities (itself excluded) is of the other modality. Beside it, the rate a modality-blind,
+  identity-perfect embedding would give: the share of each feature's other same-identity images that are
+  of the other modality (about 50% for balanced identities). A modality-clustered embedding gives 0%.
+- **learned vs generalised** (:func:`cross_modality_retrieval`, used by the ablation): infrared->visible
+  rank-1 and mAP over every image of a set of identities, no gallery sampling or camera rule, once on the
+  *training* identities (what stage 3 fitted across modalities) and once on the test identities.
+
+The linear classifier stays, but on this world it separates the modalities of every model (the
+infrared images carry no colour at all), so it cannot rank models; the margin, the neighbour rate and
+the train/test retrieval do.
 
 :func:`modality_gap` L2-normalises the features first (retrieval compares normalised features) and
-computes all three; :func:`gap_table` lines several models up. :func:`gap_records` picks the test images
-the measurements run on.
+computes the per-model metrics; :func:`gap_table` lines several models up. :func:`gap_records` picks the
+test images the measurements run on.
 """
 
 from __future__ import annotations
@@ -36,8 +51,9 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from csdn.data.protocol import Reader, SplitOptions
+from csdn.data.protocol import GalleryRules, Reader, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record
+from csdn.eval.metrics import evaluate
 
 Features = np.ndarray | torch.Tensor
 
@@ -62,6 +78,9 @@ class GapMetrics:
     modality_accuracy: float  # cross-validated balanced accuracy of a linear modality classifier (0.5: inseparable)
     nn_intra: float  # nearest neighbour in the same modality has the same identity (fraction)
     nn_cross: float  # nearest neighbour in the other modality has the same identity (fraction)
+    margin: float  # mean cos(same id, other modality) - mean cos(other ids, same modality), averaged per feature
+    other_modality_nn: float  # nearest neighbour among both modalities is of the other modality (fraction)
+    other_modality_nn_ideal: float  # the same for a modality-blind, identity-perfect embedding (fraction)
     n_visible: int  # visible features measured
     n_infrared: int  # infrared features measured
 
@@ -143,15 +162,82 @@ def nearest_neighbour_accuracy(
     """
     x = torch.as_tensor(_as_array(features))
     visible = torch.as_tensor(_modality_mask(modalities, len(x)))
-    if len(pids) != len(x):
-        raise ValueError(f"need one identity per feature row: {len(pids)} identities for {len(x)} rows")
-    pid = torch.as_tensor(np.asarray(pids, dtype=np.int64))
+    pid = _pid_tensor(pids, len(x))
     distance = torch.cdist(x, x)
     same_modality = visible[:, None] == visible[None, :]
     return (
         _nn_hits(distance, pid, same_modality & ~torch.eye(len(x), dtype=torch.bool)),
         _nn_hits(distance, pid, ~same_modality),
     )
+
+
+def identity_modality_margin(features: Features, pids: Sequence[int], modalities: Sequence[str]) -> float:
+    """Mean over features of: mean cosine similarity to the same identity in the other modality minus mean
+    cosine similarity to other identities in the same modality. Features lacking either set are skipped;
+    NaN when none is left."""
+    x = torch.as_tensor(_normalised(_as_array(features)))
+    visible = torch.as_tensor(_modality_mask(modalities, len(x)))
+    pid = _pid_tensor(pids, len(x))
+    similarity = x @ x.T
+    same_id, same_modality = pid[:, None] == pid[None, :], visible[:, None] == visible[None, :]
+    positive, negative = same_id & ~same_modality, ~same_id & same_modality
+    kept = positive.any(1) & negative.any(1)
+    if not kept.any():
+        return float("nan")
+    mean_positive = (similarity * positive).sum(1)[kept] / positive.sum(1)[kept]
+    mean_negative = (similarity * negative).sum(1)[kept] / negative.sum(1)[kept]
+    return float((mean_positive - mean_negative).mean())
+
+
+def other_modality_neighbour_rate(
+    features: Features, pids: Sequence[int], modalities: Sequence[str]
+) -> tuple[float, float]:
+    """``(rate, ideal)``: the fraction of features whose nearest neighbour among both modalities (Euclidean,
+    itself excluded) is of the other modality, and that fraction for an embedding that ignores modality
+    and always finds the own identity (per feature: its other same-identity images' other-modality share;
+    features without another image of their identity are left out of the ideal)."""
+    x = torch.as_tensor(_as_array(features))
+    visible = torch.as_tensor(_modality_mask(modalities, len(x)))
+    pid = _pid_tensor(pids, len(x))
+    distance = torch.cdist(x, x).fill_diagonal_(float("inf"))
+    rate = float((visible[distance.argmin(1)] != visible).double().mean())
+    others = (pid[:, None] == pid[None, :]).fill_diagonal_(False)
+    cross = others & (visible[:, None] != visible[None, :])
+    has_other = others.any(1)
+    ideal = (cross.sum(1)[has_other] / others.sum(1)[has_other]).double().mean() if has_other.any() else float("nan")
+    return rate, float(ideal)
+
+
+def cross_modality_retrieval(features: Features, records: Sequence[Record]) -> dict[str, float]:
+    """Infrared->visible retrieval over all of ``records`` (every infrared image queries every visible one,
+    no camera rule, cosine similarity): ``{"R1": ..., "mAP": ...}`` as fractions."""
+    x = torch.as_tensor(_normalised(_as_array(features)))
+    if len(records) != len(x):
+        raise ValueError(f"need one record per feature row: {len(records)} records for {len(x)} rows")
+    visible = torch.as_tensor(_modality_mask([r.modality for r in records], len(x)))
+    pids, cams = np.array([r.pid for r in records]), np.array([r.cam for r in records])
+    q, g = ~visible.numpy(), visible.numpy()
+    metrics = evaluate(
+        (x[~visible] @ x[visible].T).numpy(),
+        pids[q],
+        pids[g],
+        cams[q],
+        cams[g],
+        rules=GalleryRules(),
+        higher_is_better=True,
+        max_rank=1,
+    )
+    return {"R1": float(metrics.cmc[0]), "mAP": float(metrics.mAP)}
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+def _pid_tensor(pids: Sequence[int], n: int) -> torch.Tensor:
+    if len(pids) != n:
+        raise ValueError(f"need one identity per feature row: {len(pids)} identities for {n} rows")
+    return torch.as_tensor(np.asarray(pids, dtype=np.int64))
 
 
 def _nn_hits(distance: torch.Tensor, pid: torch.Tensor, allowed: torch.Tensor) -> float:
@@ -170,13 +256,17 @@ def modality_gap(features: Features, records: Sequence[Record], cfg: GapConfig =
     if len(records) != len(x):
         raise ValueError(f"need one record per feature row: {len(records)} records for {len(x)} rows")
     if cfg.normalize:
-        x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+        x = _normalised(x)
     modalities, pids = [r.modality for r in records], [r.pid for r in records]
     distance, spread, ratio = centroid_gap(x, modalities)
     accuracy = modality_classifier_accuracy(x, modalities, cfg.folds, cfg.seed, groups=pids, max_iter=cfg.max_iter)
     intra, cross = nearest_neighbour_accuracy(x, pids, modalities)
+    margin = identity_modality_margin(x, pids, modalities)
+    other, ideal = other_modality_neighbour_rate(x, pids, modalities)
     n_visible = sum(m == VISIBLE for m in modalities)
-    return GapMetrics(distance, spread, ratio, accuracy, intra, cross, n_visible, len(x) - n_visible)
+    return GapMetrics(
+        distance, spread, ratio, accuracy, intra, cross, margin, other, ideal, n_visible, len(x) - n_visible
+    )
 
 
 def gap_table(metrics: Mapping[str, GapMetrics]) -> pd.DataFrame:
@@ -193,6 +283,9 @@ def gap_table(metrics: Mapping[str, GapMetrics]) -> pd.DataFrame:
                 "NN intra (%)": 100 * m.nn_intra,
                 "NN cross (%)": 100 * m.nn_cross,
                 "cross / intra": m.nn_cross / m.nn_intra if m.nn_intra > 0 else float("nan"),
+                "id-modality margin": m.margin,
+                "other-modality NN (%)": 100 * m.other_modality_nn,
+                "other-modality NN ideal (%)": 100 * m.other_modality_nn_ideal,
                 "visible": m.n_visible,
                 "infrared": m.n_infrared,
             }

@@ -170,15 +170,18 @@ def plot_ablation(
     title: str | None = None,
 ) -> Figure:
     """Bars of the mean of each ``metric`` per variant (error bars: standard deviation over seeds,
-    dots: the seeds) for one ``protocol`` (default: the first) of a tidy ablation ``runs`` table."""
-    missing = {"variant", "seed", "protocol", *metrics} - set(runs.columns)
+    dots: the seeds) for one ``protocol`` (default: the first) of a tidy ablation ``metrics`` table, or of
+    its per-run table (no protocol column: gap metrics and diagnostics, one row per variant and seed)."""
+    missing = {"variant", "seed", *metrics} - set(runs.columns)
     if missing:
         raise ValueError(f"the ablation table lacks columns {sorted(missing)} (expected run_ablation's output)")
-    protocols = list(dict.fromkeys(runs["protocol"]))
-    protocol = protocol or protocols[0]
-    if protocol not in protocols:
-        raise ValueError(f"protocol {protocol!r} is not in the table; choose one of {protocols}")
-    rows = runs[runs["protocol"] == protocol]
+    rows = runs
+    if "protocol" in runs.columns:
+        protocols = list(dict.fromkeys(runs["protocol"]))
+        protocol = protocol or protocols[0]
+        if protocol not in protocols:
+            raise ValueError(f"protocol {protocol!r} is not in the table; choose one of {protocols}")
+        rows = runs[runs["protocol"] == protocol]
     order = list(dict.fromkeys(rows["variant"]))
     with sns.axes_style("whitegrid"):
         fig = plt.figure(figsize=(3.4 * len(metrics) + 2.0, 0.42 * len(order) + 1.4), layout="constrained")
@@ -196,8 +199,8 @@ def plot_ablation(
                 ax=ax,
             )
             sns.stripplot(rows, x=metric, y="variant", order=order, color="black", size=3.5, jitter=0.15, ax=ax)
-            ax.set(xlabel=f"{metric} (%)", ylabel="")
-        fig.suptitle(title or f"ablation, {protocol} (mean ± sd over seeds)")
+            ax.set(xlabel=f"{metric} (%)" if metric in ("R1", "R10", "mAP", "mINP") else metric, ylabel="")
+        fig.suptitle(title or f"ablation, {protocol or 'per run'} (mean ± sd over seeds)")
     return fig
 
 
