@@ -135,7 +135,9 @@ def test_ablation_bars_refuse_bad_tables():
 def test_gap_figure_panels():
     table = pd.DataFrame(
         {
-            "centroid ratio": [2.0, 0.5],
+            "id-modality margin": [-0.2, 0.1],
+            "other-modality NN (%)": [0.0, 30.0],
+            "other-modality NN ideal (%)": [50.0, 50.0],
             "modality clf acc (%)": [100.0, 60.0],
             "NN intra (%)": [40.0, 80.0],
             "NN cross (%)": [10.0, 70.0],
@@ -143,8 +145,10 @@ def test_gap_figure_panels():
         index=pd.Index(["zero-shot CLIP", "CSDN"], name="model"),
     )
     fig = plot_gap(table)
-    ratio, classifier, nn = fig.axes[:3]
-    assert sorted(p.get_height() for p in ratio.patches) == [0.5, 2.0]
+    margin, other, nn, classifier = fig.axes[:4]
+    assert sorted(round(p.get_height(), 6) for p in margin.patches) == [-0.2, 0.1]
+    assert sorted(p.get_height() for p in other.patches) == [0.0, 30.0]
+    assert list(other.collections[-1].get_offsets()[:, 1]) == [50.0, 50.0]  # the ideal ticks
     assert 50 in [line.get_ydata()[0] for line in classifier.lines]  # the chance line
     heights = sorted(round(p.get_height(), 6) for p in nn.patches if p.get_height() > 0)
     assert heights == [10.0, 40.0, 70.0, 80.0]

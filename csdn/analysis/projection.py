@@ -205,9 +205,18 @@ def plot_ablation(
 
 
 def plot_gap(table: pd.DataFrame, title: str | None = None) -> Figure:
-    """Three panels from :func:`csdn.analysis.gap.gap_table`: centroid ratio, modality-classifier
-    accuracy (dashed line: chance), and nearest-neighbour identity accuracy within and across modalities."""
-    needed = {"centroid ratio", "modality clf acc (%)", "NN intra (%)", "NN cross (%)"}
+    """Four panels from :func:`csdn.analysis.gap.gap_table`: the identity-modality margin (0: identity and
+    modality weigh the same), the other-modality neighbour rate (black ticks: its modality-blind ideal),
+    nearest-neighbour identity accuracy within and across modalities, and the modality-classifier accuracy
+    (dashed line: chance)."""
+    needed = {
+        "id-modality margin",
+        "other-modality NN (%)",
+        "other-modality NN ideal (%)",
+        "modality clf acc (%)",
+        "NN intra (%)",
+        "NN cross (%)",
+    }
     if not needed <= set(table.columns):
         missing = sorted(needed - set(table.columns))
         raise ValueError(f"the gap table lacks columns {missing} (expected gap_table's output)")
@@ -216,15 +225,19 @@ def plot_gap(table: pd.DataFrame, title: str | None = None) -> Figure:
     nn = frame.melt(id_vars="model", value_vars=["NN intra (%)", "NN cross (%)"], var_name="search", value_name="NN")
     nn["search"] = nn["search"].map({"NN intra (%)": "same modality", "NN cross (%)": "other modality"})
     with sns.axes_style("whitegrid"):
-        fig = plt.figure(figsize=(4.0 * 3, 3.4), layout="constrained")
-        axes = fig.subplots(1, 3)
-        sns.barplot(frame, x="model", y="centroid ratio", order=models, color="#8DA0CB", ax=axes[0])
-        sns.barplot(frame, x="model", y="modality clf acc (%)", order=models, color="#8DA0CB", ax=axes[1])
-        axes[1].axhline(50, color="black", linestyle="--", linewidth=1)
-        axes[1].set_ylim(0, 100)
+        fig = plt.figure(figsize=(4.0 * 4, 3.6), layout="constrained")
+        axes = fig.subplots(1, 4)
+        sns.barplot(frame, x="model", y="id-modality margin", order=models, color="#8DA0CB", ax=axes[0])
+        axes[0].axhline(0, color="black", linewidth=1)
+        sns.barplot(frame, x="model", y="other-modality NN (%)", order=models, color="#8DA0CB", ax=axes[1])
+        axes[1].scatter(models, frame["other-modality NN ideal (%)"], marker="_", s=400, color="black", zorder=3)
+        axes[1].set(ylim=(0, 100), ylabel="nearest neighbour of the other modality (%)")
         sns.barplot(nn, x="model", y="NN", hue="search", order=models, palette=["#66C2A5", "#FC8D62"], ax=axes[2])
         axes[2].set(ylabel="nearest neighbour same identity (%)", ylim=(0, 100))
         axes[2].legend(fontsize="small", title=None)
+        sns.barplot(frame, x="model", y="modality clf acc (%)", order=models, color="#8DA0CB", ax=axes[3])
+        axes[3].axhline(50, color="black", linestyle="--", linewidth=1)
+        axes[3].set_ylim(0, 100)
         for ax in axes:
             ax.set_xlabel("")
             ax.tick_params(axis="x", rotation=25)
