@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch import nn
 
-from csdn.analysis.projection import MODALITY_COLOURS
+from csdn.analysis.style import MODALITY_COLOURS
 from csdn.analysis.stage_views import (
     context_words_frame,
     dataset_label,

@@ -10,6 +10,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from csdn.analysis.style import MODALITY_COLOURS
 from csdn.data.cache import decode_image
 from csdn.data.records import INFRARED, VISIBLE, Record
 
@@ -43,7 +44,8 @@ def attribute_frame(metadata: dict) -> pd.DataFrame:
 
 
 def plot_attribute_distributions(attributes: pd.DataFrame, columns: Sequence[str] | None = None) -> Figure:
-    """Bar charts of how often each attribute value occurs."""
+    """Bar charts of how many identities (rows of ``attributes``) have each attribute value; the title
+    says how many identities are counted."""
     columns = list(columns or [c for c in attributes.columns if c != "pid"])
     ncols = 4
     nrows = int(np.ceil(len(columns) / ncols))
@@ -56,6 +58,7 @@ def plot_attribute_distributions(attributes: pd.DataFrame, columns: Sequence[str
         ax.set_xlabel(""), ax.set_ylabel("ids")
     for ax in list(axes.flat)[len(columns) :]:
         ax.axis("off")
+    fig.suptitle(f"attribute values over all {len(attributes)} identities (every split)")
     fig.tight_layout()
     return fig
 
@@ -77,17 +80,29 @@ def caption_examples(metadata: dict, records: Sequence[Record], root: str, per_m
 
 
 def plot_pixel_histograms(images: np.ndarray, modalities: Sequence[str]) -> Figure:
-    """Per-modality histograms of channel intensities and of colourfulness (inter-channel difference)."""
+    """Per-modality histograms of channel intensities and of colourfulness (inter-channel difference).
+
+    Each modality's bars are the fraction of its pixels (or images), so the two modalities share one scale
+    whatever their counts; images without any colour (every infrared one) are stated in the legend.
+    """
     mods = np.asarray(modalities)
     fig, (ax_int, ax_col) = plt.subplots(1, 2, figsize=(10, 3.2))
-    for modality, colour in ((VISIBLE, "tab:orange"), (INFRARED, "tab:purple")):
-        sub = images[mods == modality].astype(np.float32)
-        if not len(sub):
-            continue
-        ax_int.hist(sub.reshape(-1), bins=64, range=(0, 255), density=True, alpha=0.5, color=colour, label=modality)
-        spread = np.abs(sub[..., 0] - sub[..., 1]) + np.abs(sub[..., 1] - sub[..., 2])
-        ax_col.hist(spread.mean(axis=(1, 2)) / 2, bins=40, density=True, alpha=0.5, color=colour, label=modality)
-    ax_int.set_title("pixel intensity (all channels)"), ax_int.set_xlabel("value"), ax_int.legend()
-    ax_col.set_title("colourfulness per image"), ax_col.set_xlabel("mean |channel difference|"), ax_col.legend()
+    subsets = {m: images[mods == m].astype(np.float32) for m in (VISIBLE, INFRARED) if (mods == m).any()}
+    spreads = {
+        m: (np.abs(sub[..., 0] - sub[..., 1]) + np.abs(sub[..., 1] - sub[..., 2])).mean(axis=(1, 2)) / 2
+        for m, sub in subsets.items()
+    }
+    spread_bins = np.linspace(0, max(max(float(v.max()) for v in spreads.values()), 1.0), 41)
+    for modality, sub in subsets.items():
+        colour, values, spread = MODALITY_COLOURS[modality], sub.reshape(-1), spreads[modality]
+        share = np.full(len(values), 1 / len(values))
+        ax_int.hist(values, bins=64, range=(0, 255), weights=share, alpha=0.5, color=colour, label=modality)
+        grey = int((spread == 0).sum())
+        label = f"{modality} ({grey} of {len(sub)} images without colour)" if grey else modality
+        share = np.full(len(spread), 1 / len(spread))
+        ax_col.hist(spread, bins=spread_bins, weights=share, alpha=0.5, color=colour, label=label)
+    ax_int.set(title="pixel intensity (all channels)", xlabel="value", ylabel="fraction of pixels")
+    ax_col.set(title="colourfulness per image", xlabel="mean |channel difference|", ylabel="fraction of images")
+    ax_int.legend(), ax_col.legend(fontsize="small")
     fig.tight_layout()
     return fig

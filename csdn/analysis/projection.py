@@ -20,11 +20,11 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.analysis.style import MODALITY_COLOURS
+from csdn.data.records import Record
 from csdn.errors import ConfigError
 
 METHODS = ("t-SNE", "UMAP")
-MODALITY_COLOURS = {VISIBLE: "#E69F00", INFRARED: "#3B4CC0"}  # orange visible, blue infrared
 IDENTITY_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "p", "h", "<", ">")
 
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 from torch import Tensor
 
-from csdn.analysis.projection import MODALITY_COLOURS
+from csdn.analysis.style import MODALITY_COLOURS
 from csdn.data.cache import decode_image
 from csdn.data.protocol import GalleryRules
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record

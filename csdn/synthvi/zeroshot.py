@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from csdn.analysis.style import MODALITY_COLOURS
 from csdn.clip.loader import ClipBundle
 from csdn.synthvi.pool import ClipPool
 from csdn.synthvi.world import ATTRIBUTES
@@ -163,7 +164,9 @@ def examples_per_value(pool: ClipPool, attribute: str, modality: str, values: Se
 
 
 def plot_accuracy(results: pd.DataFrame, color_attributes: Sequence[str] = ()):
-    """Bar chart of zero-shot accuracy per attribute, one bar per modality, chance as a black tick."""
+    """Bar chart of zero-shot accuracy per attribute, one bar per modality (the shared modality palette),
+    chance as a black tick and the majority-class rate (always answering the commonest value, visible
+    images) as a grey one: only bars above the grey tick beat that trivial baseline."""
     import matplotlib.pyplot as plt
 
     table = accuracy_table(results)
@@ -174,20 +177,32 @@ def plot_accuracy(results: pd.DataFrame, color_attributes: Sequence[str] = ()):
     width = 0.8 / len(modalities)
     x = np.arange(len(table))
     for k, modality in enumerate(modalities):
-        ax.bar(x + (k - (len(modalities) - 1) / 2) * width, table[modality], width, label=modality)
+        offset = (k - (len(modalities) - 1) / 2) * width
+        ax.bar(x + offset, table[modality], width, label=modality, color=MODALITY_COLOURS[modality])
+    majority = results[results.modality == modalities[0]].set_index("attribute")["majority"].reindex(table.index)
     ax.scatter(x, table["chance"], marker="_", s=400, color="black", label="chance", zorder=3)
+    ax.scatter(x, majority, marker="_", s=400, color="#888888", label="majority class", zorder=3)
     ax.set_xticks(x, [f"{a}*" if a in color_attributes else a for a in table.index], rotation=30, ha="right")
     ax.set_ylabel("zero-shot accuracy")
     ax.set_ylim(0, 1)
-    ax.legend(loc="upper right", ncols=3)
+    ax.legend(loc="upper right", ncols=4, fontsize="small")
     if color_attributes:
         ax.set_title("* colour attributes (invisible in infrared)")
     fig.tight_layout()
     return fig
 
 
-def plot_similarity(images: np.ndarray, texts: Sequence[str], similarity: np.ndarray, title: str = ""):
-    """Heatmap of image-text cosine similarity with the images shown above their columns."""
+def plot_similarity(
+    images: np.ndarray,
+    texts: Sequence[str],
+    similarity: np.ndarray,
+    title: str = "",
+    labels: Sequence[str] | None = None,
+    limits: tuple[float, float] | None = None,
+):
+    """Heatmap of image-text cosine similarity with the images shown above their columns; ``labels`` name
+    the columns (default: their index) and ``limits`` fix the colour scale, so that two heatmaps drawn with
+    the same limits can be compared by eye."""
     import matplotlib.pyplot as plt
 
     n = len(images)
@@ -198,10 +213,11 @@ def plot_similarity(images: np.ndarray, texts: Sequence[str], similarity: np.nda
         ax.imshow(image)
         ax.axis("off")
     ax = fig.add_subplot(grid[1, :])
-    im = ax.imshow(similarity.T, aspect="auto", cmap="viridis")
+    vmin, vmax = limits if limits is not None else (None, None)
+    im = ax.imshow(similarity.T, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set_yticks(range(len(texts)), texts, fontsize=8)
-    ax.set_xticks(range(n), [str(i) for i in range(n)])
-    ax.set_xlabel("image")
+    ax.set_xticks(range(n), labels if labels is not None else [str(i) for i in range(n)], rotation=30, ha="right")
+    ax.set_xlabel("image (true value)" if labels is not None else "image")
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="cosine similarity")
     if title:
         fig.suptitle(title)
