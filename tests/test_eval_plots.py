@@ -68,6 +68,7 @@ def test_rank_list_k_clipped_to_gallery():
         (dict(k=0), "k must be"),
         (dict(gallery_images=[]), "empty"),
         (dict(correct=[True]), "at least 2"),
+        (dict(per_row=0), "per_row must be"),
         (dict(query_image=np.zeros((8, 4, 3))), "query_image must be an H x W x 3 uint8"),
         (dict(gallery_images=[image(1), np.zeros((8, 4), np.uint8)]), r"gallery_images\[1\]"),
     ],
@@ -86,3 +87,17 @@ def test_cmc_bad_input():
         plot_cmc({})
     with pytest.raises(TypeError, match="ProtocolResult or Metrics"):
         plot_cmc({"x": [0.1, 0.2]})
+
+
+def test_rank_list_wraps_rows_and_names_each_image():
+    gallery = [image(v) for v in range(1, 8)]
+    captions = [f"pid {v} cam 1" for v in range(1, 8)]
+    ranks = [1, 2, 3, 4, 5, 6, 40]  # the last one appended from rank 40
+    fig = plot_rank_list(
+        image(0), gallery, [False] * 6 + [True], [0.1] * 7, k=7, captions=captions, ranks=ranks, per_row=3
+    )
+    assert len(fig.axes) == 8  # the query and 7 gallery images: 3 rows of 3, no empty cells left
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[1] == "1\n0.100\npid 1 cam 1" and titles[-1] == "40\n0.100\npid 7 cam 1"
+    positions = sorted({round(ax.get_position().y0, 3) for ax in fig.axes}, reverse=True)
+    assert len(positions) == 3  # three rows

@@ -15,6 +15,7 @@ from csdn.data.sysu import SYSUMM01
 from csdn.eval.metrics import evaluate
 from csdn.eval.protocols import (
     ProtocolResult,
+    evaluate_by_query_camera,
     evaluate_features,
     evaluate_llcm,
     evaluate_regdb,
@@ -86,6 +87,22 @@ def test_sysu_trials_golden_and_features_extracted_once():
     assert sorted(r.path for r in features_of.calls[1]) == sorted(
         r.path for g in HandSYSU.galleries.values() for r in g
     )
+
+
+def test_results_per_query_camera_golden():
+    # The trials of test_sysu_trials_golden..., split by the query's camera: q1 (cam 3) hits at 1 then 2,
+    # q2 (cam 6) hits at 1 then 2 -> each camera: R1 0.5, mAP 0.75.
+    from csdn.data.protocol import EvalSplit
+
+    data = HandSYSU()
+    split = EvalSplit("indoor", "SYSU indoor", tuple(HandSYSU.query), data.gallery, (0, 1), RULES["sysu"])
+    features_of = Lookup(HandSYSU.table)
+    per_camera = evaluate_by_query_camera(features_of, split)
+    assert list(per_camera) == [3, 6]
+    assert [r.name for r in per_camera.values()] == ["SYSU indoor, query camera 3", "SYSU indoor, query camera 6"]
+    assert all(r.r1 == pytest.approx(0.5) and r.mAP == pytest.approx(0.75) for r in per_camera.values())
+    computed = [r.path for call in features_of.calls for r in call]
+    assert len(computed) == len(set(computed)) == 2 + 5  # each query and gallery image once
 
 
 def test_sysu_equals_direct_evaluation_per_trial_and_shares_gallery_images():

@@ -15,13 +15,13 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch import nn
 
-from csdn.analysis.style import MODALITY_COLOURS
 from csdn.analysis.stage_views import (
     context_words_frame,
     dataset_label,
     diagnostics_table,
     fusion_shift_table,
     history_frame,
+    history_table,
     i2t_accuracy,
     modality_similarities,
     nearest_words,
@@ -39,6 +39,7 @@ from csdn.analysis.stage_views import (
     top_matches,
     word_token_ids,
 )
+from csdn.analysis.style import MODALITY_COLOURS
 from csdn.config import DataConfig
 from csdn.data.records import INFRARED, VISIBLE, Record
 from csdn.data.registry import DATASETS
@@ -99,13 +100,22 @@ def test_history_frame_is_indexed_by_epoch():
 
 def test_plot_history_draws_losses_and_validation_panels():
     fig = plot_history(STAGE3, title="stage 3")
-    loss_ax, val_ax = fig.axes
+    loss_ax, val_ax, lr_ax = fig.axes
     assert [line.get_label() for line in loss_ax.lines] == ["loss", "hse_loss", "id_loss"]
+    assert loss_ax.get_yscale() == "log"  # the terms span 0.4 .. 6: a factor above 10
     assert [line.get_label() for line in val_ax.lines] == ["mAP", "rank1"]  # the selection score is left out
     np.testing.assert_allclose(val_ax.lines[0].get_ydata(), [40.0])  # percent, only the validated epoch
+    assert list(val_ax.get_xticks()) == [2]  # ticks at the validated epochs only
+    assert list(lr_ax.lines[0].get_ydata()) == [1e-4, 1e-4]
     assert len(plot_history([{"epoch": 1, "loss": 1.0}]).axes) == 1
     with pytest.raises(ValueError, match="no loss"):
         plot_history([{"epoch": 1, "lr": 0.1}])
+
+
+def test_history_table_formats_each_kind_of_value():
+    table = history_table(STAGE3)
+    assert table.loc[2, "lr"] == "1.00e-04" and table.loc[2, "val_mAP"] == "40.0%" and table.loc[1, "val_mAP"] == ""
+    assert table.loc[1, "id_loss"] == "4"
 
 
 def test_plot_history_has_whole_epoch_ticks_also_for_a_pretraining_history():
@@ -501,3 +511,8 @@ def test_plot_query_rank_list_frames_correct_matches(tmp_path):
     assert fig.axes[1].images[0].get_array().shape == (32, 16, 3)  # decoded at the asked size
     colours = [ax.spines["top"].get_edgecolor() for ax in fig.axes[1:]]
     assert colours == [to_rgba(WRONG_COLOUR), to_rgba(CORRECT_COLOUR)]
+    assert fig.axes[1].get_title().endswith("pid 2 cam 1") and fig.axes[0].get_title() == "query\npid 1 cam 3"
+    assert fig.get_suptitle().endswith("first true match at rank 2")
+    # a true match below the top k is appended with its rank
+    short = plot_query_rank_list(query, torch.tensor([1.0, 0.0]), gallery, feats, DATASETS["sysu"].rules, (32, 16), k=1)
+    assert len(short.axes) == 3 and short.axes[2].get_title().startswith("2\n")

@@ -58,7 +58,8 @@ def validation_keys(history: History) -> list[str]:
 
 
 def plot_history(history: History, title: str = "training") -> Figure:
-    """Loss terms per epoch, and a second panel with the validation metrics when the history has any.
+    """Loss terms per epoch (a log axis when the terms span more than a factor 10), the validation
+    metrics at the validated epochs (in %) when the history has any, and the learning rate when recorded.
 
     ``history`` is a list of per-epoch dicts: a stage's (``Experiment.histories``) or the tiny-CLIP
     pretraining's (:func:`csdn.synthvi.pretrain.read_history`).
@@ -67,17 +68,36 @@ def plot_history(history: History, title: str = "training") -> Figure:
     losses, metrics = loss_keys(history), validation_keys(history)
     if not losses:
         raise ValueError(f"the history has no loss column (columns: {list(frame.columns)})")
-    fig = plt.figure(figsize=(10.0 if metrics else 5.5, 3.6), layout="constrained")
-    axes = fig.subplots(1, 2 if metrics else 1, squeeze=False)[0]
+    panels = ["loss"] + ["validation"] * bool(metrics) + ["lr"] * ("lr" in frame)
+    fig = plt.figure(figsize=(4.6 * len(panels) + 0.8, 3.6), layout="constrained")
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
+    ax = axes["loss"]
     for key in losses:
-        axes[0].plot(frame.index, frame[key], marker="o", markersize=3, label=key, lw=2.5 if key == "loss" else 1.2)
-    _decorate(axes[0], "loss", f"{title}: loss")
-    for key in metrics:
-        rows = frame[key].dropna()
-        axes[1].plot(rows.index, 100 * rows, marker="o", label=key.removeprefix("val_"))
+        ax.plot(frame.index, frame[key], marker="o", markersize=3, label=key, lw=2.5 if key == "loss" else 1.2)
+    log = _scale_axis(ax, frame, losses)
+    _decorate(ax, "loss (log scale)" if log else "loss", f"{title}: loss")
     if metrics:
-        _decorate(axes[1], "validation (%)", f"{title}: validation")
+        ax = axes["validation"]
+        validated = frame[metrics].dropna(how="all").index
+        for key in metrics:
+            rows = frame[key].dropna()
+            ax.plot(rows.index, 100 * rows, marker="o", label=key.removeprefix("val_"))
+        _decorate(ax, "validation (%)", f"{title}: validation")
+        ax.set_xticks(validated if len(validated) <= 12 else validated[:: -(-len(validated) // 12)])
+        ax.set_xlim(0.5, frame.index.max() + 0.5)
+    if "lr" in frame:
+        ax = axes["lr"]
+        ax.plot(frame.index, frame["lr"], marker="o", markersize=3, color=NEUTRAL_COLOUR, label="learning rate")
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        _decorate(ax, "learning rate", f"{title}: learning rate")
     return fig
+
+
+def history_table(history: History, last: int = 5) -> pd.DataFrame:
+    """The last ``last`` epochs of a history as text: accuracies and validation in %, the learning rate
+    in scientific notation, the rest to 4 significant digits (empty where a metric was not measured)."""
+    frame = history_frame(history).tail(last)
+    return frame.apply(lambda column: [("" if pd.isna(v) else _format(column.name, v)) for v in column])
 
 
 def plot_loss_curves(histories: Mapping[str, History], key: str = "loss", title: str = "loss") -> Figure:
@@ -666,15 +686,28 @@ def plot_query_rank_list(
     size: tuple[int, int],
     k: int = 10,
     title: str | None = None,
+    per_row: int = 10,
 ) -> Figure:
-    """A query image and its top-``k`` gallery images under the gallery ``rules``, decoded at ``size``."""
-    indices, scores = top_matches(query_feature, gallery_features, rules.kept(query, gallery), k)
-    shown = [gallery[i] for i in indices.tolist()]
+    """A query image and its top-``k`` gallery images under the gallery ``rules``, decoded at ``size``,
+    each labelled with identity and camera; when the query's first true match ranks below ``k`` it is
+    appended with its rank, and the title says where the first true match is."""
+    allowed = rules.kept(query, gallery)
+    indices, scores = top_matches(query_feature, gallery_features, allowed, int(allowed.sum()))
+    ranked = [gallery[i] for i in indices.tolist()]
+    first = next((r for r, g in enumerate(ranked) if g.pid == query.pid), None)
+    shown = list(range(min(k, len(ranked))))
+    if first is not None and first >= k:
+        shown.append(first)
+    where = "no true match in the gallery" if first is None else f"first true match at rank {first + 1}"
     return plot_rank_list(
         decode_image(query.path, size),
-        [decode_image(g.path, size) for g in shown],
-        [g.pid == query.pid for g in shown],
-        scores.tolist(),
+        [decode_image(ranked[i].path, size) for i in shown],
+        [ranked[i].pid == query.pid for i in shown],
+        [float(scores[i]) for i in shown],
         k=len(shown),
-        title=title or f"query pid {query.pid} cam {query.cam} ({query.modality})",
+        title=f"{title or f'query pid {query.pid} cam {query.cam} ({query.modality})'} · {where}",
+        captions=[f"pid {ranked[i].pid} cam {ranked[i].cam}" for i in shown],
+        query_caption=f"pid {query.pid} cam {query.cam}",
+        ranks=[i + 1 for i in shown],
+        per_row=per_row,
     )

@@ -50,28 +50,47 @@ def plot_rank_list(
     k: int = 10,
     *,
     title: str | None = None,
+    captions: Sequence[str] | None = None,
+    query_caption: str | None = None,
+    ranks: Sequence[int] | None = None,
+    per_row: int = 10,
 ) -> Figure:
     """The query followed by its top-``k`` gallery images (already in rank order), framed green when
-    the identity is correct and red otherwise, each titled with its rank and score.
+    the identity is correct and red otherwise, each titled with its rank and score, ``per_row`` images to
+    a row.
 
-    Images are H x W x 3 uint8 arrays; ``correct`` and ``scores`` are aligned with ``gallery_images``.
+    Images are H x W x 3 uint8 arrays; ``correct``, ``scores`` and the optional ``captions`` (a line under
+    each rank, e.g. identity and camera) and ``ranks`` (default 1, 2, ...: give them to append an image
+    from further down, such as the first true match beyond the top k) are aligned with ``gallery_images``.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if per_row < 1:
+        raise ValueError(f"per_row must be >= 1, got {per_row}")
     k = min(k, len(gallery_images))
     if k == 0:
         raise ValueError("gallery_images is empty")
-    if len(correct) < k or len(scores) < k:
-        raise ValueError(
-            f"correct ({len(correct)}) and scores ({len(scores)}) need at least {k} entries, "
-            "one per shown gallery image"
-        )
-    fig = Figure(figsize=(1.3 * (k + 1), 3.2), layout="constrained")
-    axes = fig.subplots(1, k + 1, squeeze=False)[0]
-    _show(axes[0], _rgb(query_image, "query_image"), QUERY_COLOUR, "query")
+    for name, values in (("correct", correct), ("scores", scores), ("captions", captions), ("ranks", ranks)):
+        if values is not None and len(values) < k:
+            raise ValueError(f"{name} ({len(values)}) needs at least {k} entries, one per shown gallery image")
+    ranks = list(ranks) if ranks is not None else list(range(1, k + 1))
+    rows, cols = -(-k // per_row), min(k, per_row) + 1
+    fig = Figure(figsize=(1.3 * cols, 3.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    _show(
+        axes[0, 0],
+        _rgb(query_image, "query_image"),
+        QUERY_COLOUR,
+        "query" + (f"\n{query_caption}" if query_caption else ""),
+    )
     for i in range(k):
         colour = CORRECT_COLOUR if correct[i] else WRONG_COLOUR
-        _show(axes[i + 1], _rgb(gallery_images[i], f"gallery_images[{i}]"), colour, f"{i + 1}\n{float(scores[i]):.3f}")
+        label = f"{ranks[i]}\n{float(scores[i]):.3f}" + (f"\n{captions[i]}" if captions is not None else "")
+        _show(axes[i // per_row, 1 + i % per_row], _rgb(gallery_images[i], f"gallery_images[{i}]"), colour, label)
+    for r in range(rows):  # cells without an image: the query column below the first row, a short last row
+        for c in range(cols):
+            if (r > 0 and c == 0) or (c > 0 and r * per_row + c > k):
+                axes[r, c].remove()
     if title:
         fig.suptitle(title)
     return fig

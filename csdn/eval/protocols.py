@@ -19,7 +19,7 @@ re-ranking, the k-reciprocal distance.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,29 @@ def evaluate_split(
         features_of, list(split.query), galleries, split.trials, split.rules, rerank, max_rank
     )
     return ProtocolResult(split.title, split.trials, per_trial)
+
+
+def evaluate_by_query_camera(
+    features_of: FeaturesOf, split: EvalSplit, rerank: Rerank = False, *, max_rank: int = 20
+) -> dict[int, ProtocolResult]:
+    """``split`` evaluated separately for the queries of each camera (same galleries, trials and rules):
+    camera number -> result, in camera order. Every image's feature is computed once."""
+    memo: dict[tuple[Record, ...], torch.Tensor] = {}
+
+    def cached(records: list[Record]) -> torch.Tensor:
+        key = tuple(records)
+        if key not in memo:
+            memo[key] = features_of(records)
+        return memo[key]
+
+    results = {}
+    for cam in sorted({r.cam for r in split.query}):
+        query = tuple(r for r in split.query if r.cam == cam)
+        camera_split = replace(
+            split, name=f"{split.name}, query cam {cam}", title=f"{split.title}, query camera {cam}", query=query
+        )
+        results[cam] = evaluate_split(cached, camera_split, rerank, max_rank=max_rank)
+    return results
 
 
 def evaluate_sysu(
