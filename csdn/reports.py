@@ -23,7 +23,8 @@ FIGURE_DPI = 120  # resolution of every report figure
 
 
 def results_frame(results: Mapping[str, Mapping[str, ProtocolResult]]) -> pd.DataFrame:
-    """One row per (model, protocol): mean R1, R10, mAP and mINP in percent over trials."""
+    """One row per (model, protocol): mean R1, R10, R20, mAP and mINP in percent over trials (R20 left
+    empty when the CMC stops earlier)."""
     rows = []
     for model, per_protocol in results.items():
         for protocol, result in per_protocol.items():
@@ -34,6 +35,7 @@ def results_frame(results: Mapping[str, Mapping[str, ProtocolResult]]) -> pd.Dat
                     "trials": len(result.trials),
                     "R1": 100 * result.rank(1),
                     "R10": 100 * result.rank(10),
+                    "R20": 100 * result.rank(20) if len(result.cmc) >= 20 else float("nan"),
                     "mAP": 100 * result.mAP,
                     "mINP": 100 * result.mINP,
                 }
