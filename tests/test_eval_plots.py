@@ -46,7 +46,7 @@ def test_rank_list_frames_and_titles():
     fig = plot_rank_list(image(0), gallery, [True, False, True, False], [0.9, 0.8, 0.7, 0.6], k=3, title="query 7")
     axes = fig.axes
     assert len(axes) == 4  # query + top 3
-    expected = ["tab:blue", "green", "red", "green"]
+    expected = ["black", "green", "red", "green"]
     for ax, colour in zip(axes, expected):
         assert all(s.get_edgecolor() == to_rgba(colour) for s in ax.spines.values())
         assert len(ax.get_images()) == 1 and not ax.get_xticks().size

@@ -440,8 +440,9 @@ def test_fusion_shift_table_measures_cosine_to_each_prompt():
     )
     assert table.iloc[0]["cos to visible prompts"] == 0.0  # the reference: orthogonal prompts
     rows = table.set_index(["variant", "prototype for"])
-    assert rows.loc[("mean", VISIBLE), "cos to visible prompts"] == pytest.approx(HALF, abs=1e-4)
-    assert rows.loc[("mean", INFRARED), "cos to infrared prompts"] == pytest.approx(HALF, abs=1e-4)
+    assert len(table) == 1 + 1 + 2  # a fusion serves both modalities with one text: one row, not two equal ones
+    assert rows.loc[("mean", "both modalities"), "cos to visible prompts"] == pytest.approx(HALF, abs=1e-4)
+    assert rows.loc[("mean", "both modalities"), "cos to infrared prompts"] == pytest.approx(HALF, abs=1e-4)
     assert rows.loc[("none", INFRARED), "cos to infrared prompts"] == 1.0
     assert rows.loc[("none", INFRARED), "cos to visible prompts"] == 0.0
 

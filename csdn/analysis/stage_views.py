@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 from torch import Tensor
 
-from csdn.analysis.style import MODALITY_COLOURS
+from csdn.analysis.style import MODALITY_COLOURS, integer_ticks
 from csdn.data.cache import decode_image
 from csdn.data.protocol import GalleryRules
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record
@@ -93,10 +93,13 @@ def plot_history(history: History, title: str = "training") -> Figure:
     return fig
 
 
-def history_table(history: History, last: int = 5) -> pd.DataFrame:
+def history_table(history: History, last: int = 5, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The last ``last`` epochs of a history as text: accuracies and validation in %, the learning rate
-    in scientific notation, the rest to 4 significant digits (empty where a metric was not measured)."""
+    in scientific notation, the rest to 4 significant digits (empty where a metric was not measured);
+    ``columns`` keeps those of the given columns the history has, in that order."""
     frame = history_frame(history).tail(last)
+    if columns is not None:
+        frame = frame[[c for c in columns if c in frame.columns]]
     return frame.apply(lambda column: [("" if pd.isna(v) else _format(column.name, v)) for v in column])
 
 
@@ -111,7 +114,9 @@ def plot_loss_curves(histories: Mapping[str, History], key: str = "loss", title:
         if key not in frame:
             raise ValueError(f"history {name!r} has no {key!r} column (columns: {list(frame.columns)})")
         ax.plot(frame.index, frame[key], marker="o", markersize=3, label=name)
-    _decorate(ax, key, title)
+    curves = pd.DataFrame({name: frame[key] for name, frame in drawn.items()})
+    log = _scale_axis(ax, curves, list(curves.columns))
+    _decorate(ax, f"{key} (log scale)" if log else key, title)
     return fig
 
 
@@ -545,9 +550,13 @@ def similarity_table(matrices: Mapping[tuple[str, str], Tensor]) -> pd.DataFrame
     return pd.DataFrame(rows).round(4)
 
 
-def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24) -> Figure:
+def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24, centre: bool = True) -> Figure:
     """One identities x identities heatmap per named matrix (text rows, image columns, first ``max_ids``),
-    two per row."""
+    two per row. With ``centre`` each column has its mean over the prompts subtracted (over all
+    identities, before cropping to ``max_ids``): some images are more similar to every prompt than
+    others, which paints vertical stripes; centred, what is left is how much more an image resembles
+    one prompt than the prompts on average, and a prompt that picks out its identity shows as a bright
+    diagonal."""
     if not matrices:
         raise ValueError("plot_similarity_heatmaps needs at least one matrix")
     ncols = min(2, len(matrices))
@@ -555,12 +564,15 @@ def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24) 
     fig = plt.figure(figsize=(4.6 * ncols, 3.9 * nrows), layout="constrained")
     axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
     for ax, (name, matrix) in zip(axes, matrices.items()):
-        shown = matrix[:max_ids, :max_ids].numpy()
+        values = matrix - matrix.mean(dim=0, keepdim=True) if centre else matrix
+        shown = values[:max_ids, :max_ids].numpy()
         image = ax.imshow(shown, cmap="viridis")
         ax.set_title(name, fontsize="medium")
         ax.set_xlabel("images of identity")
         ax.set_ylabel("prompt of identity")
-        fig.colorbar(image, ax=ax, shrink=0.8, label="mean cosine")
+        integer_ticks(ax, "both")
+        label = "mean cosine - column mean" if centre else "mean cosine"
+        fig.colorbar(image, ax=ax, shrink=0.8, label=label)
     for ax in axes[len(matrices) :]:
         ax.axis("off")
     return fig
@@ -592,11 +604,12 @@ def fusion_shift_table(prototypes: Mapping[str, Mapping[str, Tensor]], t_vis: Te
         }
     ]
     for name, per_modality in prototypes.items():
-        for modality in MODALITIES:
+        shared = torch.equal(per_modality[MODALITIES[0]], per_modality[MODALITIES[1]])  # a fusion: one text
+        for modality in MODALITIES[:1] if shared else MODALITIES:
             rows.append(
                 {
                     "variant": name,
-                    "prototype for": modality,
+                    "prototype for": "both modalities" if shared else modality,
                     "cos to visible prompts": mean_cosine(per_modality[modality], t_vis),
                     "cos to infrared prompts": mean_cosine(per_modality[modality], t_ir),
                 }

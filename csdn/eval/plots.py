@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator
 from csdn.eval.metrics import Metrics
 from csdn.eval.protocols import ProtocolResult
 
-QUERY_COLOUR = "tab:blue"  # frame of the query image
+QUERY_COLOUR = "black"  # frame of the query image (not blue: blue is the infrared modality)
 CORRECT_COLOUR = "green"  # frame of a gallery image of the query's identity
 WRONG_COLOUR = "red"  # frame of a gallery image of another identity
 FRAME_WIDTH = 4.0  # frame line width in points
