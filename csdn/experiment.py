@@ -492,6 +492,11 @@ class Experiment:
         """The cache's stage-3 run folder of this config (``final.safetensors`` and ``done.json`` once trained)."""
         return self.cache_root / "runs" / f"stage3-{self.stage3_key}"
 
+    @property
+    def is_trained(self) -> bool:
+        """Whether the cache holds this config's finished stage-3 run (``network`` then loads, not trains)."""
+        return (self.stage3_dir / DONE).is_file()
+
     def build_network(self) -> CSDNNet:
         """The config's stage-3 network, untrained (CLIP weights and freshly initialised heads)."""
         m = self.cfg.model

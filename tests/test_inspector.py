@@ -246,8 +246,14 @@ def test_render_marks_and_title(world):
         pytest.approx(_rgba(WRONG_COLOUR)),
         pytest.approx(_rgba(CORRECT_COLOUR)),
     ]
-    assert axes[1].get_title() == "1\n0.800"
+    assert axes[1].get_title() == "1\n0.800\npid 2 cam 4" and axes[0].get_title() == "query\npid 1 cam 3"
     assert "A · sysu split" in fig.get_suptitle() and "first true match: rank 2" in fig.get_suptitle()
+    # the first true match below the top k is appended with its rank
+    fig = render(data.view(InspectorState("A", "sysu split", 1, k=1)), SIZE)
+    assert len(fig.axes) == 3 and fig.axes[2].get_title().startswith("3\n0.600")
+    assert fig.axes[2].spines["left"].get_edgecolor() == pytest.approx(_rgba(CORRECT_COLOUR))
+    wide = render(data.view(InspectorState("A", "sysu split", 1, k=5)), SIZE, per_row=2)
+    assert len(wide.axes) == 6 and len({round(ax.get_position().y0, 3) for ax in wide.axes}) == 3
 
 
 def _rgba(colour):
@@ -323,6 +329,51 @@ def test_widget_split_change_and_empty_worst_list(world):
     lonely = Split(RULES["sysu"], (data.splits["sysu split"].query[2],), data.splits["sysu split"].gallery)
     empty = build_inspector(InspectorData({"lonely": lonely}, data.records, data.features), SIZE)
     assert empty.state is None and empty.output.outputs == () and "no query" in empty.summary.value
+
+
+def test_widget_keeps_the_query_when_the_model_changes(world):
+    data, _, _ = world
+    widget = build_inspector(data, SIZE, k=3, worst=1)  # A's worst list: [1]
+    widget.mode.value = "identity"
+    widget.group.value = 1  # query 0, which is in no worst list of length 1 under B
+    widget.mode.value = "worst"
+    assert widget.state.query == 1  # a mode change starts from the worst list
+    widget.query.options = [(label, i) for label, i in widget.query.options] + [("q0", 0)]
+    widget.query.value = 0
+    widget.model.value = "B"
+    assert widget.state == InspectorState("B", "sysu split", 0, 3)  # the query stayed
+    assert [value for _, value in widget.query.options] == [0, 1]  # listed first, before B's worst
+    widget.split.value = "regdb split"  # another split: the query list starts over
+    assert widget.state.split == "regdb split"
+
+
+def test_widget_compares_two_models_side_by_side(world):
+    data, _, _ = world
+    widget = build_inspector(data, SIZE, k=3)
+    widget.query.value = 0
+    widget.compare.value = "B"
+    assert widget.view.state.model == "A" and widget.compared.state.model == "B"
+    assert widget.view.first_match == 2 and widget.compared.first_match == 1  # the same query, two rankings
+    assert len(widget.output.outputs) == 2 and widget.summary.value.count("<code>") == 2
+    widget.compare.value = "A"  # the model itself: nothing to compare
+    assert widget.compared is None and len(widget.output.outputs) == 1
+
+
+def test_widget_mirror_follows_the_view(world, monkeypatch):
+    import csdn.analysis.widgets as widgets_module
+
+    shown = []
+
+    class Handle:
+        def update(self, image):
+            shown.append(image.data)
+
+    monkeypatch.setattr(widgets_module, "display", lambda image, display_id: shown.append(image.data) or Handle())
+    widget = build_inspector(data := world[0], SIZE, k=3)
+    widget.mirror()
+    widget.query.value = 0
+    assert len(shown) == 2 and shown[0] != shown[1] and shown[1] == _png(widget)
+    assert data.models == ["A", "B"]
 
 
 def test_widget_bad_k(world):

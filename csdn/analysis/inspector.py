@@ -103,6 +103,7 @@ class QueryView:
     correct: tuple[bool, ...]  # whether each is the query's identity
     first_match: int | None  # rank of the first true match (None: no true match in the gallery)
     first_match_score: float | None  # its score
+    first_match_record: Record | None  # its gallery image
     num_matches: int  # true matches in the gallery the protocol keeps
     num_allowed: int  # gallery images the protocol keeps
 
@@ -206,6 +207,7 @@ class InspectorData:
         top = ranking.order[i, :k].tolist()
         first = int(ranking.first_match[i])
         first_score = float(ranking.scores[i, ranking.order[i, first - 1]]) if first else None
+        first_record = split.gallery[int(ranking.order[i, first - 1])] if first else None
         return QueryView(
             state,
             query,
@@ -214,6 +216,7 @@ class InspectorData:
             tuple(split.gallery[j].pid == query.pid for j in top),
             first or None,
             first_score,
+            first_record,
             int(ranking.num_matches[i]),
             int(ranking.num_allowed[i]),
         )
@@ -267,19 +270,32 @@ def _allowed_matrix(split: Split) -> Tensor:
     return ~split.rules.removed(q_pid[:, None], q_cam[:, None], g_pid[None, :], g_cam[None, :])
 
 
-def render(view: QueryView, image_size: tuple[int, int]) -> Figure:
+def render(view: QueryView, image_size: tuple[int, int], per_row: int = 10) -> Figure:
     """The query and its top-k gallery images (green frame: the query's identity, red: another; each
-    titled with its rank and score), images decoded at ``image_size = (H, W)``; titled with the summary."""
+    labelled with its rank, score, identity and camera), ``per_row`` to a row, with the first true match
+    appended when it ranks below the top k; images decoded at ``image_size = (H, W)``; titled with the
+    summary."""
     first = "no true match" if view.first_match is None else f"first true match: rank {view.first_match}"
     title = (
         f"{view.state.model} · {view.state.split}\nquery pid {view.query.pid}, cam {view.query.cam} "
         f"({view.query.modality}) · {first}"
     )
+    gallery, scores, correct = list(view.gallery), list(view.scores), list(view.correct)
+    ranks = list(range(1, len(gallery) + 1))
+    if view.first_match is not None and view.first_match > len(gallery):
+        gallery.append(view.first_match_record)
+        scores.append(view.first_match_score)
+        correct.append(True)
+        ranks.append(view.first_match)
     return plot_rank_list(
         decode_image(view.query.path, image_size),
-        [decode_image(g.path, image_size) for g in view.gallery],
-        view.correct,
-        view.scores,
-        k=len(view.gallery),
+        [decode_image(g.path, image_size) for g in gallery],
+        correct,
+        scores,
+        k=len(gallery),
         title=title,
+        captions=[f"pid {g.pid} cam {g.cam}" for g in gallery],
+        query_caption=f"pid {view.query.pid} cam {view.query.cam}",
+        ranks=ranks,
+        per_row=per_row,
     )

@@ -1,9 +1,12 @@
 """The query/gallery inspector widget: a thin ipywidgets layer over :mod:`csdn.analysis.inspector`.
 
-Controls pick the model, the protocol split, how a query is chosen (from the worst-ranked queries, by
-identity or by camera), the query itself and the top-k; every change re-renders the summary line and
-the rank-list figure (a PNG in an ``Output``). All the logic lives in :class:`InspectorData`; this
-module only wires widgets to it.
+Controls pick the model, optionally a second model to compare side by side, the protocol split, how a
+query is chosen (from the worst-ranked queries, by identity or by camera), the query itself and the
+top-k; every change re-renders the summary lines and the rank-list figures (PNGs in an ``Output``).
+Changing the model keeps the query (in worst-ranked mode it stays first in the list even when the new
+model does not rank it among its worst). :meth:`Inspector.mirror` also shows the current view as a
+plain image output of the cell, updated on every change, so an exported (static) notebook shows the
+last view. All the logic lives in :class:`InspectorData`; this module only wires widgets to it.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import replace
 
 import ipywidgets as widgets
+from IPython.display import Image, display
 from matplotlib.figure import Figure
 
 from csdn.analysis.inspector import InspectorData, InspectorState, QueryView, render
 
 WORST, IDENTITY, CAMERA = "worst", "identity", "camera"  # query selection modes
+NO_COMPARISON = "(none)"  # the compare list's entry for a single model
 MODES = (("worst-ranked", WORST), ("by identity", IDENTITY), ("by camera", CAMERA))
 
 
@@ -50,8 +56,13 @@ class Inspector(widgets.VBox):
         self.state: InspectorState | None = None
         self.view: QueryView | None = None
         self.renders = 0
+        self.compared: QueryView | None = None  # the second model's view of the query (side by side)
         self._filling = False  # True while options are refilled (their change events are ignored)
+        self._mirror = None  # display handle of the static copy (see mirror)
         self.model = widgets.Dropdown(options=data.models, description="model", layout=_wide())
+        self.compare = widgets.Dropdown(
+            options=[NO_COMPARISON, *data.models], value=NO_COMPARISON, description="compare", layout=_wide()
+        )
         self.split = widgets.Dropdown(options=data.split_names, description="protocol", layout=_wide())
         self.mode = widgets.ToggleButtons(options=MODES, value=WORST, description="choose")
         self.group = widgets.Dropdown(description="identity", layout=_wide())
@@ -61,10 +72,16 @@ class Inspector(widgets.VBox):
         self.output = widgets.Output()
         for control in (self.model, self.split, self.mode, self.group):
             control.observe(self._on_selection, names="value")
-        for control in (self.query, self.top_k):
+        for control in (self.query, self.top_k, self.compare):
             control.observe(self._on_display, names="value")
         controls = widgets.VBox(
-            [widgets.HBox([self.model, self.split]), self.mode, widgets.HBox([self.group, self.query]), self.top_k]
+            [
+                widgets.HBox([self.model, self.compare]),
+                self.split,
+                self.mode,
+                widgets.HBox([self.group, self.query]),
+                self.top_k,
+            ]
         )
         super().__init__([controls, self.summary, self.output])
         self._fill_choices()
@@ -72,10 +89,11 @@ class Inspector(widgets.VBox):
 
     # -- events ---------------------------------------------------------------------------------------
 
-    def _on_selection(self, _change: dict) -> None:
+    def _on_selection(self, change: dict) -> None:
         if self._filling:
             return
-        self._fill_choices()
+        keep = self.query.value if change.get("owner") is self.model else None  # same split: same query
+        self._fill_choices(keep)
         self._show()
 
     def _on_display(self, _change: dict) -> None:
@@ -84,15 +102,18 @@ class Inspector(widgets.VBox):
 
     # -- choices ------------------------------------------------------------------------------------
 
-    def _fill_choices(self) -> None:
+    def _fill_choices(self, keep: int | None = None) -> None:
         """Refill the group and query lists for the current model, split and mode (keeping the
-        current choices where they are still offered)."""
+        current choices where they are still offered); ``keep`` is a query to keep selected, listed
+        first if the worst-ranked list of the new model lacks it."""
         self._filling = True
         try:
             model, split, mode = self.model.value, self.split.value, self.mode.value
             if mode == WORST:
                 self.group.layout.display = "none"
                 indices = self.data.worst_queries(model, split, self.worst)
+                if keep is not None and keep not in indices:
+                    indices = [keep, *indices]
             else:
                 self.group.layout.display = None
                 self.group.description = "identity" if mode == IDENTITY else "camera"
@@ -105,35 +126,53 @@ class Inspector(widgets.VBox):
                     else self.data.queries_of(split, cam=chosen)
                 )
             _set_options(self.query, [(self.data.query_label(model, split, i), i) for i in indices])
+            if keep is not None and keep in indices:
+                self.query.value = keep
         finally:
             self._filling = False
 
     # -- rendering ----------------------------------------------------------------------------------
 
     def _show(self) -> None:
-        """Render the selected query into the summary line and the output."""
+        """Render the selected query (and, when a second model is chosen, its view of the same query)
+        into the summary lines and the output."""
         self.output.outputs = ()
+        self.compared = None
         if self.query.value is None:
             self.state = self.view = None
             self.summary.value = "<b>no query to show</b> (every query of this split has no true match?)"
             self.renders += 1
             return
         state = InspectorState(self.model.value, self.split.value, self.query.value, self.top_k.value)
-        view = self.data.view(state)
-        png = figure_png(render(view, self.image_size), self.dpi)
-        self.summary.value = f"<code>{html.escape(view.summary())}</code>"
-        self.output.outputs = (
-            {
-                "output_type": "display_data",
-                "metadata": {},
-                "data": {
-                    "image/png": base64.b64encode(png).decode("ascii"),
-                    "text/plain": f"<rank list: {html.escape(view.summary())}>",
-                },
-            },
-        )
-        self.state, self.view = state, view
+        views = [self.data.view(state)]
+        if self.compare.value not in (NO_COMPARISON, self.model.value):
+            views.append(self.data.view(replace(state, model=self.compare.value)))
+        pngs = [figure_png(render(view, self.image_size), self.dpi) for view in views]
+        self.summary.value = "<br>".join(f"<code>{html.escape(view.summary())}</code>" for view in views)
+        self.output.outputs = tuple(_png_output(png, view.summary()) for png, view in zip(pngs, views))
+        self.state, self.view = state, views[0]
+        self.compared = views[1] if len(views) > 1 else None
+        if self._mirror is not None:
+            self._mirror.update(Image(pngs[0]))
         self.renders += 1
+
+    def mirror(self) -> None:
+        """Show the current rank list as a plain image output of the calling cell, updated on every change:
+        a notebook saved or exported without a live kernel then still shows the last view."""
+        if self.view is None:
+            return
+        self._mirror = display(Image(figure_png(render(self.view, self.image_size), self.dpi)), display_id=True)
+
+
+def _png_output(png: bytes, summary: str) -> dict:
+    return {
+        "output_type": "display_data",
+        "metadata": {},
+        "data": {
+            "image/png": base64.b64encode(png).decode("ascii"),
+            "text/plain": f"<rank list: {html.escape(summary)}>",
+        },
+    }
 
 
 def _wide() -> widgets.Layout:
