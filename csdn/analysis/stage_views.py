@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 from torch import Tensor
 
-from csdn.analysis.style import MODALITY_COLOURS, integer_ticks
+from csdn.analysis.style import MODALITY_COLOURS, integer_ticks, series_colour
 from csdn.data.cache import decode_image
 from csdn.data.protocol import GalleryRules
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record
@@ -72,16 +72,19 @@ def plot_history(history: History, title: str = "training") -> Figure:
     fig = plt.figure(figsize=(4.6 * len(panels) + 0.8, 3.6), layout="constrained")
     axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
     ax = axes["loss"]
-    for key in losses:
-        ax.plot(frame.index, frame[key], marker="o", markersize=3, label=key, lw=2.5 if key == "loss" else 1.2)
+    for i, key in enumerate(losses):
+        colour = "black" if key == "loss" else LOSS_COLOURS.get(key, series_colour(i + 4))
+        ax.plot(
+            frame.index, frame[key], marker="o", markersize=3, label=key, lw=2.5 if key == "loss" else 1.2, color=colour
+        )
     log = _scale_axis(ax, frame, losses)
     _decorate(ax, "loss (log scale)" if log else "loss", f"{title}: loss")
     if metrics:
         ax = axes["validation"]
         validated = frame[metrics].dropna(how="all").index
-        for key in metrics:
+        for i, key in enumerate(metrics):
             rows = frame[key].dropna()
-            ax.plot(rows.index, 100 * rows, marker="o", label=key.removeprefix("val_"))
+            ax.plot(rows.index, 100 * rows, marker="os"[i % 2], label=key.removeprefix("val_"), color=series_colour(i))
         _decorate(ax, "validation (%)", f"{title}: validation")
         ax.set_xticks(validated if len(validated) <= 12 else validated[:: -(-len(validated) // 12)])
         ax.set_xlim(0.5, frame.index.max() + 0.5)
@@ -110,10 +113,10 @@ def plot_loss_curves(histories: Mapping[str, History], key: str = "loss", title:
         raise ValueError("plot_loss_curves needs at least one non-empty history")
     fig = plt.figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    for name, frame in drawn.items():
+    for i, (name, frame) in enumerate(drawn.items()):
         if key not in frame:
             raise ValueError(f"history {name!r} has no {key!r} column (columns: {list(frame.columns)})")
-        ax.plot(frame.index, frame[key], marker="o", markersize=3, label=name)
+        ax.plot(frame.index, frame[key], marker="o", markersize=3, label=name, color=series_colour(i))
     curves = pd.DataFrame({name: frame[key] for name, frame in drawn.items()})
     log = _scale_axis(ax, curves, list(curves.columns))
     _decorate(ax, f"{key} (log scale)" if log else key, title)
@@ -552,10 +555,11 @@ def similarity_table(matrices: Mapping[tuple[str, str], Tensor]) -> pd.DataFrame
 
 def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24, centre: bool = True) -> Figure:
     """One identities x identities heatmap per named matrix (text rows, image columns, first ``max_ids``),
-    two per row. With ``centre`` each column has its mean over the prompts subtracted (over all
-    identities, before cropping to ``max_ids``): some images are more similar to every prompt than
-    others, which paints vertical stripes; centred, what is left is how much more an image resembles
-    one prompt than the prompts on average, and a prompt that picks out its identity shows as a bright
+    two per row. With ``centre`` the matrix is double-centred (over all identities, before cropping to
+    ``max_ids``): each column's and each row's mean is subtracted and the grand mean added back. Some
+    images are more similar to every prompt than others (vertical stripes), and some prompts to every
+    image (horizontal stripes); centred, what is left is how much more a prompt and an identity's images
+    go together than their averages say, and prompts that pick out their identities show as a bright
     diagonal."""
     if not matrices:
         raise ValueError("plot_similarity_heatmaps needs at least one matrix")
@@ -564,14 +568,16 @@ def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24, 
     fig = plt.figure(figsize=(4.6 * ncols, 3.9 * nrows), layout="constrained")
     axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
     for ax, (name, matrix) in zip(axes, matrices.items()):
-        values = matrix - matrix.mean(dim=0, keepdim=True) if centre else matrix
+        values = (
+            matrix - matrix.mean(0, keepdim=True) - matrix.mean(1, keepdim=True) + matrix.mean() if centre else matrix
+        )
         shown = values[:max_ids, :max_ids].numpy()
         image = ax.imshow(shown, cmap="viridis")
         ax.set_title(name, fontsize="medium")
         ax.set_xlabel("images of identity")
         ax.set_ylabel("prompt of identity")
         integer_ticks(ax, "both")
-        label = "mean cosine - column mean" if centre else "mean cosine"
+        label = "mean cosine, double-centred" if centre else "mean cosine"
         fig.colorbar(image, ax=ax, shrink=0.8, label=label)
     for ax in axes[len(matrices) :]:
         ax.axis("off")

@@ -18,3 +18,12 @@ def integer_ticks(ax: Axes, axis: str = "x") -> None:
     """Only integer tick positions on ``axis`` ("x", "y" or "both") of ``ax`` (epochs, ranks, counts)."""
     for name in ("x", "y") if axis == "both" else (axis,):
         getattr(ax, f"{name}axis").set_major_locator(MaxNLocator(integer=True))
+
+
+# Colours for series that are not modalities (models, loss terms, metrics): never orange or blue.
+SERIES_COLOURS = ("#2CA02C", "#9467BD", "#D62728", "#8C564B", "#E377C2", "#7F7F7F", "#BCBD22", "#17BECF")
+
+
+def series_colour(index: int) -> str:
+    """The ``index``-th colour of :data:`SERIES_COLOURS` (cycling)."""
+    return SERIES_COLOURS[index % len(SERIES_COLOURS)]

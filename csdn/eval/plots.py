@@ -10,6 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from csdn.analysis.style import SERIES_COLOURS
 from csdn.eval.metrics import Metrics
 from csdn.eval.protocols import ProtocolResult
 
@@ -25,13 +26,13 @@ def plot_cmc(results: Mapping[str, ProtocolResult | Metrics], title: str = "CMC"
         raise ValueError("plot_cmc needs at least one named result")
     fig = Figure(figsize=(5.5, 4.0), layout="constrained")
     ax = fig.add_subplot()
-    for name, result in results.items():
+    for i, (name, result) in enumerate(results.items()):
         if not isinstance(result, (ProtocolResult, Metrics)):
             raise TypeError(f"result {name!r} must be a ProtocolResult or Metrics, got {type(result).__name__}")
         cmc = np.asarray(result.cmc) * 100
         ranks = np.arange(1, len(cmc) + 1)
         label = f"{name} (R1 {cmc[0]:.1f}%, mAP {result.mAP * 100:.1f}%)"
-        ax.plot(ranks, cmc, marker="o", markersize=3, label=label)
+        ax.plot(ranks, cmc, marker="o", markersize=3, label=label, color=SERIES_COLOURS[i % len(SERIES_COLOURS)])
     ax.set_xlabel("Rank")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("Matching rate (%)")
