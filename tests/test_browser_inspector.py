@@ -187,6 +187,20 @@ def test_inspector_in_jupyterlab(lab, tmp_path):
             )
             assert summary.inner_text() != second_summary
             inspector.screenshot(path=str(tmp_path / "3_by_identity.png"))
-            page.screenshot(path=str(tmp_path / "4_page.png"))
+
+            # Side by side: a second model ranks the same query underneath (two summaries, two figures).
+            compare = inspector.locator(".widget-dropdown", has=page.locator("label", has_text="compare"))
+            compare.locator("select").select_option(index=2)  # the second model of the list
+            page.wait_for_function(
+                "el => el.querySelectorAll('code').length === 2",
+                arg=summary.element_handle(),
+                timeout=STEP_TIMEOUT_MS,
+            )
+            codes = summary.locator("code")
+            queries = [codes.nth(i).inner_text().split(" | ")[2].split(":")[0] for i in range(2)]
+            assert queries[0] == queries[1] and queries[0].startswith("query pid")  # the same query
+            assert inspector.locator(".widget-output img").count() == 2
+            inspector.screenshot(path=str(tmp_path / "4_side_by_side.png"))
+            page.screenshot(path=str(tmp_path / "5_page.png"))
         finally:
             browser.close()
