@@ -88,3 +88,16 @@ def test_workers_end_when_the_grid_is_killed(tmp_path: Path):
     finally:
         if grid.poll() is None:
             grid.kill()
+
+
+def test_matched_identities_draws_whole_identities_reproducibly():
+    from csdn.analysis.grid import matched_identities
+    from csdn.data.records import VISIBLE, Record
+
+    records = [Record(f"/x/{pid}_{k}.jpg", pid, 1, VISIBLE) for pid in range(10) for k in range(3)]
+    subset = matched_identities(records, 4)
+    pids = {r.pid for r in subset}
+    assert len(pids) == 4 and len(subset) == 12  # every image of the 4 identities drawn
+    assert subset == [r for r in records if r.pid in pids]  # original order
+    assert matched_identities(records, 4) == subset  # the same subset for every run
+    assert matched_identities(records, 20) == records

@@ -211,7 +211,8 @@ def write_ablation_report(
         "other_modality_nn: nearest neighbour among both modalities is of the other modality (fraction); "
         "nn_cross: nearest other-modality neighbour has the same identity (fraction); modality_accuracy: "
         "balanced accuracy of a linear modality classifier (0.5: inseparable); x-mod mAP: infrared->visible "
-        "mAP (%) over all images of the training identities and of the test identities.",
+        "mAP (%) over all images of as many training identities as test identities (a fixed random subset) "
+        "and of the test identities.",
         "",
         format_summary(gap, gap_columns, 3).to_markdown(),
         "",

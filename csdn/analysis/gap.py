@@ -26,8 +26,9 @@ identity):
   identity-perfect embedding would give: the share of each feature's other same-identity images that are
   of the other modality (about 50% for balanced identities). A modality-clustered embedding gives 0%.
 - **learned vs generalised** (:func:`cross_modality_retrieval`, used by the ablation): infrared->visible
-  rank-1 and mAP over every image of a set of identities, no gallery sampling or camera rule, once on the
-  *training* identities (what stage 3 fitted across modalities) and once on the test identities.
+  rank-1 and mAP over every image of a set of identities, no gallery sampling or camera rule, once on
+  *training* identities (what stage 3 fitted across modalities; the ablation draws as many as there are
+  test identities, since mAP falls with the gallery's size) and once on the test identities.
 
 The linear classifier stays, but on this world it separates the modalities of every model (the
 infrared images carry no colour at all), so it cannot rank models; the margin, the neighbour rate and

@@ -7,8 +7,9 @@ trains it through :class:`~csdn.experiment.Experiment` (or loads it from the cac
 - its training diagnostics, from the last stage-3 epoch of its history (ID accuracy, HSE cross-entropy per
   modality, the last validation), so a table row shows whether the model fitted its identities;
 - the modality gap of its test features (:func:`csdn.analysis.gap.modality_gap`) and infrared->visible
-  retrieval over all images of the training identities against the test identities (what stage 3
-  learned across modalities against what generalises).
+  retrieval over all images of as many training identities as there are test identities (a fixed random
+  subset: mAP falls with the gallery's size, so both sets rank the same number of identities) against
+  the test identities: what stage 3 learned across modalities against what generalises.
 
 :func:`run_grid` runs the jobs in this process (``jobs=1``) or in ``jobs`` spawned worker processes, each
 with ``threads`` torch threads (default: the CPU cores shared out, one each on 2 cores), with one progress
@@ -32,6 +33,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -39,11 +41,13 @@ from tqdm.auto import tqdm
 from csdn.analysis.gap import GapConfig, GapMetrics, cross_modality_retrieval, gap_records, modality_gap
 from csdn.artifacts import atomic_write_json, config_key
 from csdn.config import ExperimentConfig, to_dict
+from csdn.data.records import Record
 from csdn.errors import ConfigError
 from csdn.eval.protocols import ProtocolResult
 
 ZERO_SHOT = "zero-shot CLIP"  # the reference row: the frozen CLIP image tower, no training
-RESULT_FORMAT = 1  # bump when what measure_run records changes: cached measurements are then taken again
+RESULT_FORMAT = 2  # bump when what measure_run records changes: cached measurements are then taken again
+TRAIN_SUBSET_SEED = 0  # the training identities of the train/test retrieval: the same subset for every run
 
 # Last-epoch stage-3 history entries copied into a run's row (history key -> column).
 DIAGNOSTICS = {
@@ -119,7 +123,7 @@ def measure_run(job: GridJob, cache_root: Path, gap: GapConfig = GapConfig()) ->
     test = gap_records(experiment.dataset, job.config.eval.trials)
     test_features = features_of(test)
     run.update({k: v for k, v in modality_gap(test_features, test, gap).to_dict().items() if not k.startswith("n_")})
-    train = list(experiment.train_records)
+    train = matched_identities(list(experiment.train_records), len({r.pid for r in test}))
     for where, records, features in (("train ids", train, features_of(train)), ("test ids", test, test_features)):
         retrieval = cross_modality_retrieval(features, records)
         run[f"x-mod R1 {where}"], run[f"x-mod mAP {where}"] = 100 * retrieval["R1"], 100 * retrieval["mAP"]
@@ -127,6 +131,15 @@ def measure_run(job: GridJob, cache_root: Path, gap: GapConfig = GapConfig()) ->
     record = {"stage3_key": None if job.zero_shot else model_key, "results": results, "run": run}
     atomic_write_json(path, record)
     return {**record, "name": job.name, "seed": job.seed}
+
+
+def matched_identities(records: list[Record], count: int, seed: int = TRAIN_SUBSET_SEED) -> list[Record]:
+    """The records of ``count`` identities of ``records`` drawn at random with ``seed`` (all of them when
+    there are no more than ``count``), in their original order."""
+    pids = sorted({r.pid for r in records})
+    if len(pids) > count:
+        pids = set(np.random.default_rng(seed).choice(pids, size=count, replace=False).tolist())
+    return [r for r in records if r.pid in set(pids)]
 
 
 def _percent(result: ProtocolResult) -> dict[str, float]:
