@@ -58,7 +58,7 @@ def plot_attribute_distributions(attributes: pd.DataFrame, columns: Sequence[str
         ax.set_xlabel(""), ax.set_ylabel("ids")
     for ax in list(axes.flat)[len(columns) :]:
         ax.axis("off")
-    fig.suptitle(f"attribute values over all {len(attributes)} identities (every split)")
+    fig.suptitle(f"attribute values of {len(attributes)} identities (identities per value)")
     fig.tight_layout()
     return fig
 
