@@ -58,12 +58,13 @@ class DataConfig:
             raise ConfigError(
                 f"a data root ({self.root}) is for a real dataset, but the data is SynthVI (generated into the "
                 "cache, no folder to read): choose a real-data profile (--profile sysu-rn50, regdb-rn50, "
-                "llcm-vitb16, ...) or name the dataset (--dataset / data.dataset=sysu), or leave --data out"
+                "llcm-vitb16, ...; in a notebook PROFILE = ...) or name the dataset (--dataset / "
+                "data.dataset=sysu), or leave the root out (--data; in a notebook DATA_ROOT = None)"
             )
         if not self.synthetic and not self.root:
             raise ConfigError(
                 f"dataset {self.dataset!r} needs a root folder: pass --data /path/to/{self.dataset} "
-                "(or data=DataConfig(root=...))"
+                f"(in a notebook: DATA_ROOT = '/path/to/{self.dataset}'; in code: data=DataConfig(root=...))"
             )
         if not 1 <= self.regdb_trial <= 10:
             raise ConfigError(f"regdb_trial must be in 1..10, got {self.regdb_trial}")
@@ -256,7 +257,8 @@ def _real(dataset: str, arch: str) -> Callable[[str | None], ExperimentConfig]:
     def build(root: str | None = None) -> ExperimentConfig:
         if not root:
             raise ConfigError(
-                f"the {dataset}-{_ARCH_NAMES[arch]} profile needs the dataset folder (--data /path/to/{dataset})"
+                f"the {dataset}-{_ARCH_NAMES[arch]} profile needs the dataset folder: --data /path/to/{dataset} "
+                f"(in a notebook: DATA_ROOT = '/path/to/{dataset}' in the parameters cell)"
             )
         return ExperimentConfig(
             name=f"{dataset}-{_ARCH_NAMES[arch]}",
