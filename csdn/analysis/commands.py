@@ -162,7 +162,7 @@ GAP_COLUMNS = (
     "x-mod mAP train ids",
     "x-mod mAP test ids",
 )
-GAP_PLOT = ("margin", "other_modality_nn", "x-mod mAP train ids", "x-mod mAP test ids")
+GAP_PLOT = ("margin", "nn_cross", "x-mod mAP train ids", "x-mod mAP test ids")
 
 
 def write_ablation_report(
