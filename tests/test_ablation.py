@@ -30,7 +30,7 @@ BASE = get_profile("smoke")
 
 
 def test_full_csdn_row_is_the_profile_itself():
-    # the +SII (official) row shares every stage cache with notebooks and `csdn train` of the same seed
+    # the csdn row shares every stage cache with notebooks and `csdn train` of the same seed
     assert get_variant(FULL_CSDN).apply(BASE) == BASE
     assert get_variant(FULL_CSDN).apply(BASE, seed=4) == dataclasses.replace(BASE, seed=4)
 
