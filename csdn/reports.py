@@ -22,24 +22,20 @@ SUMMARY_COLUMNS = ("R1", "R10", "mAP", "mINP")
 FIGURE_DPI = 120  # resolution of every report figure
 
 
+def percent_metrics(result: ProtocolResult, ranks: tuple[int, ...] = (1, 10, 20)) -> dict[str, float]:
+    """``R<k>`` for each of ``ranks`` (NaN beyond the computed CMC), mAP and mINP of ``result``, in percent."""
+    out = {f"R{k}": 100 * result.rank(k) if k <= len(result.cmc) else float("nan") for k in ranks}
+    return {**out, "mAP": 100 * result.mAP, "mINP": 100 * result.mINP}
+
+
 def results_frame(results: Mapping[str, Mapping[str, ProtocolResult]]) -> pd.DataFrame:
     """One row per (model, protocol): mean R1, R10, R20, mAP and mINP in percent over trials (R20 left
     empty when the CMC stops earlier)."""
-    rows = []
-    for model, per_protocol in results.items():
-        for protocol, result in per_protocol.items():
-            rows.append(
-                {
-                    "model": model,
-                    "protocol": protocol,
-                    "trials": len(result.trials),
-                    "R1": 100 * result.rank(1),
-                    "R10": 100 * result.rank(10),
-                    "R20": 100 * result.rank(20) if len(result.cmc) >= 20 else float("nan"),
-                    "mAP": 100 * result.mAP,
-                    "mINP": 100 * result.mINP,
-                }
-            )
+    rows = [
+        {"model": model, "protocol": protocol, "trials": len(result.trials), **percent_metrics(result)}
+        for model, per_protocol in results.items()
+        for protocol, result in per_protocol.items()
+    ]
     return pd.DataFrame(rows).round(2)
 
 

@@ -321,3 +321,15 @@ def test_bad_input_is_rejected():
         evaluate_sysu(Lookup(HandSYSU.table), EmptyGallery(), trials=2)
     with pytest.raises(ValueError, match="one Metrics per trial"):
         ProtocolResult("x", (0, 1), ())
+
+
+def test_removed_between_is_the_per_query_rule_for_every_query():
+    query = [rec("q1", 1, 3, INFRARED), rec("q2", 2, 6, INFRARED)]
+    gallery = [rec("g1", 1, 2), rec("g2", 2, 6), rec("g3", 1, 1)]
+    for rules in (RULES["sysu"], RULES["llcm"], RULES["regdb"]):
+        removed = rules.removed_between(query, gallery)
+        assert removed.shape == (2, 3)
+        assert all(torch.equal(~removed[i], rules.kept(q, gallery)) for i, q in enumerate(query))
+    # SYSU: a camera-3 query ignores camera 2; LLCM: a query ignores its identity on its own camera
+    assert RULES["sysu"].removed_between(query, gallery).tolist() == [[True, False, False], [False, False, False]]
+    assert RULES["llcm"].removed_between(query, gallery).tolist() == [[False, False, False], [False, True, False]]

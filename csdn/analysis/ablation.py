@@ -233,8 +233,8 @@ def grid_jobs(
         raise ConfigError("an ablation needs at least one variant and one seed")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
-    jobs = [GridJob(ZERO_SHOT, seeds[0], override(base, {"seed": seeds[0]}))] if zero_shot else []
-    return jobs + [GridJob(v.name, seed, v.apply(base, seed)) for seed in seeds for v in chosen]
+    jobs = [GridJob(ZERO_SHOT, override(base, {"seed": seeds[0]}))] if zero_shot else []
+    return jobs + [GridJob(v.name, v.apply(base, seed)) for seed in seeds for v in chosen]
 
 
 def run_ablation(

@@ -39,7 +39,7 @@ def rank1_confusions(
         )
     q_pid, q_cam = (torch.tensor([getattr(r, f) for r in query]) for f in ("pid", "cam"))
     g_pid, g_cam = (torch.tensor([getattr(r, f) for r in gallery]) for f in ("pid", "cam"))
-    removed = split.rules.removed(q_pid[:, None], q_cam[:, None], g_pid[None, :], g_cam[None, :])
+    removed = split.rules.removed_between(query, gallery)
     scores = (query_features.float() @ gallery_features.float().T).masked_fill(removed, float("-inf"))
     first = scores.argmax(1)
     return pd.DataFrame(

@@ -31,8 +31,8 @@ identity):
   test identities, since mAP falls with the gallery's size) and once on the test identities.
 
 The linear classifier stays, but on this world it separates the modalities of every model (the
-infrared images carry no colour at all), so it cannot rank models; the margin, the neighbour rate and
-the train/test retrieval do.
+infrared images carry no colour at all), so it cannot rank models; the margin, NN cross and the
+train/test retrieval do. The neighbour rate asks whether the gap is closed (on the demo: 0 for every model).
 
 :func:`modality_gap` L2-normalises the features first (retrieval compares normalised features) and
 computes the per-model metrics; :func:`gap_table` lines several models up. :func:`gap_records` picks the

@@ -43,7 +43,7 @@ from csdn.artifacts import atomic_write_json, config_key
 from csdn.config import ExperimentConfig, to_dict
 from csdn.data.records import Record
 from csdn.errors import ConfigError
-from csdn.eval.protocols import ProtocolResult
+from csdn.reports import percent_metrics
 
 ZERO_SHOT = "zero-shot CLIP"  # the reference row: the frozen CLIP image tower, no training
 RESULT_FORMAT = 2  # bump when what measure_run records changes: cached measurements are then taken again
@@ -74,8 +74,11 @@ class GridJob:
     """One run of the grid."""
 
     name: str  # the row (a variant name, or ZERO_SHOT for the frozen CLIP)
-    seed: int  # the run's seed (already set in config)
-    config: ExperimentConfig  # the complete configuration of the run
+    config: ExperimentConfig  # the complete configuration of the run (its seed included)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
 
     @property
     def zero_shot(self) -> bool:
@@ -118,7 +121,9 @@ def measure_run(job: GridJob, cache_root: Path, gap: GapConfig = GapConfig()) ->
     if path.is_file():
         return {**json.loads(path.read_text()), "name": job.name, "seed": job.seed}
     features_of = experiment.zero_shot_features() if job.zero_shot else experiment.network_features()
-    results = {name: _percent(result) for name, result in experiment.evaluate(features_of).items()}
+    results = {
+        name: percent_metrics(result, ranks=(1, 10)) for name, result in experiment.evaluate(features_of).items()
+    }
     run: dict[str, Any] = {} if job.zero_shot else _diagnostics(experiment.histories.get("stage3", []))
     test = gap_records(experiment.dataset, job.config.eval.trials)
     test_features = features_of(test)
@@ -137,18 +142,10 @@ def matched_identities(records: list[Record], count: int, seed: int = TRAIN_SUBS
     """The records of ``count`` identities of ``records`` drawn at random with ``seed`` (all of them when
     there are no more than ``count``), in their original order."""
     pids = sorted({r.pid for r in records})
-    if len(pids) > count:
-        pids = set(np.random.default_rng(seed).choice(pids, size=count, replace=False).tolist())
-    return [r for r in records if r.pid in set(pids)]
-
-
-def _percent(result: ProtocolResult) -> dict[str, float]:
-    return {
-        "R1": 100 * result.rank(1),
-        "R10": 100 * result.rank(10),
-        "mAP": 100 * result.mAP,
-        "mINP": 100 * result.mINP,
-    }
+    chosen = set(
+        np.random.default_rng(seed).choice(pids, size=count, replace=False).tolist() if len(pids) > count else pids
+    )
+    return [r for r in records if r.pid in chosen]
 
 
 def _diagnostics(history: list[dict[str, float]]) -> dict[str, float]:

@@ -23,11 +23,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from csdn.data.cache import decode_image
 from csdn.data.protocol import GalleryRules, Reader, SplitOptions
 from csdn.data.records import Record
 from csdn.eval.metrics import rank_gallery
-from csdn.eval.plots import plot_rank_list
+from csdn.eval.plots import plot_ranked_records
 
 FeaturesOf = Callable[[list[Record]], Tensor]  # records -> (N, d) L2-normalised features, as the protocols use
 DIRECTIONS = ("infrared->visible", "visible->infrared")
@@ -265,9 +264,7 @@ def first_match_frame(data: InspectorData, split: str) -> pd.DataFrame:
 
 def _allowed_matrix(split: Split) -> Tensor:
     """``(Q, G)`` mask of the gallery each query ranks: the complement of what the gallery rules remove."""
-    q_pid, q_cam = (torch.tensor([getattr(r, f) for r in split.query]) for f in ("pid", "cam"))
-    g_pid, g_cam = (torch.tensor([getattr(r, f) for r in split.gallery]) for f in ("pid", "cam"))
-    return ~split.rules.removed(q_pid[:, None], q_cam[:, None], g_pid[None, :], g_cam[None, :])
+    return ~split.rules.removed_between(split.query, split.gallery)
 
 
 def render(view: QueryView, image_size: tuple[int, int], per_row: int = 10) -> Figure:
@@ -280,22 +277,7 @@ def render(view: QueryView, image_size: tuple[int, int], per_row: int = 10) -> F
         f"{view.state.model} · {view.state.split}\nquery pid {view.query.pid}, cam {view.query.cam} "
         f"({view.query.modality}) · {first}"
     )
-    gallery, scores, correct = list(view.gallery), list(view.scores), list(view.correct)
-    ranks = list(range(1, len(gallery) + 1))
-    if view.first_match is not None and view.first_match > len(gallery):
-        gallery.append(view.first_match_record)
-        scores.append(view.first_match_score)
-        correct.append(True)
-        ranks.append(view.first_match)
-    return plot_rank_list(
-        decode_image(view.query.path, image_size),
-        [decode_image(g.path, image_size) for g in gallery],
-        correct,
-        scores,
-        k=len(gallery),
-        title=title,
-        captions=[f"pid {g.pid} cam {g.cam}" for g in gallery],
-        query_caption=f"pid {view.query.pid} cam {view.query.cam}",
-        ranks=ranks,
-        per_row=per_row,
-    )
+    entries = list(zip(range(1, len(view.gallery) + 1), view.gallery, view.scores))
+    if view.first_match is not None and view.first_match > len(view.gallery):
+        entries.append((view.first_match, view.first_match_record, view.first_match_score))
+    return plot_ranked_records(view.query, entries, image_size, title, per_row)

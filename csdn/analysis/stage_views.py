@@ -22,10 +22,9 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 from torch import Tensor
 
 from csdn.analysis.style import MODALITY_COLOURS, integer_ticks, series_colour
-from csdn.data.cache import decode_image
 from csdn.data.protocol import GalleryRules
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record
-from csdn.eval.plots import plot_rank_list
+from csdn.eval.plots import plot_ranked_records
 from csdn.model.prompts import ModalityPrompts
 from csdn.reports import results_frame
 from csdn.sources import dataset_label
@@ -718,15 +717,5 @@ def plot_query_rank_list(
     if first is not None and first >= k:
         shown.append(first)
     where = "no true match in the gallery" if first is None else f"first true match at rank {first + 1}"
-    return plot_rank_list(
-        decode_image(query.path, size),
-        [decode_image(ranked[i].path, size) for i in shown],
-        [ranked[i].pid == query.pid for i in shown],
-        [float(scores[i]) for i in shown],
-        k=len(shown),
-        title=f"{title or f'query pid {query.pid} cam {query.cam} ({query.modality})'} · {where}",
-        captions=[f"pid {ranked[i].pid} cam {ranked[i].cam}" for i in shown],
-        query_caption=f"pid {query.pid} cam {query.cam}",
-        ranks=[i + 1 for i in shown],
-        per_row=per_row,
-    )
+    title = f"{title or f'query pid {query.pid} cam {query.cam} ({query.modality})'} · {where}"
+    return plot_ranked_records(query, [(i + 1, ranked[i], float(scores[i])) for i in shown], size, title, per_row)

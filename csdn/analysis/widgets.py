@@ -59,6 +59,7 @@ class Inspector(widgets.VBox):
         self.compared: QueryView | None = None  # the second model's view of the query (side by side)
         self._filling = False  # True while options are refilled (their change events are ignored)
         self._mirror = None  # display handle of the static copy (see mirror)
+        self._png: bytes | None = None  # the current view's figure
         self.model = widgets.Dropdown(options=data.models, description="model", layout=_wide())
         self.compare = widgets.Dropdown(
             options=[NO_COMPARISON, *data.models], value=NO_COMPARISON, description="compare", layout=_wide()
@@ -125,9 +126,7 @@ class Inspector(widgets.VBox):
                     if mode == IDENTITY
                     else self.data.queries_of(split, cam=chosen)
                 )
-            _set_options(self.query, [(self.data.query_label(model, split, i), i) for i in indices])
-            if keep is not None and keep in indices:
-                self.query.value = keep
+            _set_options(self.query, [(self.data.query_label(model, split, i), i) for i in indices])  # keeps `keep`
         finally:
             self._filling = False
 
@@ -139,7 +138,7 @@ class Inspector(widgets.VBox):
         self.output.outputs = ()
         self.compared = None
         if self.query.value is None:
-            self.state = self.view = None
+            self.state = self.view = self._png = None
             self.summary.value = "<b>no query to show</b> (every query of this split has no true match?)"
             self.renders += 1
             return
@@ -152,16 +151,16 @@ class Inspector(widgets.VBox):
         self.output.outputs = tuple(_png_output(png, view.summary()) for png, view in zip(pngs, views))
         self.state, self.view = state, views[0]
         self.compared = views[1] if len(views) > 1 else None
+        self._png = pngs[0]
         if self._mirror is not None:
-            self._mirror.update(Image(pngs[0]))
+            self._mirror.update(Image(self._png))
         self.renders += 1
 
     def mirror(self) -> None:
         """Show the current rank list as a plain image output of the calling cell, updated on every change:
         a notebook saved or exported without a live kernel then still shows the last view."""
-        if self.view is None:
-            return
-        self._mirror = display(Image(figure_png(render(self.view, self.image_size), self.dpi)), display_id=True)
+        if self._png is not None:
+            self._mirror = display(Image(self._png), display_id=True)
 
 
 def _png_output(png: bytes, summary: str) -> dict:

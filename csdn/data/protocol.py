@@ -67,11 +67,15 @@ class GalleryRules:
     def removes_nothing(self) -> bool:
         return not self.ignored_cameras and not self.ignore_same_camera_matches
 
+    def removed_between(self, query: Sequence[Record], gallery: Sequence[Record]) -> torch.Tensor:
+        """``(len(query), len(gallery))`` boolean mask of the gallery entries removed for each query."""
+        q_pid, q_cam = (torch.tensor([getattr(r, f) for r in query], dtype=torch.long) for f in ("pid", "cam"))
+        g_pid, g_cam = (torch.tensor([getattr(r, f) for r in gallery], dtype=torch.long) for f in ("pid", "cam"))
+        return self.removed(q_pid[:, None], q_cam[:, None], g_pid[None, :], g_cam[None, :])
+
     def kept(self, query: Record, gallery: Sequence[Record]) -> torch.Tensor:
         """Boolean mask of the ``gallery`` entries ranked for one ``query``."""
-        g_pid = torch.tensor([g.pid for g in gallery], dtype=torch.long)
-        g_cam = torch.tensor([g.cam for g in gallery], dtype=torch.long)
-        return ~self.removed(torch.tensor(query.pid), torch.tensor(query.cam), g_pid, g_cam)
+        return ~self.removed_between([query], gallery)[0]
 
 
 @dataclass(frozen=True, eq=False)

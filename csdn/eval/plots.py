@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from csdn.analysis.style import SERIES_COLOURS
+from csdn.data.cache import decode_image
+from csdn.data.records import Record
 from csdn.eval.metrics import Metrics
 from csdn.eval.protocols import ProtocolResult
 
@@ -95,6 +97,29 @@ def plot_rank_list(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def plot_ranked_records(
+    query: Record,
+    entries: Sequence[tuple[int, Record, float]],
+    size: tuple[int, int],
+    title: str,
+    per_row: int = 10,
+) -> Figure:
+    """:func:`plot_rank_list` of image records: the ``query`` and its gallery ``entries`` (rank, record,
+    score), decoded at ``size = (H, W)``, framed by identity and each labelled with identity and camera."""
+    return plot_rank_list(
+        decode_image(query.path, size),
+        [decode_image(record.path, size) for _, record, _ in entries],
+        [record.pid == query.pid for _, record, _ in entries],
+        [score for _, _, score in entries],
+        k=len(entries),
+        title=title,
+        captions=[f"pid {record.pid} cam {record.cam}" for _, record, _ in entries],
+        query_caption=f"pid {query.pid} cam {query.cam}",
+        ranks=[rank for rank, _, _ in entries],
+        per_row=per_row,
+    )
 
 
 def _show(ax: Axes, image: np.ndarray, colour: str, label: str) -> None:
