@@ -14,6 +14,7 @@ folder is needed) raises :class:`~csdn.errors.StorageError` naming the path and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -149,6 +150,13 @@ def default_cache_root() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "csdn"
+
+
+def key_fields(cfg: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(cfg)`` less the fields added after caches existed, where they hold the value every
+    earlier run had (the class's ``KEY_LEGACY`` map): a new switch left at its old behaviour keeps the keys."""
+    legacy = getattr(type(cfg), "KEY_LEGACY", {})
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in legacy or legacy[k] != v}
 
 
 def config_key(payload: Any, length: int = 16) -> str:

@@ -12,13 +12,17 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from csdn.clip.adapt import GRID_INTERPOLATIONS
 from csdn.clip.loader import TINY_ARCHS
+from csdn.data.cache import RESIZE_FILTERS
 from csdn.data.protocol import DIRECTIONS
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.data.sysu import GALLERY_CAMS
+from csdn.data.transforms import INPUT_STATS
 from csdn.errors import ConfigError
+from csdn.eval.features import FLIP_FUSIONS
 from csdn.model.network import ModelConfig
 from csdn.model.sii import make_sii
 from csdn.overrides import override
@@ -48,8 +52,13 @@ class DataConfig:
     width: int = 64  # network input width (144 / 128 on real data)
     hold_out_val: bool = True  # train without SYSU's val_id identities and use them for validation
     regdb_trial: int = 1  # RegDB trial (1..10): each trial is its own train/test split and model
+    resize_filter: str = "bilinear"  # how files are resized into the image cache: "bilinear", or "lanczos"
+    # (the release: PIL's LANCZOS, in its test loader and in AGW's SYSU-MM01 pre-processing script)
+
+    KEY_LEGACY: ClassVar[dict[str, Any]] = {"resize_filter": "bilinear"}  # added later: off the keys at this value
 
     def __post_init__(self) -> None:
+        _check_choice("resize_filter", self.resize_filter, tuple(RESIZE_FILTERS))
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.synth_layout not in SYNTH_LAYOUTS:
@@ -90,8 +99,16 @@ class ClipConfig:
     # file, "local-dir:<folder>", or "random"
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # how "tiny-synthvi" is pretrained
     last_stride: int = 1  # ResNet layer4 stride (1: the re-ID adaptation)
+    input_stats: str = "clip"  # image normalisation: "clip" (the weights' own, OpenAI's for OpenAI CLIP) or
+    # "imagenet" (mean 0.485/0.456/0.406, std 0.229/0.224/0.225: every pipeline of the release)
+    grid_interpolation: str = "bicubic"  # resizing a positional grid to the input: "bicubic" or "bilinear"
+    # (the release and CLIP-ReID: bilinear)
+
+    KEY_LEGACY: ClassVar[dict[str, Any]] = {"input_stats": "clip", "grid_interpolation": "bicubic"}
 
     def __post_init__(self) -> None:
+        _check_choice("input_stats", self.input_stats, INPUT_STATS)
+        _check_choice("grid_interpolation", self.grid_interpolation, GRID_INTERPOLATIONS)
         if self.last_stride not in (1, 2):
             raise ConfigError(f"last_stride must be 1 or 2, got {self.last_stride}")
         if self.weights == "tiny-synthvi":
@@ -118,19 +135,29 @@ class EvalConfig:
 
     trials: int = 10  # gallery trials averaged (SYSU, LLCM)
     flip: bool = True  # horizontal-flip test-time augmentation
+    flip_fusion: str = "mean"  # with flip: "mean" (average the two features, L2-normalise) or "concat" (the
+    # release: the plain and the flipped feature side by side, ranked by their raw dot product)
     rerank: bool = False  # k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)
     batch_size: int = 128  # feature-extraction batch size
     sysu_modes: tuple[str, ...] = ("all", "indoor")  # SYSU search modes
     sysu_shots: tuple[int, ...] = (1,)  # SYSU shots per (id, camera): 1 single-shot, 10 multi-shot
     directions: tuple[str, ...] = ("infrared->visible", "visible->infrared")  # RegDB / LLCM directions
 
+    KEY_LEGACY: ClassVar[dict[str, Any]] = {"flip_fusion": "mean"}
+
     def __post_init__(self) -> None:
+        _check_choice("flip_fusion", self.flip_fusion, FLIP_FUSIONS)
         if self.trials < 1 or self.batch_size < 1:
             raise ConfigError(f"need trials >= 1 and batch_size >= 1, got {self.trials} and {self.batch_size}")
         _check_choices("sysu_modes", self.sysu_modes, SYSU_MODES)
         _check_choices("directions", self.directions, DIRECTIONS)
         if any(shots < 1 for shots in self.sysu_shots):
             raise ConfigError(f"sysu_shots must be >= 1 (1 single-shot, 10 multi-shot), got {self.sysu_shots}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def _check_choices(name: str, values: tuple[str, ...], choices: tuple[str, ...]) -> None:
@@ -213,8 +240,28 @@ SMOKE_SYNTH = SynthConfig(
 #   8e-3: 38.5 / 41.9, 1.6e-2: 36.6 / 41.0; the release's 3e-4 fits 49% of the training identities in 14
 #   epochs, 1e-3 78%), for 36 epochs (39.9 / 43.1; 30 epochs: 38.5 / 41.9);
 # - a 4-pixel pad at 128x64 (10 pixels is a 15.6% shift at width 64) and no random erasing.
-DEMO_TEXT_STAGE = dict(cosine=True, temperature=0.08)
-DEMO_STAGE3 = dict(lr=8e-3, pad=4, erasing_p=0.0, msel_normalize=True, hse_cosine=True, hse_temperature=0.08)
+# It also keeps the switches that predate the release-fidelity ones (README, "Fidelity", embedded default):
+# the stage-1/2 cosine counted from the end of the warm-up, every image once in the feature bank with P x K
+# batches, the exact WRT softmax and the BNNeck parameter groups; its preprocessing is the
+# ClipConfig/DataConfig/EvalConfig defaults (CLIP's statistics, bilinear resizing, flip features averaged).
+DEMO_TEXT_STAGE = dict(cosine=True, temperature=0.08, schedule="after_warmup", feature_bank="images")
+DEMO_STAGE3 = dict(
+    lr=8e-3,
+    pad=4,
+    erasing_p=0.0,
+    msel_normalize=True,
+    hse_cosine=True,
+    hse_temperature=0.08,
+    wrt_weights="exact",
+    param_groups="bnneck",
+)
+# What the release does to images, on every real-data profile (each a switch: README, "Fidelity").
+RELEASE_PREPROCESSING = {
+    "clip.input_stats": "imagenet",
+    "clip.grid_interpolation": "bilinear",
+    "data.resize_filter": "lanczos",
+    "eval.flip_fusion": "concat",
+}
 
 
 def _smoke(root: str | None = None) -> ExperimentConfig:
@@ -260,13 +307,14 @@ def _real(dataset: str, arch: str) -> Callable[[str | None], ExperimentConfig]:
                 f"the {dataset}-{_ARCH_NAMES[arch]} profile needs the dataset folder: --data /path/to/{dataset} "
                 f"(in a notebook: DATA_ROOT = '/path/to/{dataset}' in the parameters cell)"
             )
-        return ExperimentConfig(
+        cfg = ExperimentConfig(
             name=f"{dataset}-{_ARCH_NAMES[arch]}",
             data=DataConfig(dataset=dataset, root=root, height=size[0], width=size[1], hold_out_val=False),
             clip=ClipConfig(arch=arch, weights="openai"),
             stage3=stage3,
             eval=EvalConfig(sysu_shots=sysu_shots),
         )
+        return override(cfg, RELEASE_PREPROCESSING)
 
     return build
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +36,7 @@ from csdn.artifacts import (
     atomic_write_json,
     config_key,
     is_complete,
+    key_fields,
     load_tensors,
     remove_stale_temporaries,
     writing,
@@ -46,11 +47,11 @@ from csdn.data.cache import ImageCache, content_key
 from csdn.data.images import CachedImages
 from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
-from csdn.data.transforms import TransformConfig, test_transform
+from csdn.data.transforms import TransformConfig, input_statistics, test_transform
 from csdn.errors import CacheError, CheckpointError, ConfigError
 from csdn.eval.features import extract_features
 from csdn.eval.protocols import ProtocolResult, evaluate_split
-from csdn.model.network import CSDNNet
+from csdn.model.network import CSDNNet, release_resnet_stem
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import make_sii, text_prototypes
 from csdn.runtime import pick_device, seed_everything
@@ -132,8 +133,10 @@ class Experiment:
 
     @cached_property
     def transforms(self) -> TransformConfig:
-        """Test and stage-3 training transforms: the input size, CLIP's normalisation, stage 3's augmentation."""
-        return self.cfg.stage3.transforms(self.cfg.data.height, self.cfg.data.width, self.clip.mean, self.clip.std)
+        """Test and stage-3 training transforms: the input size, the normalisation of ``clip.input_stats``, stage
+        3's augmentation."""
+        mean, std = input_statistics(self.cfg.clip.input_stats, self.clip.mean, self.clip.std)
+        return self.cfg.stage3.transforms(self.cfg.data.height, self.cfg.data.width, mean, std)
 
     def image_cache(self, records: list[Record]) -> ImageCache:
         """The uint8 cache of ``records`` at the network's input size (an unreadable image is an error).
@@ -144,9 +147,14 @@ class Experiment:
         key = tuple(records)
         if key not in self._image_caches:
             self._image_caches[key] = ImageCache.build(
-                records, self.image_size, self.cache_root, progress=self.progress
+                records, self.image_size, self.cache_root, progress=self.progress, resize_filter=self.resize_filter
             )
         return self._image_caches[key]
+
+    @property
+    def resize_filter(self) -> str:
+        """How image files are resized into the caches (``data.resize_filter``)."""
+        return self.cfg.data.resize_filter
 
     @cached_property
     def _image_caches(self) -> dict[tuple[Record, ...], ImageCache]:
@@ -158,7 +166,12 @@ class Experiment:
         skip = self.cfg.skip_bad_images
         try:
             return ImageCache.build(
-                self.train_records, self.image_size, self.cache_root, progress=self.progress, skip_bad=skip
+                self.train_records,
+                self.image_size,
+                self.cache_root,
+                progress=self.progress,
+                skip_bad=skip,
+                resize_filter=self.resize_filter,
             )
         except DatasetError as error:
             if skip:
@@ -200,9 +213,15 @@ class Experiment:
             if self.trained_only:
                 self._require_tiny_clip()
             folder = tiny_clip(c.pretrain, self.cfg.data.synth, self.cache_root)
-            return local_dir_source(folder, self.image_size)
+            return replace(local_dir_source(folder, self.image_size), grid_interpolation=c.grid_interpolation)
         pretrained = None if c.weights == "random" else c.weights
-        return ClipSource(arch=c.arch, pretrained=pretrained, image_size=self.image_size, last_stride=c.last_stride)
+        return ClipSource(
+            arch=c.arch,
+            pretrained=pretrained,
+            image_size=self.image_size,
+            last_stride=c.last_stride,
+            grid_interpolation=c.grid_interpolation,
+        )
 
     def _require_tiny_clip(self) -> None:
         """Refuse (:class:`NotTrainedError`) when the config's tiny CLIP is not pretrained in the cache."""
@@ -240,7 +259,7 @@ class Experiment:
         """
         data = self.cfg.data
         if data.synthetic:
-            identity = asdict(data)
+            identity = key_fields(data)
             if SYNTHVI_FORMAT != 1:  # a new SynthVI writer is new content (format-1 keys predate this entry)
                 identity["synthvi_format"] = SYNTHVI_FORMAT
             return identity
@@ -253,7 +272,7 @@ class Experiment:
     def clip_identity(self) -> dict[str, Any]:
         """What the CLIP config contributes to the keys: the config, with a weights file or ``local-dir:`` folder
         named by its content (each file's name in the folder and digest) instead of its path."""
-        identity = asdict(self.cfg.clip)
+        identity = key_fields(self.cfg.clip)
         weights = self.cfg.clip.weights
         folder = Path(weights[len(LOCAL_DIR) :]).expanduser() if weights.startswith(LOCAL_DIR) else None
         if folder is not None and folder.is_dir():
@@ -269,10 +288,12 @@ class Experiment:
 
     @cached_property
     def clip_features_key(self) -> str:
-        """Key of the frozen-CLIP training features: the data and the CLIP, not the run seed (shared across seeds)."""
+        """Key of the frozen-CLIP training features: the data and the CLIP, not the run seed (shared across seeds),
+        and the release's stem when the model runs it."""
         skipped = [entry["index"] for entry in self.train_cache.skipped]
         payload = [self.data_identity, self.clip_identity, "clip-features", TRAINING_CODE_VERSION]
-        return config_key(payload + ([skipped] if skipped else []))
+        stem = [{"release_stem": True}] if self.cfg.model.release_stem else []  # added later: off by default
+        return config_key(payload + ([skipped] if skipped else []) + stem)
 
     @cached_property
     def clip_features(self) -> CachedFeatures:
@@ -281,7 +302,10 @@ class Experiment:
         path = self.cache_root / "features" / f"clip-{self.clip_features_key}.safetensors"
         labels = torch.tensor([self.labels[r.pid] for r in records])
         if not self.dist.agree(path.is_file()):
-            visual = self.clip.visual().to(self.device)
+            visual = self.clip.visual()
+            if self.cfg.model.release_stem:  # the release extracts its bank through its own (ReLU-less) stem
+                visual.stem = release_resnet_stem(visual)
+            visual = visual.to(self.device)
             images = CachedImages(self.train_cache, transform=test_transform(self.transforms))
             feats = self._extract(lambda x: visual(x).projected, images, visual, "CLIP features", normalize=False)
             if self.dist.is_main:
@@ -370,7 +394,7 @@ class Experiment:
     @cached_property
     def stage1_key(self) -> str:
         m = self.cfg.model
-        return self._key("stage1", m.shared_prompts, m.prompt_wording, m.n_ctx, asdict(self.cfg.stage1))
+        return self._key("stage1", m.shared_prompts, m.prompt_wording, m.n_ctx, key_fields(self.cfg.stage1))
 
     @cached_property
     def prompts(self) -> ModalityPrompts:
@@ -416,7 +440,7 @@ class Experiment:
     @cached_property
     def stage2_key(self) -> str:
         m = self.cfg.model
-        return config_key([self.stage1_key, m.sii_kind, m.sii_heads, asdict(self.cfg.stage2)])
+        return config_key([self.stage1_key, m.sii_kind, m.sii_heads, key_fields(self.cfg.stage2)])
 
     @cached_property
     def sii(self) -> nn.Module:
@@ -472,7 +496,7 @@ class Experiment:
         model = asdict(cfg.model)
         if not model["release_stem"]:  # added later: its default leaves the keys of earlier runs unchanged
             del model["release_stem"]
-        payload = [upstream, model, asdict(cfg.stage2), stage3, cfg.select]
+        payload = [upstream, model, key_fields(cfg.stage2), stage3, cfg.select]
         if not cfg.sync_bn:
             payload.append({"sync_bn": False})
         if cfg.select == "best_val":
@@ -485,7 +509,7 @@ class Experiment:
         if split is None:
             return None
         records = [*split.query, *(r for trial in split.trials for r in split.gallery(trial))]
-        return content_key(records, self.image_size, progress=self.progress)
+        return content_key(records, self.image_size, progress=self.progress, resize_filter=self.resize_filter)
 
     @property
     def stage3_dir(self) -> Path:
@@ -594,6 +618,7 @@ class Experiment:
                     f"{modality} features",
                     batch_size=self.cfg.eval.batch_size,
                     flip=flip,
+                    flip_fusion=self.cfg.eval.flip_fusion,
                 )
                 out = torch.empty(len(records), feats.shape[1]) if out is None else out
                 out[rows] = feats

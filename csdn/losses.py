@@ -160,7 +160,10 @@ def _triplet_inputs(name: str, features: Tensor, labels: Tensor, normalize: bool
     return dist, is_pos, is_neg
 
 
-def triplet_wrt(features: Tensor, labels: Tensor, normalize: bool = False) -> Tensor:
+WRT_WEIGHTS = ("exact", "agw")
+
+
+def triplet_wrt(features: Tensor, labels: Tensor, normalize: bool = False, weights: str = "exact") -> Tensor:
     """Weighted-regularisation triplet loss (AGW's TripletLoss_WRT, used by CSDN on both stage-3 features).
 
     For each anchor, positive distances are averaged with weights ``softmax(d_ap)`` over its positives
@@ -168,15 +171,34 @@ def triplet_wrt(features: Tensor, labels: Tensor, normalize: bool = False) -> Te
     negatives; the loss is the soft margin ``softplus(d_ap_weighted - d_an_weighted)`` averaged over
     anchors (``nn.SoftMarginLoss`` with target 1). Distances are Euclidean on the raw features:
     CSDN calls it with AGW's default ``normalize_feature=False``; ``normalize=True`` L2-normalises first.
-    The masked softmax here is exact; AGW's version adds 1e-6 to the normaliser and can underflow for
-    large negative distances, so values agree to within about 1e-5 where AGW's is well-behaved.
+
+    ``weights="exact"``: masked softmaxes. ``weights="agw"``: AGW's ``softmax_weights``, which the release
+    uses: the shift is the row maximum of the *masked* matrix (zeros included) and 1e-6 joins the
+    normaliser. For positives this changes nothing measurable; for negatives the shift is 0 instead of
+    ``-min d_an``, so once the closest negatives lie beyond about 10-14 the weights ``exp(-d_an)`` fall
+    below the 1e-6, the weighted negative distance collapses towards 0 and the loss becomes about the
+    weighted positive distance (relative difference to ``"exact"`` about 5e-4 at a median negative distance
+    of 8, 0.9 at 16, 1 at 32; tested against the release's own values).
     """
+    if weights not in WRT_WEIGHTS:
+        raise ValueError(f"triplet_wrt: weights must be one of {WRT_WEIGHTS}, got {weights!r}")
     dist, is_pos, is_neg = _triplet_inputs("triplet_wrt", features, labels, normalize)
-    w_pos = torch.softmax(dist.masked_fill(~is_pos, float("-inf")), dim=1)  # zero off the positives
-    w_neg = torch.softmax((-dist).masked_fill(~is_neg, float("-inf")), dim=1)  # zero off the negatives
+    if weights == "exact":
+        w_pos = torch.softmax(dist.masked_fill(~is_pos, float("-inf")), dim=1)  # zero off the positives
+        w_neg = torch.softmax((-dist).masked_fill(~is_neg, float("-inf")), dim=1)  # zero off the negatives
+    else:
+        w_pos = _agw_softmax_weights(dist * is_pos, is_pos.to(dist.dtype))
+        w_neg = _agw_softmax_weights(-dist * is_neg, is_neg.to(dist.dtype))
     furthest_positive = (dist * w_pos).sum(dim=1)
     closest_negative = (dist * w_neg).sum(dim=1)
     return F.softplus(furthest_positive - closest_negative).mean()
+
+
+def _agw_softmax_weights(values: Tensor, mask: Tensor) -> Tensor:
+    """AGW's masked softmax: shifted by the row maximum of ``values * mask``, with 1e-6 in the normaliser."""
+    shift = (values * mask).amax(dim=1, keepdim=True)
+    scaled = torch.exp(values - shift) * mask
+    return scaled / (scaled.sum(dim=1, keepdim=True) + 1e-6)
 
 
 def triplet_hard(features: Tensor, labels: Tensor, margin: float = 0.3, normalize: bool = False) -> Tensor:

@@ -39,8 +39,8 @@ import torch
 from tqdm.auto import tqdm
 
 from csdn.analysis.gap import GapConfig, GapMetrics, cross_modality_retrieval, gap_records, modality_gap
-from csdn.artifacts import atomic_write_json, config_key
-from csdn.config import ExperimentConfig, to_dict
+from csdn.artifacts import atomic_write_json, config_key, key_fields
+from csdn.config import ExperimentConfig
 from csdn.data.records import Record
 from csdn.errors import ConfigError
 from csdn.reports import percent_metrics
@@ -116,7 +116,7 @@ def measure_run(job: GridJob, cache_root: Path, gap: GapConfig = GapConfig()) ->
         if job.zero_shot
         else experiment.stage3_key
     )
-    key = config_key([model_key, to_dict(job.config.eval), asdict(gap), RESULT_FORMAT])
+    key = config_key([model_key, key_fields(job.config.eval), asdict(gap), RESULT_FORMAT])
     path = Path(cache_root) / "grid" / f"{key}.json"
     if path.is_file():
         return {**json.loads(path.read_text()), "name": job.name, "seed": job.seed}

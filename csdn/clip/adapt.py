@@ -4,9 +4,12 @@ Rectangular input (e.g. 288x144, 256x128):
 
 * **ModifiedResNet** (RN50, csdn-tiny-rn): the first block of ``layer4`` gets stride 1 (as in CLIP-ReID
   and the CSDN code), so the final map is 1/16 of the input (18x9 at 288x144), and the attention-pool
-  positional embedding is resized (bicubic) from its grid to that map.
-* **VisionTransformer** (ViT-B-16, csdn-tiny-vit): the positional grid is interpolated (bicubic) from the
+  positional embedding is resized from its grid to that map.
+* **VisionTransformer** (ViT-B-16, csdn-tiny-vit): the positional grid is interpolated from the
   checkpoint's grid to ``(H / patch, W / patch)``; the class-token embedding is kept as is.
+
+Grids are resized bicubically by default; the release (and CLIP-ReID) resize bilinearly
+(``grid_interpolation="bilinear"``, ``align_corners=False``), which the real-data profiles follow.
 
 The pieces: :class:`ClipVisual` splits the image tower into a *stem* (RN: conv1..bn3 + relu + avgpool;
 ViT: the patch-embedding convolution only) and a shared *trunk* (everything after), so the model code
@@ -29,6 +32,7 @@ from torch import nn
 
 RESNET = "resnet"
 VIT = "vit"
+GRID_INTERPOLATIONS = ("bicubic", "bilinear")  # torch.nn.functional.interpolate modes for positional grids
 
 
 def visual_kind(visual: nn.Module) -> str:
@@ -49,15 +53,20 @@ def visual_kind(visual: nn.Module) -> str:
 # Geometry
 
 
-def resize_grid_embedding(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Resize a ``(1 + gh*gw, C)`` positional embedding (first row = class/mean token) to a new grid."""
+def resize_grid_embedding(
+    pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], mode: str = "bicubic"
+) -> torch.Tensor:
+    """Resize a ``(1 + gh*gw, C)`` positional embedding (first row = class/mean token) to a new grid by
+    ``mode`` interpolation (:data:`GRID_INTERPOLATIONS`, ``align_corners=False``)."""
+    if mode not in GRID_INTERPOLATIONS:
+        raise ValueError(f"mode must be one of {GRID_INTERPOLATIONS}, got {mode!r}")
     if pos.shape[0] != 1 + old_grid[0] * old_grid[1]:
         raise ValueError(f"positional embedding of {pos.shape[0]} rows does not fit a {old_grid} grid plus one token")
     if tuple(old_grid) == tuple(new_grid):
         return pos
     token, grid = pos[:1], pos[1:]
     grid = grid.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos.dtype)
     return torch.cat([token, grid], dim=0)
 
@@ -98,8 +107,11 @@ def current_image_size(visual: nn.Module) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def adapt_visual(visual: nn.Module, image_size: tuple[int, int], last_stride: int = 1) -> None:
-    """Adapt an image tower in place to ``image_size`` (H, W); ``last_stride`` applies to ResNets only."""
+def adapt_visual(
+    visual: nn.Module, image_size: tuple[int, int], last_stride: int = 1, grid_interpolation: str = "bicubic"
+) -> None:
+    """Adapt an image tower in place to ``image_size`` (H, W); ``last_stride`` applies to ResNets only, and
+    ``grid_interpolation`` is how a positional grid of another size is resized."""
     height, width = int(image_size[0]), int(image_size[1])
     if visual_kind(visual) == RESNET:
         old_grid = resnet_grid(current_image_size(visual), resnet_last_stride(visual))
@@ -109,7 +121,7 @@ def adapt_visual(visual: nn.Module, image_size: tuple[int, int], last_stride: in
             raise ValueError(f"image size {image_size} is too small for a ModifiedResNet (final map {new_grid})")
         pool = visual.attnpool
         pool.positional_embedding = nn.Parameter(
-            resize_grid_embedding(pool.positional_embedding.data, old_grid, new_grid),
+            resize_grid_embedding(pool.positional_embedding.data, old_grid, new_grid, grid_interpolation),
             requires_grad=pool.positional_embedding.requires_grad,
         )
     else:
@@ -118,7 +130,9 @@ def adapt_visual(visual: nn.Module, image_size: tuple[int, int], last_stride: in
             raise ValueError(f"image size {image_size} must be a multiple of the ViT patch size {visual.patch_size}")
         new_grid = (height // patch_h, width // patch_w)
         visual.positional_embedding = nn.Parameter(
-            resize_grid_embedding(visual.positional_embedding.data, tuple(visual.grid_size), new_grid),
+            resize_grid_embedding(
+                visual.positional_embedding.data, tuple(visual.grid_size), new_grid, grid_interpolation
+            ),
             requires_grad=visual.positional_embedding.requires_grad,
         )
         visual.grid_size = new_grid

@@ -39,7 +39,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from torchvision.transforms import v2
 
 from csdn.artifacts import atomic_write_bytes, atomic_write_json
-from csdn.clip.adapt import ClipVisual, TextEncoder, adapt_visual, visual_kind
+from csdn.clip.adapt import GRID_INTERPOLATIONS, ClipVisual, TextEncoder, adapt_visual, visual_kind
 from csdn.errors import ClipWeightsError, ConfigError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -80,8 +80,13 @@ class ClipSource:
     last_stride: int = 1  # ResNets only: stride of layer4 (1 = re-ID adaptation, 2 = CLIP as released)
     quick_gelu: bool | None = None  # force QuickGELU on/off; None = auto (True for OpenAI weights)
     cache_dir: str | None = None  # open_clip / Hugging Face download cache; None = their defaults
+    grid_interpolation: str = "bicubic"  # how a positional grid is resized to image_size (GRID_INTERPOLATIONS)
 
     def __post_init__(self) -> None:
+        if self.grid_interpolation not in GRID_INTERPOLATIONS:
+            raise ConfigError(
+                f"grid_interpolation must be one of {GRID_INTERPOLATIONS}, got {self.grid_interpolation!r}"
+            )
         if len(self.image_size) != 2:
             raise ConfigError(f"image_size must be (H, W), got {self.image_size!r}")
         object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
@@ -493,7 +498,7 @@ def _load_weights(model: CLIP, plan: _Plan, source: ClipSource) -> None:
     found = _mismatches(model, state)
     only_grid = not found[0] and not found[1] and all(s.split(":")[0] in _POS_KEYS for s in found[2])
     if found[2] and only_grid:  # weights saved from a model already adapted to the requested geometry
-        adapt_visual(model.visual, source.image_size, source.last_stride)
+        adapt_visual(model.visual, source.image_size, source.last_stride, source.grid_interpolation)
         found = _mismatches(model, state)
     if any(found):
         raise CheckpointMismatchError(_mismatch_message(plan.checkpoint, source.arch, state, found))
@@ -506,7 +511,7 @@ def load_clip(source: ClipSource, device: str | torch.device = "cpu") -> ClipBun
     model = build_model(plan.model_cfg, plan.quick_gelu)
     if plan.state is not None:
         _load_weights(model, plan, source)
-    adapt_visual(model.visual, source.image_size, source.last_stride)
+    adapt_visual(model.visual, source.image_size, source.last_stride, source.grid_interpolation)
     model = model.to(device).eval()
     context_length = int(model.positional_embedding.shape[0])
     return ClipBundle(

@@ -44,6 +44,10 @@ from csdn.data.records import Record
 from csdn.errors import CacheError
 
 CACHE_FORMAT = 1  # bump when decoding or layout changes, so old caches are not reused
+# How a file is resized into the cache: bilinear (the default), or LANCZOS as the release's test loader and
+# AGW's SYSU-MM01 pre-processing script do (PIL's ``Image.ANTIALIAS``, renamed LANCZOS).
+RESIZE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
+DEFAULT_FILTER = "bilinear"  # caches built before the choice existed: their keys do not name a filter
 ARRAY_FILE = "images.npy"
 RECORDS_FILE = "records.json"
 META_FILE = "meta.json"
@@ -81,8 +85,10 @@ class ImageCache:
         workers: int = 0,
         progress: bool = True,
         skip_bad: bool = False,
+        resize_filter: str = DEFAULT_FILTER,
     ) -> ImageCache:
-        """Decode and resize ``records`` to ``size = (H, W)`` once under ``cache_dir/images/<key>``.
+        """Decode and resize ``records`` to ``size = (H, W)`` (``resize_filter``, a :data:`RESIZE_FILTERS`
+        name) once under ``cache_dir/images/<key>``.
 
         Reuses the finished cache when the key matches. ``workers > 0`` hashes and decodes with that
         many threads (PIL releases the GIL while decoding). An unreadable or missing image raises a
@@ -92,10 +98,13 @@ class ImageCache:
         """
         records = list(records)
         height, width = _check_size(size)
-        paths, digests, root, key = _content(records, (height, width), workers, progress, skip_bad)
+        _check_filter(resize_filter)
+        paths, digests, root, key = _content(records, (height, width), workers, progress, skip_bad, resize_filter)
 
         def produce(tmp: Path) -> None:
-            skipped = _write_array(tmp / ARRAY_FILE, paths, digests, (height, width), workers, progress, skip_bad)
+            skipped = _write_array(
+                tmp / ARRAY_FILE, paths, digests, (height, width), workers, progress, skip_bad, resize_filter
+            )
             bad = {entry["index"] for entry in skipped}
             kept = [r for i, r in enumerate(records) if i not in bad]
             atomic_write_json(tmp / RECORDS_FILE, [asdict(r) for r in kept])
@@ -142,16 +151,32 @@ class ImageCache:
 
 
 def content_key(
-    records: Sequence[Record], size: tuple[int, int], workers: int = 0, progress: bool = False, skip_bad: bool = False
+    records: Sequence[Record],
+    size: tuple[int, int],
+    workers: int = 0,
+    progress: bool = False,
+    skip_bad: bool = False,
+    resize_filter: str = DEFAULT_FILTER,
 ) -> str:
     """The key :meth:`ImageCache.build` gives ``records`` at ``size``, without building: a hash of each file's
-    bytes, its path relative to the images' common root, its record fields and the size (so the same
-    images under another root folder have the same key, and an image rewritten in place a new one)."""
-    return _content(list(records), _check_size(size), workers, progress, skip_bad)[3]
+    bytes, its path relative to the images' common root, its record fields, the size and the resize filter
+    (so the same images under another root folder have the same key, and an image rewritten in place a new one)."""
+    _check_filter(resize_filter)
+    return _content(list(records), _check_size(size), workers, progress, skip_bad, resize_filter)[3]
+
+
+def _check_filter(resize_filter: str) -> None:
+    if resize_filter not in RESIZE_FILTERS:
+        raise ValueError(f"resize_filter must be one of {tuple(RESIZE_FILTERS)}, got {resize_filter!r}")
 
 
 def _content(
-    records: list[Record], size: tuple[int, int], workers: int, progress: bool, skip_bad: bool
+    records: list[Record],
+    size: tuple[int, int],
+    workers: int,
+    progress: bool,
+    skip_bad: bool,
+    resize_filter: str = DEFAULT_FILTER,
 ) -> tuple[list[str], list[str], str, str]:
     """``(absolute paths, file digests, common root, key)`` of ``records`` at ``size``."""
     if not records:
@@ -161,12 +186,16 @@ def _content(
     digests = list(_parallel_map(digest, paths, workers, "hash images" if progress else None))
     root = _common_root(paths)
     images = [[os.path.relpath(p, root), d, r.pid, r.cam, r.modality] for p, d, r in zip(paths, digests, records)]
-    return paths, digests, root, config_key({"format": CACHE_FORMAT, "size": list(size), "images": images})
+    payload = {"format": CACHE_FORMAT, "size": list(size), "images": images}
+    if resize_filter != DEFAULT_FILTER:  # the keys of bilinear caches predate the choice
+        payload["resize_filter"] = resize_filter
+    return paths, digests, root, config_key(payload)
 
 
-def decode_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """One image file decoded to RGB and squash-resized (bilinear) to ``size = (H, W)``, as cached."""
-    return _decode_bytes(_read_bytes(str(path)), str(path), _check_size(size))
+def decode_image(path: str | Path, size: tuple[int, int], resize_filter: str = DEFAULT_FILTER) -> np.ndarray:
+    """One image file decoded to RGB and squash-resized (``resize_filter``) to ``size = (H, W)``, as cached."""
+    _check_filter(resize_filter)
+    return _decode_bytes(_read_bytes(str(path)), str(path), _check_size(size), resize_filter)
 
 
 def _write_array(
@@ -177,6 +206,7 @@ def _write_array(
     workers: int,
     progress: bool,
     skip_bad: bool = False,
+    resize_filter: str = DEFAULT_FILTER,
 ) -> list[dict]:
     """Decode into ``target`` in order; returns the skipped images (``skip_bad``), which the array omits."""
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3))
@@ -194,7 +224,7 @@ def _write_array(
         if _digest(data) != digest:
             raise DatasetError(f"{path}: the file changed while the image cache was being built; build it again")
         try:
-            return _decode_bytes(data, path, size)
+            return _decode_bytes(data, path, size, resize_filter)
         except DatasetError as error:
             if skip_bad:
                 return str(error)
@@ -289,11 +319,11 @@ def _load_skipped(directory: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def _decode_bytes(data: bytes, path: str, size: tuple[int, int]) -> np.ndarray:
+def _decode_bytes(data: bytes, path: str, size: tuple[int, int], resize_filter: str = DEFAULT_FILTER) -> np.ndarray:
     height, width = size
     try:
         with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+            rgb = image.convert("RGB").resize((width, height), RESIZE_FILTERS[resize_filter])
     except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
         raise DatasetError(f"{path}: not a readable image ({error}); replace or remove it, then rebuild") from error
     return np.asarray(rgb, dtype=np.uint8)

@@ -25,6 +25,9 @@ from torchvision.transforms import v2
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what the release normalises every pipeline with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_STATS = ("clip", "imagenet")  # normalisation choices: the CLIP weights' own statistics, or ImageNet's
 AGW_ERASING_FILL = (0.4914, 0.4822, 0.4465)  # AGW's per-channel erasing values
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # the ITU-R 601 luma weights AGW uses
 
@@ -55,6 +58,15 @@ class TransformConfig:
         for name in ("flip_p", "erasing_p", "grayscale_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+
+
+def input_statistics(
+    input_stats: str, clip_mean: tuple[float, ...], clip_std: tuple[float, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of an :data:`INPUT_STATS` choice: the CLIP weights' own (given), or ImageNet's."""
+    if input_stats not in INPUT_STATS:
+        raise ValueError(f"input_stats must be one of {INPUT_STATS}, got {input_stats!r}")
+    return (tuple(clip_mean), tuple(clip_std)) if input_stats == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def test_transform(cfg: TransformConfig) -> v2.Compose:

@@ -1,7 +1,9 @@
 """Feature extraction for evaluation: batched, optional flip test-time augmentation, L2-normalised.
 
-Flip convention (as AGW / CLIP-ReID test code): the feature of an image is the average of the
-features of the image and of its horizontal mirror, taken *before* L2 normalisation.
+Flip fusion ``"mean"`` (as AGW / CLIP-ReID test code): the feature of an image is the average of the
+features of the image and of its horizontal mirror, taken *before* L2 normalisation. ``"concat"`` (the CSDN
+release's test code): the two features side by side, not normalised again, so that ranking by the dot
+product sums the plain-plain and flipped-flipped similarities as the release's ``query @ gallery.T`` does.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 from csdn.runtime import autocast, pick_device
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
+FLIP_FUSIONS = ("mean", "concat")  # how the flipped image's feature joins the plain one
 
 
 def extract_features(
@@ -31,9 +34,12 @@ def extract_features(
     normalize: bool = True,
     model: nn.Module | None = None,
     desc: str = "features",
+    flip_fusion: str = "mean",
 ) -> torch.Tensor:
     """Features of every item of ``images``, in order: a CPU float32 (N, D) tensor of unit rows
-    (raw features with ``normalize=False``, e.g. stage 1's cached CLIP features).
+    (raw features with ``normalize=False``, e.g. stage 1's cached CLIP features). With ``flip`` and
+    ``flip_fusion="concat"`` the rows are ``(N, 2D)``: the plain and the flipped feature, as ``encode`` gives
+    them (not normalised again, as the release ranks them).
 
     ``encode`` maps a float (B, 3, H, W) batch to (B, D) features. ``images`` yields image tensors or
     tuples whose first element is the image tensor (already normalised). The module being evaluated
@@ -46,6 +52,9 @@ def extract_features(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(images) == 0:
         raise ValueError("cannot extract features of an empty dataset")
+    if flip_fusion not in FLIP_FUSIONS:
+        raise ValueError(f"flip_fusion must be one of {FLIP_FUSIONS}, got {flip_fusion!r}")
+    concat = flip and flip_fusion == "concat"
     module = model if model is not None else _module_of(encode)
     device = _device_for(device, module)
     loader = DataLoader(
@@ -61,14 +70,15 @@ def extract_features(
                 x = _image_batch(batch).to(device, non_blocking=True)
                 feats = _encode(encode, x)
                 if flip:
-                    feats = (feats + _encode(encode, torch.flip(x, dims=[3]))) / 2
+                    flipped = _encode(encode, torch.flip(x, dims=[3]))
+                    feats = torch.cat([feats, flipped], dim=1) if concat else (feats + flipped) / 2
                 parts.append(feats.float().cpu())
     finally:
         for m, training in previous_modes.items():
             m.training = training
     # Concatenated outside inference mode, so the result is an ordinary tensor usable anywhere.
     features = torch.cat(parts)
-    return F.normalize(features, dim=1) if normalize else features
+    return F.normalize(features, dim=1) if normalize and not concat else features
 
 
 def _module_of(encode: Encoder) -> nn.Module | None:

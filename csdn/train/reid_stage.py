@@ -21,15 +21,16 @@ the gathered global batch, so an update equals the one-process update up to Batc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from csdn.artifacts import key_fields
 from csdn.data.cache import ImageCache
 from csdn.data.images import CachedImages
 from csdn.data.records import INFRARED, VISIBLE
@@ -44,6 +45,8 @@ from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 from csdn.train.schedule import make_scheduler
 
 TRIPLETS = ("wrt", "hard")
+WRT_WEIGHTS = ("agw", "exact")
+PARAM_GROUPS = ("release", "bnneck")
 SPEED_ONLY = ("workers",)  # ReIDStageConfig fields that cannot change a result (batches are the same whatever
 # the number of DataLoader workers): left out of cache keys. amp is not one of them (it changes the numerics).
 
@@ -55,6 +58,9 @@ class ReIDStageConfig:
     epochs: int = 120  # length of the fixed schedule
     lr: float = 3e-4  # Adam learning rate of the backbone
     classifier_lr_factor: float = 2.0  # classifiers train at lr x this (released: 6e-4)
+    param_groups: str = "release"  # who trains at the classifier rate: "release" (every head tensor, as the
+    # release's name match on "classifier": GeM's p, both BNNecks and both Linear classifiers; the BNNeck
+    # biases train) or "bnneck" (the two Linear classifiers only; BNNeck biases frozen at 0, as BoT/CLIP-ReID)
     weight_decay: float = 5e-4  # Adam weight decay
     warmup_epochs: int = 10  # linear warm-up epochs
     warmup_factor: float = 0.01  # learning-rate factor at the start of the warm-up
@@ -64,6 +70,8 @@ class ReIDStageConfig:
     instances: int = 4  # K images per identity and modality
     triplet: str = "wrt"  # "wrt" (weighted-regularisation soft margin, AGW) or "hard" (batch-hard, margin)
     triplet_margin: float = 0.3  # margin of the hard-mining triplet
+    wrt_weights: str = "agw"  # WRT's softmax weights: "agw" (AGW's, as the release: its max runs over the
+    # masked zeros and 1e-6 joins the normaliser, so far negatives get no weight) or "exact" (masked softmax)
     triplet_weight: float = 0.15  # weight of each triplet term (released code)
     label_smoothing: float = 0.0  # ID loss label smoothing (released: none)
     hse_visible: float = 0.05  # HSE weight for visible images (first view; 0 disables)
@@ -81,6 +89,8 @@ class ReIDStageConfig:
     amp: bool = True  # autocast on CUDA
     workers: int = 0  # DataLoader worker processes building batches
 
+    KEY_LEGACY: ClassVar[dict[str, Any]] = {"wrt_weights": "exact", "param_groups": "bnneck"}
+
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(
@@ -88,6 +98,10 @@ class ReIDStageConfig:
             )
         if self.triplet not in TRIPLETS:
             raise ConfigError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
+        if self.wrt_weights not in WRT_WEIGHTS:
+            raise ConfigError(f"wrt_weights must be one of {WRT_WEIGHTS}, got {self.wrt_weights!r}")
+        if self.param_groups not in PARAM_GROUPS:
+            raise ConfigError(f"param_groups must be one of {PARAM_GROUPS}, got {self.param_groups!r}")
         if self.hse_temperature <= 0 or self.msel_weight < 0:
             raise ConfigError(
                 f"need hse_temperature > 0 and msel_weight >= 0, got {self.hse_temperature}, {self.msel_weight}"
@@ -100,9 +114,10 @@ class ReIDStageConfig:
 
     def result_settings(self) -> dict[str, Any]:
         """The fields as a dict with :data:`SPEED_ONLY` ones at their defaults: what a cache key should hold
-        (any ``workers`` gives the key of the default, which earlier keys were computed with)."""
+        (any ``workers`` gives the key of the default, which earlier keys were computed with), less the
+        later switches at their earlier behaviour (:func:`csdn.artifacts.key_fields`)."""
         defaults = {f.name: f.default for f in fields(self) if f.name in SPEED_ONLY}
-        return asdict(replace(self, **defaults))
+        return key_fields(replace(self, **defaults))
 
     @property
     def views(self) -> int:
@@ -190,13 +205,34 @@ class PairedBatches(Dataset):
         return torch.as_tensor(images[index][0])
 
 
+def head_parameters(net: CSDNNet, groups: str) -> list[torch.nn.Parameter]:
+    """The parameters that train at the classifier rate under ``groups`` (see ``ReIDStageConfig.param_groups``).
+
+    ``"release"``: every tensor the release's name match on "classifier" takes (its ``Classifier`` modules hold
+    GeM, the BNNecks and the Linear classifiers); ``"bnneck"``: the two Linear classifiers.
+    """
+    if groups == "bnneck":
+        return [*net.cls_gem.parameters(), *net.cls_proj.parameters()]
+    return [*net.gem.parameters(), *net.bn_gem.parameters(), *net.cls_gem.parameters()] + [
+        *net.bn_proj.parameters(),
+        *net.cls_proj.parameters(),
+    ]
+
+
+def set_trainable_heads(net: CSDNNet, groups: str) -> None:
+    """BNNeck biases train under the release's groups and stay frozen (at their value) under ``"bnneck"``."""
+    for bn in (net.bn_gem, net.bn_proj):
+        bn.bias.requires_grad_(groups == "release")
+
+
 def make_optimizer(net: CSDNNet, cfg: ReIDStageConfig) -> torch.optim.Adam:
-    """Adam with the classifiers at ``lr * classifier_lr_factor``."""
-    classifier_params = [*net.cls_gem.parameters(), *net.cls_proj.parameters()]
-    ids = {id(p) for p in classifier_params}
+    """Adam with the head tensors of ``cfg.param_groups`` at ``lr * classifier_lr_factor``, the rest at ``lr``
+    (call :func:`set_trainable_heads` first: frozen tensors are left out)."""
+    heads = [p for p in head_parameters(net, cfg.param_groups) if p.requires_grad]
+    ids = {id(p) for p in heads}
     backbone = [p for p in net.parameters() if p.requires_grad and id(p) not in ids]
     return torch.optim.Adam(
-        [{"params": backbone, "lr": cfg.lr}, {"params": classifier_params, "lr": cfg.lr * cfg.classifier_lr_factor}],
+        [{"params": backbone, "lr": cfg.lr}, {"params": heads, "lr": cfg.lr * cfg.classifier_lr_factor}],
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
     )
@@ -230,7 +266,9 @@ def reid_terms(
     """
     gather = gather or (lambda x: x)
     triplet: Callable[[Tensor, Tensor], Tensor] = (
-        triplet_wrt if cfg.triplet == "wrt" else (lambda f, y: triplet_hard(f, y, cfg.triplet_margin))
+        (lambda f, y: triplet_wrt(f, y, weights=cfg.wrt_weights))
+        if cfg.triplet == "wrt"
+        else (lambda f, y: triplet_hard(f, y, cfg.triplet_margin))
     )
     all_labels = gather(labels)
     terms = {
@@ -336,6 +374,7 @@ def train_reid(
         vis_labels, ir_labels, cfg.ids_per_batch, cfg.instances, seed=seed, rank=dist.rank, world_size=dist.world_size
     )
     batches = PairedBatches(cache, vis_rows, ir_rows, vis_labels, ir_labels, tcfg, cfg.channel_exchange_view)
+    set_trainable_heads(net, cfg.param_groups)  # before DDP, which registers what trains
     model = wrap_ddp(net, dist, sync_bn)  # net itself in one process
     optimizer = make_optimizer(net, cfg)
     scheduler = make_scheduler(

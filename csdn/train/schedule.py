@@ -31,6 +31,19 @@ def warmup_cosine_factor(
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def release_cosine_factor(
+    epoch: int, warmup_epochs: int, warmup_factor: float, total_epochs: int, min_factor: float
+) -> float:
+    """The release's stage-1/2 schedule (timm's cosine, ``warmup_prefix=False``, one cycle): a linear warm-up
+    from ``warmup_factor``, and a cosine to ``min_factor`` counted from epoch 0, not from the warm-up's end
+    (so it starts below 1 when the warm-up ends), held at ``min_factor`` from ``total_epochs`` on."""
+    if epoch < warmup_epochs:
+        return warmup_factor + epoch * (1 - warmup_factor) / warmup_epochs
+    if epoch >= total_epochs:
+        return min_factor
+    return min_factor + 0.5 * (1 - min_factor) * (1 + math.cos(math.pi * epoch / total_epochs))
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer,
     kind: str,
@@ -39,8 +52,10 @@ def make_scheduler(
     warmup_factor: float,
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
+    min_factor: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-epoch scheduler: ``kind`` is ``"multistep"`` or ``"cosine"`` (step it once per epoch)."""
+    """A per-epoch scheduler (step it once per epoch): ``kind`` is ``"multistep"``, ``"cosine"`` (the cosine
+    starts after the warm-up) or ``"release_cosine"`` (:func:`release_cosine_factor`, floor ``min_factor``)."""
     if kind == "multistep":
         fn = partial(
             warmup_multistep_factor,
@@ -53,6 +68,14 @@ def make_scheduler(
         fn = partial(
             warmup_cosine_factor, warmup_epochs=warmup_epochs, warmup_factor=warmup_factor, total_epochs=epochs
         )
+    elif kind == "release_cosine":
+        fn = partial(
+            release_cosine_factor,
+            warmup_epochs=warmup_epochs,
+            warmup_factor=warmup_factor,
+            total_epochs=epochs,
+            min_factor=min_factor,
+        )
     else:
-        raise ValueError(f"unknown schedule {kind!r}: use 'multistep' or 'cosine'")
+        raise ValueError(f"unknown schedule {kind!r}: use 'multistep', 'cosine' or 'release_cosine'")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

@@ -22,11 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE
+from csdn.data.release_bank import FeatureBankBatches
 from csdn.data.sampler import CrossModalitySampler
 from csdn.errors import ConfigError
 from csdn.losses import i2t_t2i_loss, similarity_logits
@@ -37,6 +39,8 @@ from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 from csdn.train.schedule import make_scheduler
 
 PAIRINGS = ("private", "all")
+SCHEDULES = ("release", "after_warmup")
+FEATURE_BANKS = ("release", "images")
 
 
 @dataclass(frozen=True)
@@ -53,12 +57,23 @@ class TextStageConfig:
     temperature: float = 1.0  # contrastive temperature (1 in the released code)
     cosine: bool = False  # contrastive logits on L2-normalised features (released: raw dot products)
     pairing: str = "private"  # stage 1 only: "private" (modality to its own prompts) or "all"
+    schedule: str = "release"  # "release": timm's cosine counted from epoch 0 (warm-up included) down to
+    # 1e-6, as the release; "after_warmup": the cosine starts where the warm-up ends and decays to 0
+    feature_bank: str = "release"  # "release": each stage draws its bank of (visible, infrared) feature pairs
+    # with AGW's identity sampler (with replacement) and trains on random batches of it; "images": every
+    # cached feature, in P x K cross-modality identity batches (see csdn.data.release_bank)
+
+    KEY_LEGACY: ClassVar[dict[str, Any]] = {"schedule": "after_warmup", "feature_bank": "images"}
 
     def __post_init__(self) -> None:
         if self.epochs < 0:  # 0 is allowed for a stage that does not train (stage 2 of a parameter-free SII)
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if self.pairing not in PAIRINGS:
             raise ConfigError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.feature_bank not in FEATURE_BANKS:
+            raise ConfigError(f"feature_bank must be one of {FEATURE_BANKS}, got {self.feature_bank!r}")
 
 
 @dataclass
@@ -71,15 +86,33 @@ class CachedFeatures:
     infrared_labels: Tensor  # (N_ir,)
 
 
+RELEASE_MIN_LR = 1e-6  # the release's stage-1/2 floor (its stage1_lr_min)
+
+
 def _setup(module: nn.Module, cfg: TextStageConfig, trainable: list[nn.Parameter]):
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, "cosine", cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr / cfg.lr)
+    kind, floor = ("release_cosine", RELEASE_MIN_LR / cfg.lr) if cfg.schedule == "release" else ("cosine", 0.0)
+    warmup_factor = cfg.warmup_lr / cfg.lr
+    scheduler = make_scheduler(optimizer, kind, cfg.epochs, cfg.warmup_epochs, warmup_factor, min_factor=floor)
     return optimizer, scheduler
 
 
 def _sampler(
-    feats: CachedFeatures, cfg: TextStageConfig, seed: int, dist: DistContext = SINGLE
-) -> CrossModalitySampler:
+    feats: CachedFeatures, cfg: TextStageConfig, seed: int, dist: DistContext = SINGLE, stage: int = 1
+) -> CrossModalitySampler | FeatureBankBatches:
+    """Stage ``stage``'s batches: the release's feature bank (stage 2: mixed batches) or P x K identity batches."""
+    if cfg.feature_bank == "release":
+        return FeatureBankBatches(
+            feats.visible_labels.tolist(),
+            feats.infrared_labels.tolist(),
+            cfg.ids_per_batch,
+            cfg.instances,
+            seed=seed,
+            stage=stage,
+            mixed=stage == 2,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
     return CrossModalitySampler(
         feats.visible_labels.tolist(),
         feats.infrared_labels.tolist(),
@@ -127,7 +160,7 @@ def text_diagnostics(feats: CachedFeatures, texts: dict[str, Tensor], cosine: bo
 
 
 def _epoch_runner(
-    sampler: CrossModalitySampler,
+    sampler: CrossModalitySampler | FeatureBankBatches,
     feats: CachedFeatures,
     optimizer: torch.optim.Optimizer,
     batch_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
@@ -229,11 +262,15 @@ def train_sii(
     sii.to(device)
     t_vis, t_ir = text_visible.to(device), text_infrared.to(device)
     optimizer, scheduler = _setup(sii, cfg, [p for p in sii.parameters() if p.requires_grad])
-    sampler = _sampler(feats, cfg, seed)
+    sampler = _sampler(feats, cfg, seed, stage=2)
 
     def batch_loss(fv: Tensor, lv: Tensor, fi: Tensor, li: Tensor) -> Tensor:
-        fused = _per_label(lambda labels: sii(t_vis[labels], t_ir[labels]), lv)
-        return i2t_t2i_loss(torch.cat([fv, fi]), torch.cat([lv, li]), fused, lv, cfg.temperature, cfg.cosine)
+        labels = torch.cat([lv, li])
+        # The release fuses one text per image of the batch; P x K batches use the visible half's labels, which
+        # hold the same identities K times each (the same loss up to a constant, as earlier caches trained it).
+        text_labels = labels if cfg.feature_bank == "release" else lv
+        fused = _per_label(lambda ids: sii(t_vis[ids], t_ir[ids]), text_labels)
+        return i2t_t2i_loss(torch.cat([fv, fi]), labels, fused, text_labels, cfg.temperature, cfg.cosine)
 
     def diagnose(on_device: CachedFeatures) -> dict[str, float]:
         return text_diagnostics(on_device, text_prototypes(sii, t_vis, t_ir), cfg.cosine)
