@@ -239,8 +239,9 @@ def remove_stale_temporaries(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def atomic_save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
-    """Save ``tensors`` (moved to the CPU, made contiguous) as safetensors at ``path`` atomically.
+def atomic_save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Save ``tensors`` (moved to the CPU, made contiguous) as safetensors at ``path`` atomically, with the
+    string ``metadata`` in the file's header.
 
     The file is written under a unique temporary name in the same folder (safe when several processes
     save the same artifact) and renamed into place; if the save fails, the temporary file is removed and
@@ -254,7 +255,7 @@ def atomic_save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
         fd, tmp = temporary_file(path.parent, f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
             os.chmod(tmp, 0o666 & ~process_umask())  # safetensors writes a file of its own (mode 0600)
             os.replace(tmp, path)
         except BaseException:

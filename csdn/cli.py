@@ -25,6 +25,7 @@ every process runs the pipeline on its share, rank 0 prints and writes the repor
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -38,7 +39,7 @@ from csdn.config import SELECTS, SYNTH_LAYOUTS, ExperimentConfig, get_profile, p
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.errors import CheckpointError, ClipWeightsError, ConfigError, CsdnError
 from csdn.model.network import VARIANTS
-from csdn.overrides import format_overrides, load_overrides, parse_overrides
+from csdn.overrides import format_overrides, load_overrides, override, parse_overrides
 from csdn.sources import dataset_label
 from csdn.train.distributed import world_size_from_env
 
@@ -230,6 +231,8 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: boo
     from csdn.train.distributed import init_from_env, shutdown
 
     cfg, overrides = experiment_config(args)
+    if trained_only and getattr(args, "weights", None):
+        cfg, overrides = apply_weights_settings(args.weights, cfg, overrides)
     dist = init_from_env(cfg.device)  # one process, or this rank of a torchrun job
     run = _open_run_folder(args, cfg, overrides) if dist.is_main else None
     try:
@@ -259,6 +262,33 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: boo
             run.close()
         shutdown(dist)
     return 0
+
+
+def apply_weights_settings(
+    weights: str | Path, cfg: ExperimentConfig, overrides: dict[str, Any]
+) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """``cfg`` and ``overrides`` with the settings the weights file records it needs (e.g. a converted release
+    checkpoint's stem and preprocessing), said on stdout; a command-line setting that contradicts one is a
+    :class:`ConfigError`."""
+    from csdn.experiment import weights_settings
+
+    needed = weights_settings(Path(weights))
+    if not needed:
+        return cfg, overrides
+    for key, value in needed.items():
+        if key in overrides and _setting(cfg, key) != value:
+            raise ConfigError(
+                f"{weights} records that its weights need {key}={json.dumps(value)} (the preprocessing they were "
+                f"trained with), but the command sets {key}={json.dumps(_setting(cfg, key))}: leave that setting out"
+            )
+    print(f"{weights} records the settings its weights need; applied: {format_overrides(needed)}")
+    return override(cfg, needed), {**overrides, **needed}
+
+
+def _setting(cfg: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
 
 
 def _evaluated(args: argparse.Namespace) -> str | None:
@@ -377,7 +407,9 @@ def _train_command(args: argparse.Namespace) -> str:
 def cmd_convert_release(args: argparse.Namespace) -> int:
     """Convert the authors' released checkpoint (.pth) to this package's network weights (.safetensors)."""
     from csdn.artifacts import atomic_save_tensors
+    from csdn.experiment import WEIGHTS_SETTINGS
     from csdn.model.release import (
+        RELEASE_SETTINGS,
         convert_release_state_dict,
         read_release_checkpoint,
         release_num_ids,
@@ -394,12 +426,13 @@ def cmd_convert_release(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.input}: {error}") from error
     if report.missing:
         raise CheckpointError(f"{args.input} leaves network tensors unfilled: {', '.join(report.missing[:5])}")
-    atomic_save_tensors(converted, args.output)
+    atomic_save_tensors(converted, args.output, metadata={WEIGHTS_SETTINGS: json.dumps(RELEASE_SETTINGS)})
     print(f"{args.input} -> {args.output}: {report.summary()}")
     print(f"the text side is not part of the image network: {_prefixes(report.unused)}")
+    print(f"recorded in the file, applied by csdn eval --weights: {format_overrides(RELEASE_SETTINGS)}")
     print(
-        "evaluate it with the release's stem: csdn eval --profile sysu-rn50 --data /path/to/SYSU-MM01 "
-        f"--weights {shlex.quote(str(args.output))} --set model.release_stem=true"
+        "evaluate it: csdn eval --profile sysu-rn50 --data /path/to/SYSU-MM01 "
+        f"--weights {shlex.quote(str(args.output))}"
     )
     return 0
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import torch
 from filelock import FileLock
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
@@ -699,6 +700,22 @@ def check_weights_file(path: Path) -> None:
             f"{path} is not a .safetensors file: evaluate this package's final.safetensors / best.safetensors, "
             "or convert the authors' release checkpoint first (csdn convert-release IN.pth OUT.safetensors)"
         )
+
+
+WEIGHTS_SETTINGS = "csdn.settings"  # safetensors metadata: JSON of the config settings the weights need
+
+
+def weights_settings(path: str | Path) -> dict[str, Any]:
+    """The settings a weights file records it needs (dotted config paths -> values; e.g. a converted release
+    checkpoint's stem and preprocessing), ``{}`` when it records none."""
+    path = Path(path)
+    check_weights_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get(WEIGHTS_SETTINGS)
+        return json.loads(recorded) if recorded else {}
+    except Exception as error:  # safetensors' own error types for a damaged file, or garbage metadata
+        raise CheckpointError(f"cannot read the header of weights file {path}: {error}") from error
 
 
 def load_weights(module: nn.Module, path: Path) -> None:

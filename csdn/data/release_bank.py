@@ -55,10 +55,10 @@ def agw_identity_pairs(
 class FeatureBankBatches:
     """Random batches of one stage's release feature bank, as ``(visible_positions, infrared_positions)``.
 
-    ``mixed=False`` (stage 1): ``P * K`` pairs a batch, so both lists have ``P * K`` entries and entry ``i`` of
-    each shares an identity. ``mixed=True`` (stage 2): ``2 * P * K`` features a batch from the bank's visible
-    and infrared halves shuffled together, so the two lists have uneven lengths. With ``world_size > 1``
-    (stage 1 under DDP) each rank keeps its contiguous slice of every batch's pairs.
+    Stage 1: ``P * K`` pairs a batch, so both lists have ``P * K`` entries and entry ``i`` of each shares an
+    identity. Stage 2: ``2 * P * K`` features a batch from the bank's visible and infrared halves shuffled
+    together ("mixed"), so the two lists have uneven lengths. With ``world_size > 1`` (stage 1 under DDP) each
+    rank keeps its contiguous slice of every batch's pairs.
     """
 
     def __init__(
@@ -69,10 +69,12 @@ class FeatureBankBatches:
         instances: int,
         seed: int = 0,
         stage: int = 1,
-        mixed: bool = False,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 (pairs) or 2 (mixed features), got {stage}")
+        mixed = stage == 2
         pairs = ids_per_batch * instances
         if world_size < 1 or not 0 <= rank < world_size or pairs % world_size:
             raise ValueError(f"{pairs} pairs a batch cannot be split over rank {rank} of {world_size} processes")

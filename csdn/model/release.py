@@ -17,8 +17,10 @@ image network: it is reported as unused. Which stem is which follows the release
 (visible) images go through ``image_encoder1``, infrared queries through ``image_encoder2``.
 
 The release's stem is ``Sequential(conv1, bn1, conv2, bn2, conv3, bn3, relu, avgpool)``: it has no ReLU after
-bn1 and bn2. Its weights were trained that way, so evaluate them with ``model.release_stem=True``
-(:func:`csdn.model.network.release_resnet_stem`); the converted keys are the same either way.
+bn1 and bn2. Its weights were trained that way, and on images resized with LANCZOS and normalised with ImageNet
+statistics, and its test code concatenates the plain and flipped features: :data:`RELEASE_SETTINGS`, which
+``csdn convert-release`` records in the converted file and ``csdn eval --weights`` applies
+(:func:`csdn.model.network.release_resnet_stem` is the stem; the converted keys are the same either way).
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ _PREFIXES = {  # release prefix -> CSDNNet prefix (the heads and the attention p
     "classifier2.classifier.": "cls_proj.",
 }
 TEXT_SIDE = ("prompt_learner1.", "prompt_learner2.", "text_encoder.", "attention_fusion.")  # no image counterpart
+# What the release's weights need to compute the release's features, recorded in a converted file and applied
+# by ``csdn eval --weights``: its ReLU-less stem, ImageNet statistics, LANCZOS resizing, and its flip fusion.
+RELEASE_SETTINGS = {
+    "model.release_stem": True,
+    "clip.input_stats": "imagenet",
+    "data.resize_filter": "lanczos",
+    "eval.flip_fusion": "concat",
+}
 
 
 @dataclass

@@ -6,7 +6,9 @@ images with the infrared prompts (the paper's modality-private semantics), ``"al
 of the batch against the texts of both learners (the released code).
 Stage 2 (SII) freezes the prompts, computes each identity's visible and infrared text features once,
 and trains only the fusion module with the same loss between fused texts and images of both modalities.
-Batches come from the cross-modality identity sampler: P identities x K visible + K infrared features.
+Batches (``feature_bank``): the release's bank of identity-sampled (visible, infrared) pairs, drawn once per
+stage and shuffled into random batches every epoch (:mod:`csdn.data.release_bank`), or every cached feature
+in batches of the cross-modality identity sampler: P identities x K visible + K infrared features.
 After every epoch the history records, per modality, the image-to-own-text top-1 over all training
 features (the identity's own text is the most similar of all identities' texts) and the mean text norm.
 
@@ -89,12 +91,16 @@ class CachedFeatures:
 RELEASE_MIN_LR = 1e-6  # the release's stage-1/2 floor (its stage1_lr_min)
 
 
-def _setup(module: nn.Module, cfg: TextStageConfig, trainable: list[nn.Parameter]):
-    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def text_stage_scheduler(optimizer: torch.optim.Optimizer, cfg: TextStageConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule of a text stage (``cfg.schedule``), stepped once per epoch."""
     kind, floor = ("release_cosine", RELEASE_MIN_LR / cfg.lr) if cfg.schedule == "release" else ("cosine", 0.0)
     warmup_factor = cfg.warmup_lr / cfg.lr
-    scheduler = make_scheduler(optimizer, kind, cfg.epochs, cfg.warmup_epochs, warmup_factor, min_factor=floor)
-    return optimizer, scheduler
+    return make_scheduler(optimizer, kind, cfg.epochs, cfg.warmup_epochs, warmup_factor, min_factor=floor)
+
+
+def _setup(module: nn.Module, cfg: TextStageConfig, trainable: list[nn.Parameter]):
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, text_stage_scheduler(optimizer, cfg)
 
 
 def _sampler(
@@ -109,7 +115,6 @@ def _sampler(
             cfg.instances,
             seed=seed,
             stage=stage,
-            mixed=stage == 2,
             rank=dist.rank,
             world_size=dist.world_size,
         )
