@@ -245,7 +245,7 @@ def test_stage_1_2_schedule_equals_the_release(case: dict) -> None:
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     other = [r[0] for r in _epoch_rates(optimizer, text_stage_scheduler(optimizer, after_warmup), cfg.epochs)]
     peak = s["warmup_t"]
-    assert other[peak] == pytest.approx(s["lr"]) and case["lrs"][peak] < s["lr"]  # "after_warmup" peaks, the release not
+    assert other[peak] == pytest.approx(s["lr"]) and case["lrs"][peak] < s["lr"]  # only "after_warmup" peaks
 
 
 def test_stage_3_schedule_equals_the_release() -> None:
