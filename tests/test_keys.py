@@ -93,6 +93,7 @@ def test_synthvi_keys_need_no_data_and_keep_their_earlier_values(tmp_path: Path)
     cfg = get_profile("smoke")
     e = Experiment(cfg, tmp_path / "cache", progress=False)
     m = cfg.model
+
     def before(part, *later: str) -> dict:  # the config as it was before the ``later`` fields existed
         return {k: v for k, v in asdict(part).items() if k not in later}
 
