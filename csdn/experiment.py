@@ -715,7 +715,7 @@ def weights_settings(path: str | Path) -> dict[str, Any]:
             recorded = (handle.metadata() or {}).get(WEIGHTS_SETTINGS)
         return json.loads(recorded) if recorded else {}
     except Exception as error:  # safetensors' own error types for a damaged file, or garbage metadata
-        raise CheckpointError(f"cannot read the header of weights file {path}: {error}") from error
+        raise CheckpointError(f"cannot read weights file {path}: {error}") from error
 
 
 def load_weights(module: nn.Module, path: Path) -> None:

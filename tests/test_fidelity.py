@@ -374,6 +374,24 @@ def test_converted_release_weights_are_evaluated_with_their_own_preprocessing(tm
     assert "clip.input_stats" in err and "leave that setting out" in err and str(converted) in err
 
 
+def test_the_embedded_world_trains_end_to_end_with_every_release_switch(tmp_path: Path) -> None:
+    release = {
+        **RELEASE_PREPROCESSING,
+        **{f"stage{n}.{k}": "release" for n in (1, 2) for k in ("schedule", "feature_bank")},
+        "stage3.wrt_weights": "agw",
+        "stage3.param_groups": "release",
+    }
+    cfg = override(get_profile("smoke"), release)
+    plain = Experiment(get_profile("smoke"), tmp_path, progress=False)
+    experiment = Experiment(cfg, tmp_path, progress=False)
+    assert experiment.stage3_key != plain.stage3_key and experiment.clip_features_key != plain.clip_features_key
+    results = experiment.evaluate()
+    assert all(np.isfinite(r.mAP) and r.mAP > 0 for r in results.values())
+    for stage in ("stage1", "stage2", "stage3"):
+        assert all(np.isfinite(epoch["loss"]) for epoch in experiment.histories[stage])
+    assert experiment.network.bn_gem.bias.abs().sum() > 0  # the release trains the BNNeck biases
+
+
 def test_release_settings_are_the_profiles_preprocessing_plus_the_stem() -> None:
     assert {k: v for k, v in RELEASE_SETTINGS.items() if k != "model.release_stem"} == {
         k: v for k, v in RELEASE_PREPROCESSING.items() if k != "clip.grid_interpolation"

@@ -37,8 +37,9 @@ def _features(num_ids: int = 6, per_id: int = 4, dim: int = 128) -> CachedFeatur
     return CachedFeatures(centres[labels] + noise(), labels, centres[labels] + noise(), labels.clone())
 
 
+@pytest.mark.parametrize("feature_bank", ["release", "images"])
 @pytest.mark.parametrize("pairing", ["private", "all"])
-def test_stage1_prompt_learning_reduces_the_loss(bundle, tmp_path: Path, pairing: str) -> None:
+def test_stage1_prompt_learning_reduces_the_loss(bundle, tmp_path: Path, pairing: str, feature_bank: str) -> None:
     enc = bundle.text_encoder()
     prompts = ModalityPrompts.build(
         6,
@@ -50,19 +51,22 @@ def test_stage1_prompt_learning_reduces_the_loss(bundle, tmp_path: Path, pairing
         generator=torch.Generator().manual_seed(0),
     )
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    cfg = TextStageConfig(epochs=6, warmup_epochs=1, lr=3e-3, ids_per_batch=3, instances=2, pairing=pairing)
+    cfg = TextStageConfig(
+        epochs=6, warmup_epochs=1, lr=3e-3, ids_per_batch=3, instances=2, pairing=pairing, feature_bank=feature_bank
+    )
     history = train_prompts(prompts, enc, _features(), cfg, tmp_path, LoopConfig(epochs=6, progress=False))
     assert history[-1]["loss"] < history[0]["loss"]
     for k, v in enc.state_dict().items():  # the text encoder stays frozen
         assert torch.equal(v, before[k])
 
 
-def test_stage2_trains_only_sii(tmp_path: Path) -> None:
+@pytest.mark.parametrize("feature_bank", ["release", "images"])
+def test_stage2_trains_only_sii(tmp_path: Path, feature_bank: str) -> None:
     feats = _features()
     g = torch.Generator().manual_seed(1)
     t_vis, t_ir = torch.randn(6, 128, generator=g), torch.randn(6, 128, generator=g)
     sii = make_sii("official", 128)
-    cfg = TextStageConfig(epochs=5, warmup_epochs=1, lr=1e-3, ids_per_batch=3, instances=2)
+    cfg = TextStageConfig(epochs=5, warmup_epochs=1, lr=1e-3, ids_per_batch=3, instances=2, feature_bank=feature_bank)
     history = train_sii(sii, t_vis, t_ir, feats, cfg, tmp_path, LoopConfig(epochs=5, progress=False))
     assert history[-1]["loss"] < history[0]["loss"]
 
