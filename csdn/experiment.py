@@ -536,17 +536,7 @@ class Experiment:
         ``read_done(run_dir)["config_key"]`` with :attr:`stage3_key` to know.
         """
         run_dir = Path(run_dir)
-        if run_dir.is_symlink() and not run_dir.exists():  # a run folder's stages/stage3 after the cache went
-            raise CheckpointError(
-                f"{run_dir}: a link to {os.readlink(run_dir)}, which no longer exists (the artifact cache it "
-                "points into was deleted or moved); train that stage again, or pass its folder or weights "
-                "file where they are now"
-            )
-        if not (run_dir / DONE).is_file():
-            raise CheckpointError(
-                f"{run_dir} is not a finished stage-3 run folder (no {DONE}); pass a folder "
-                "$CSDN_CACHE/runs/stage3-<key> whose training finished, or its weights file with --weights"
-            )
+        check_run_folder(run_dir)
         return self._load_run("stage3", run_dir, self.build_network())
 
     @cached_property
@@ -691,6 +681,22 @@ def read_done(run_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot read {path} ({error}): not a finished run folder of csdn") from error
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """:class:`CheckpointError` unless ``run_dir`` is a finished stage-3 run folder (``done.json``)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink() and not run_dir.exists():  # a run folder's stages/stage3 after the cache went
+        raise CheckpointError(
+            f"{run_dir}: a link to {os.readlink(run_dir)}, which no longer exists (the artifact cache it "
+            "pointed into was deleted or moved); train that stage again, or pass its folder or weights "
+            "file where they are now"
+        )
+    if not (run_dir / DONE).is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a finished stage-3 run folder (no {DONE}); pass a folder "
+            "$CSDN_CACHE/runs/stage3-<key> whose training finished, or its weights file with --weights"
+        )
 
 
 def check_weights_file(path: Path) -> None:

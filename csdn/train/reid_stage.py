@@ -88,6 +88,8 @@ class ReIDStageConfig:
             )
         if self.triplet not in TRIPLETS:
             raise ConfigError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0: batches built in the main process), got {self.workers}")
         if self.hse_temperature <= 0 or self.msel_weight < 0:
             raise ConfigError(
                 f"need hse_temperature > 0 and msel_weight >= 0, got {self.hse_temperature}, {self.msel_weight}"
