@@ -158,11 +158,9 @@ class Experiment:
     @cached_property
     def train_cache(self) -> ImageCache:
         """The training images' cache; with ``cfg.skip_bad_images`` unreadable ones are left out."""
-        skip = self.cfg.skip_bad_images
+        skip, records = self.cfg.skip_bad_images, self.train_records  # (a dataset that does not open: said as is)
         try:
-            return ImageCache.build(
-                self.train_records, self.image_size, self.cache_root, progress=self.progress, skip_bad=skip
-            )
+            return ImageCache.build(records, self.image_size, self.cache_root, progress=self.progress, skip_bad=skip)
         except DatasetError as error:
             if skip:
                 raise
