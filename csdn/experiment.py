@@ -715,7 +715,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
     try:
         state = load_tensors(path, "replace it with an intact copy", checksum=False)  # checked if it has a checksum
     except CacheError as error:
-        raise CheckpointError(f"weights file {error}") from error
+        raise CheckpointError(f"cannot read weights file {error}") from error
     problems = state_dict_mismatch(module.state_dict(), state)
     if problems:
         raise CheckpointError(

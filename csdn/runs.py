@@ -17,7 +17,8 @@
 
 A run folder belongs to one run: it is marked as csdn's (``.csdn-run.json``: the config's key and, for
 ``csdn eval`` of given weights, their digest) when created, and csdn refuses to write into an existing folder
-that is not one of its run folders, or is the folder of another configuration or other weights. One
+that is not one of its run folders, or is the finished run folder (it holds results) of another
+configuration or other weights; the folder of another run that never finished is taken over. One
 process writes it at a time (``.csdn-run.lock``; a second is refused). ``config.json``, ``overrides.json``
 and ``version.json`` are written with the report, so they always describe the results beside them; a
 failed command leaves the results and provenance of the last successful one as they were.
@@ -199,11 +200,14 @@ class RunFolder:
             if marker is not None and not isinstance(marker, dict):
                 raise ConfigError(f"{self.path / MARKER}: not a run folder marker of csdn; choose another --out")
             if marker and marker.get("identity") != identity:
-                raise ConfigError(
-                    f"{self.path}: the run folder of another run ({marker.get('run')}); this one ({description}) "
-                    "needs its own: choose another --out, or leave --out out for a folder named after the run"
-                )
-            if not marker:
+                if (self.path / "results.json").is_file():
+                    raise ConfigError(
+                        f"{self.path}: the run folder of another run ({marker.get('run')}); this one "
+                        f"({description}) needs its own: choose another --out, or leave --out out for a folder "
+                        "named after the run"
+                    )
+                self._clear_stages()  # another run that never finished: the folder is free, its stage files go
+            if not marker or marker.get("identity") != identity:
                 atomic_write_json(self.path / MARKER, {"identity": identity, "run": description})
         except BaseException:
             lock.release()
@@ -231,6 +235,17 @@ class RunFolder:
                 f"{self.path}: the run folder of another configuration (its config.json); this one ({description}) "
                 "needs its own: choose another --out, or leave --out out for a folder named after the run"
             )
+
+    def _clear_stages(self) -> None:
+        """Remove the stage files (CSV, link, listing) and event files an unfinished earlier run left."""
+        listing = self.path / f"{STAGES}.json"
+        for name in _read_json_or_none(listing) or {}:
+            (self.path / f"{name}.csv").unlink(missing_ok=True)
+            if (self.path / STAGES / name).is_symlink():
+                (self.path / STAGES / name).unlink()
+        listing.unlink(missing_ok=True)
+        for old in (self.path / TENSORBOARD).glob("events.out.tfevents.*"):
+            old.unlink()
 
     def _write_provenance(self) -> None:
         """The config, overrides and versions of this run (beside the results it just wrote)."""

@@ -203,3 +203,12 @@ def test_stages_and_features_of_a_csdn_without_checksums_are_rewritten(
     err = capsys.readouterr().err
     assert err.count("was written by a csdn without checksums") == len(old)
     assert not any(lacks_checksum(path) for path in old)
+
+
+def test_the_folder_of_a_run_that_never_finished_is_taken_over(warm: Path, tmp_path: Path, monkeypatch) -> None:
+    world = World(tmp_path, warm, monkeypatch)
+    cache, out = world.cache(), tmp_path / "out"
+    wrong = ["--cache", str(cache), "train", "--profile", "sysu-rn50", "--data", str(tmp_path / "nowhere")]
+    assert main([*wrong, "--out", str(out)]) == 2  # claimed, then stopped: the dataset is not there
+    assert main(world.train(cache, "--out", str(out))) == 0
+    assert json.loads((out / "config.json").read_text())["name"] == "smoke"
