@@ -9,6 +9,12 @@ file the user creates (a shared cache stays shared).
 
 A write that fails for a reason the user can fix (disk full, read-only or not permitted, a file where a
 folder is needed) raises :class:`~csdn.errors.StorageError` naming the path and the fix.
+
+What the cache serves carries a checksum (blake2b) of its content, written when it is built and checked
+when it is read, so bit rot or a half-copied cache is one :class:`~csdn.errors.CacheError` naming the file
+and what to delete, never a silently different result: an artifact directory lists the digests of the
+files its builder names (``checksummed``) in its completion marker; a safetensors file holds the digest of
+its tensors in its own metadata (:func:`atomic_save_tensors`, :func:`load_tensors`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 COMPLETE_MARKER = ".complete"
+CHECKSUM_KEY = "csdn_blake2b"  # safetensors metadata entry: the digest of the file's tensors (tensors_digest)
 # Version of the code that produces trained artifacts (tiny CLIP, frozen-CLIP features, stages 1-3). It is
 # part of every one of their cache keys: bump it whenever a change could alter a trained result, so that
 # an existing cache never serves the old code's results. 2: shared stem in one call, MSEL, first-view HSE,
@@ -170,32 +178,78 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file()
 
 
-def build_once(target: Path, produce: Callable[[Path], None]) -> Path:
+def file_digest(path: str | Path) -> str:
+    """blake2b (16 bytes, hex) of a file's bytes, read in chunks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def stored_checksums(target: Path) -> dict[str, str] | None:
+    """The file digests a finished artifact's marker lists; None for a marker of a csdn without checksums."""
+    text = (Path(target) / COMPLETE_MARKER).read_text()
+    if text.strip() == "ok":  # the marker csdn wrote before checksums
+        return None
+    try:
+        return dict(json.loads(text)["blake2b"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CacheError(
+            f"{Path(target) / COMPLETE_MARKER}: not a completion marker of csdn ({error}); delete the folder "
+            f"{target} to build it again"
+        ) from error
+
+
+def verify_artifact(target: Path) -> None:
+    """:class:`CacheError` naming the first file of ``target`` whose content no longer matches its checksum."""
+    target = Path(target)
+    for name, expected in (stored_checksums(target) or {}).items():
+        path = target / name
+        try:
+            found = file_digest(path)
+        except OSError as error:
+            found = f"unreadable: {error.strerror or error}"
+        if found != expected:
+            raise CacheError(
+                f"{path}: damaged (its content no longer matches the checksum written when it was built: {found} "
+                f"instead of {expected}); delete the folder {target} to build it again"
+            )
+
+
+def build_once(target: Path, produce: Callable[[Path], None], checksummed: tuple[str, ...] = ()) -> Path:
     """Return ``target``, calling ``produce(tmp_dir)`` to create it first if it is not complete.
 
-    ``produce`` fills a fresh temporary directory; on success it is renamed to ``target``. On failure
-    the temporary directory is removed and nothing is left at ``target``. Concurrent callers (threads
-    or processes) wait on a lock file and reuse the finished artifact.
+    ``produce`` fills a fresh temporary directory; on success the digests of its files ``checksummed``
+    go into the completion marker (see :func:`verify_artifact`) and it is renamed to ``target``. On
+    failure the temporary directory is removed and nothing is left at ``target``. Concurrent callers
+    (threads or processes) wait on a lock file and reuse the finished artifact. A finished artifact whose
+    marker predates checksums (``checksummed`` given) is built again, with a note saying why.
     """
     target = Path(target)
-    if is_complete(target):  # read without a lock: a finished cache is usable on a read-only mount
+    if _usable(target, checksummed):  # read without a lock: a finished cache is usable on a read-only mount
         return target
     with writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock"):
-            if is_complete(target):
+            if _usable(target, checksummed):
                 return target
-            if target.exists():  # an interrupted earlier attempt without the marker
+            if is_complete(target):
+                print(f"note: {target} was built by a csdn without checksums; building it again", file=sys.stderr)
+            if target.exists():  # an interrupted earlier attempt without the marker, or one without checksums
                 shutil.rmtree(target)
             tmp = temporary_dir(target.parent, f".{target.name}.")
             try:
                 produce(tmp)
-                (tmp / COMPLETE_MARKER).write_text("ok\n")
+                digests = {name: file_digest(tmp / name) for name in checksummed}
+                (tmp / COMPLETE_MARKER).write_text(json.dumps({"blake2b": digests}, indent=2, sort_keys=True) + "\n")
                 os.replace(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
     return target
+
+
+def _usable(target: Path, checksummed: tuple[str, ...]) -> bool:
+    """Finished, and (when files are to be checksummed) written by a csdn that checksums them."""
+    return is_complete(target) and (not checksummed or stored_checksums(target) is not None)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -218,15 +272,59 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def load_tensors(path: str | Path, fix: str) -> dict[str, Tensor]:
-    """The tensors of the safetensors file ``path``; a truncated or foreign file is a :class:`CacheError`."""
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """blake2b (16 bytes, hex) of named tensors: each name, dtype, shape and bytes, in name order."""
+    import torch
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def stored_tensors_digest(path: str | Path) -> str | None:
+    """The digest a safetensors file written by :func:`atomic_save_tensors` holds; None for any other file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(CHECKSUM_KEY)
+    except (SafetensorError, OSError):  # unreadable: load_tensors says so
+        return None
+
+
+def lacks_checksum(path: str | Path) -> bool:
+    """Whether ``path`` is a readable safetensors file without a checksum (one an older csdn wrote)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return CHECKSUM_KEY not in (handle.metadata() or {})
+    except (SafetensorError, OSError):  # missing or unreadable: not a file to upgrade
+        return False
+
+
+def load_tensors(path: str | Path, fix: str, checksum: bool = True) -> dict[str, Tensor]:
+    """The tensors of the safetensors file ``path``, checked against the checksum it holds.
+
+    A truncated, foreign or damaged file is a :class:`CacheError` ending in ``fix``; so is one without a
+    checksum unless ``checksum=False`` (a file csdn did not write, checked when it carries one).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError) as error:  # truncated or foreign (SafetensorError), missing (OSError)
         raise CacheError(f"{path}: unreadable (truncated or not a safetensors file: {error}); {fix}") from error
+    expected = stored_tensors_digest(path)
+    if expected is None and checksum:
+        raise CacheError(f"{path}: no checksum (written by an older csdn or another program); {fix}")
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise CacheError(f"{path}: damaged (its tensors no longer match the checksum written with them); {fix}")
+    return tensors
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -243,9 +341,9 @@ def atomic_save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[s
     """Save ``tensors`` (moved to the CPU, made contiguous) as safetensors at ``path`` atomically, with the
     string ``metadata`` in the file's header.
 
-    The file is written under a unique temporary name in the same folder (safe when several processes
-    save the same artifact) and renamed into place; if the save fails, the temporary file is removed and
-    ``path`` keeps what it held before.
+    The file holds the checksum of its tensors (:func:`load_tensors` checks it). It is written under a
+    unique temporary name in the same folder (safe when several processes save the same artifact) and renamed
+    into place; if the save fails, the temporary file is removed and ``path`` keeps what it held before.
     """
     from safetensors.torch import save_file
 
@@ -255,7 +353,8 @@ def atomic_save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[s
         fd, tmp = temporary_file(path.parent, f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+            tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            save_file(tensors, tmp, metadata={**(metadata or {}), CHECKSUM_KEY: tensors_digest(tensors)})
             os.chmod(tmp, 0o666 & ~process_umask())  # safetensors writes a file of its own (mode 0600)
             os.replace(tmp, path)
         except BaseException:

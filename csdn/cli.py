@@ -9,7 +9,8 @@ winning; all through :func:`csdn.overrides.override`. Every report records the o
 Exit status: 0 on success; 2 on bad input, i.e. a :class:`~csdn.errors.CsdnError` (a config value, a
 dataset, a checkpoint, CLIP weights, a non-finite loss, a folder that cannot be written), printed as one
 line ``csdn: error: ...`` like a bad command line; a write that fails for lack of space or permission is
-reported the same way. 130 on Ctrl-C, with a line saying that rerunning the same command resumes. Any
+reported the same way. 130 on Ctrl-C and 143 on SIGTERM, with a line saying that rerunning the same command
+resumes. Any
 other exception is a bug and keeps its traceback. ``train``, ``eval`` and ``demo`` check up front what
 would otherwise fail only after training: the reports folder is writable, the dataset opens, and every
 test image decodes (the image caches evaluation reads are built first).
@@ -27,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +48,7 @@ from csdn.train.distributed import world_size_from_env
 
 EXIT_BAD_INPUT = 2  # exit status of a CsdnError (and of argparse's usage errors)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+EXIT_TERMINATED = 143  # SIGTERM, as a shell reports it
 EPILOG = (
     "Config: --profile, then the flags, then --config files, then --set KEY=VALUE (dotted keys such as "
     "stage3.epochs=10 or model.sii=attention; a later value wins). Exit status 2 on bad input "
@@ -136,7 +140,7 @@ def experiment_config(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[
     configuration is refused (:func:`check_flags_act`).
     """
     changes = command_overrides(args)
-    cfg = get_profile(args.profile, data_root=getattr(args, "data", None), **changes)
+    cfg = override(get_profile(args.profile, data_root=getattr(args, "data", None)), changes)
     check_flags_act(args, cfg)
     return cfg, changes
 
@@ -208,22 +212,55 @@ def _print_statistics(reader) -> None:
     print(camera_table(reader.train).to_string(index=False))
 
 
-def run_folder_path(args: argparse.Namespace, cfg: ExperimentConfig, overrides: dict[str, Any]) -> Path:
-    """``--out``, or ``<--reports>/<profile>-<variant>-seed<k>[-<hash of the other overrides>]``."""
+def run_folder_path(
+    args: argparse.Namespace, cfg: ExperimentConfig, overrides: dict[str, Any], weights: tuple[Path, str] | None = None
+) -> Path:
+    """``--out``, or ``<--reports>/<profile>-<variant>-seed<k>[-<hash of the other overrides>]``, plus
+    ``-weights-<digest>`` for ``csdn eval`` of given ``weights`` (file, digest)."""
     from csdn.runs import default_run_name
 
-    return Path(args.out) if args.out else Path(args.reports) / default_run_name(cfg, overrides)
+    if args.out:
+        return Path(args.out)
+    name = default_run_name(cfg, overrides) + (f"-weights-{weights[1][:8]}" if weights else "")
+    return Path(args.reports) / name
 
 
-def _open_run_folder(args: argparse.Namespace, cfg: ExperimentConfig, overrides: dict[str, Any]):
-    """The run folder of this command, started (config, versions, first log line; printed)."""
+def _open_run_folder(
+    args: argparse.Namespace, cfg: ExperimentConfig, overrides: dict[str, Any], weights: tuple[Path, str] | None
+):
+    """The run folder of this command, claimed and started (first log line; printed)."""
     from tqdm.auto import tqdm
 
     from csdn.runs import RunFolder
 
-    run = RunFolder(run_folder_path(args, cfg, overrides), echo=tqdm.write)
-    run.start(args.command, cfg, overrides, getattr(args, "argv", []), args.cache)
+    run = RunFolder(run_folder_path(args, cfg, overrides, weights), echo=tqdm.write)
+    run.start(args.command, cfg, overrides, getattr(args, "argv", []), args.cache, weights=weights)
     return run
+
+
+def _given_weights(args: argparse.Namespace) -> tuple[Path, str] | None:
+    """The weights file ``csdn eval --weights/--run`` evaluates (checked first) and its digest; else None."""
+    from csdn.artifacts import file_digest
+    from csdn.experiment import FINAL, check_run_folder, check_weights_file
+
+    if getattr(args, "weights", None):
+        check_weights_file(args.weights)
+        return args.weights, file_digest(args.weights)
+    if getattr(args, "run", None):
+        check_run_folder(args.run)
+        return args.run / FINAL, file_digest(args.run / FINAL)
+    return None
+
+
+def _schedule_notes(cfg: ExperimentConfig) -> list[str]:
+    """A note for each training stage whose schedule the epochs cut short (warm-up or steps never reached)."""
+    from csdn.train.schedule import cut_short
+
+    stages = {"stage3": cfg.stage3}
+    if cfg.model.uses_text:
+        stages.update({"stage1": cfg.stage1, **({"stage2": cfg.stage2} if cfg.trains_sii else {})})
+    notes = [cut_short(name, stage) for name, stage in stages.items()]
+    return [note for note in notes if note]
 
 
 def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: bool = False) -> int:
@@ -234,7 +271,13 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: boo
     if trained_only and getattr(args, "weights", None):
         cfg, overrides = apply_weights_settings(args.weights, cfg, overrides)
     dist = init_from_env(cfg.device)  # one process, or this rank of a torchrun job
-    run = _open_run_folder(args, cfg, overrides) if dist.is_main else None
+    weights = _given_weights(args) if trained_only else None  # before the run folder: a bad one is refused
+    notes = [] if trained_only else _schedule_notes(cfg)
+    for note in notes if dist.is_main else []:
+        print(f"csdn: note: {note}", file=sys.stderr)
+    run = _open_run_folder(args, cfg, overrides, weights) if dist.is_main else None
+    for note in notes if run is not None else []:
+        run.line(f"note: {note}", echo=False)
     try:
         t0 = time.perf_counter()
         experiment = Experiment(cfg, args.cache, dist=dist, logger=run, trained_only=trained_only)
@@ -333,7 +376,9 @@ def _report(
             )
     from csdn.runs import describe
 
-    written = write_report(run.path, results, extra=extra, overrides=overrides, description=describe(cfg))
+    written = run.finished(
+        lambda: write_report(run.path, results, extra=extra, overrides=overrides, description=describe(cfg))
+    )  # the results, then the config and versions that describe them
     print()
     run.line(f"finished in {seconds:.1f}s; run folder {run.path}; report: {', '.join(p.name for p in written)}")
 
@@ -612,22 +657,36 @@ def _add_convert_release(sub) -> None:
     p.set_defaults(func=cmd_convert_release)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``kill`` and job schedulers send), raised where the process is, as Ctrl-C is."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated("terminated by SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return _main(argv)
-    except KeyboardInterrupt:
-        return _interrupted()
+    except KeyboardInterrupt as interrupt:
+        return _interrupted(interrupt)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupted() -> int:
-    """Ctrl-C: one line saying how to resume, and the shell's status for SIGINT."""
+def _interrupted(interrupt: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM: one line saying how to resume, and the shell's status for the signal."""
     _close_progress_bars()
+    terminated = isinstance(interrupt, Terminated)
     print(
-        "csdn: interrupted; rerun the same command to resume (finished stages and the last epoch's "
-        "checkpoint are kept)",
+        f"csdn: interrupted{' (SIGTERM)' if terminated else ''}; rerun the same command to resume (finished "
+        "stages and the last epoch's checkpoint are kept)",
         file=sys.stderr,
     )
-    return EXIT_INTERRUPTED
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 def _main(argv: list[str] | None) -> int:

@@ -67,8 +67,8 @@ class DataConfig:
             raise ConfigError(
                 f"a data root ({self.root}) is for a real dataset, but the data is SynthVI (generated into the "
                 "cache, no folder to read): choose a real-data profile (--profile sysu-rn50, regdb-rn50, "
-                "llcm-vitb16, ...; in a notebook PROFILE = ...) or name the dataset (--dataset / "
-                "data.dataset=sysu), or leave the root out (--data; in a notebook DATA_ROOT = None)"
+                "llcm-vitb16, ...; in a notebook PROFILE = ...) or name the dataset (--set data.dataset=sysu; "
+                "csdn stats also takes --dataset), or leave the root out (--data; in a notebook DATA_ROOT = None)"
             )
         if not self.synthetic and not self.root:
             raise ConfigError(

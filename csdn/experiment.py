@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import sys
 from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +29,6 @@ from typing import Any, Protocol
 import torch
 from filelock import FileLock
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
@@ -38,8 +39,10 @@ from csdn.artifacts import (
     config_key,
     is_complete,
     key_fields,
+    lacks_checksum,
     load_tensors,
     remove_stale_temporaries,
+    stored_checksums,
     writing,
 )
 from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, load_clip, local_dir_source, state_dict_differences
@@ -164,10 +167,10 @@ class Experiment:
     @cached_property
     def train_cache(self) -> ImageCache:
         """The training images' cache; with ``cfg.skip_bad_images`` unreadable ones are left out."""
-        skip = self.cfg.skip_bad_images
+        skip, records = self.cfg.skip_bad_images, self.train_records  # (a dataset that does not open: said as is)
         try:
             return ImageCache.build(
-                self.train_records,
+                records,
                 self.image_size,
                 self.cache_root,
                 progress=self.progress,
@@ -228,10 +231,11 @@ class Experiment:
         """Refuse (:class:`NotTrainedError`) when the config's tiny CLIP is not pretrained in the cache."""
         c = self.cfg.clip
         folder = self.cache_root / "tiny_clip" / tiny_clip_key(c.pretrain, self.cfg.data.synth)
-        if not is_complete(folder):
+        if not is_complete(folder) or stored_checksums(folder) is None:  # (a folder without checksums is rebuilt)
             raise NotTrainedError(
                 f"the tiny CLIP this config builds on ({c.pretrain.arch}) is not in the cache {self.cache_root} "
-                f"(no {folder}) and evaluation does not pretrain it: run `csdn pretrain-clip` with the same "
+                f"(no finished {folder} with checksums) and evaluation does not pretrain it: run `csdn pretrain-clip` "
+                "with the same "
                 "profile and settings first, or use the cache that holds it (--cache)"
             )
 
@@ -302,7 +306,9 @@ class Experiment:
         records = self.train_cache.records  # the training records (less unreadable ones when skipping)
         path = self.cache_root / "features" / f"clip-{self.clip_features_key}.safetensors"
         labels = torch.tensor([self.labels[r.pid] for r in records])
-        if not self.dist.agree(path.is_file()):
+        if self.dist.is_main and lacks_checksum(path):
+            print(f"note: {path} was written by a csdn without checksums; computing it again", file=sys.stderr)
+        if not self.dist.agree(path.is_file() and not lacks_checksum(path)):
             visual = self.clip.visual()
             if self.cfg.model.release_stem:  # the release extracts its bank through its own (ReLU-less) stem
                 visual.stem = release_resnet_stem(visual)
@@ -328,7 +334,7 @@ class Experiment:
             self._require_done(name, run_dir)
             loaded = True
         else:
-            loaded = self.dist.agree((run_dir / DONE).is_file())
+            loaded = self.dist.agree(_finished(run_dir))
             if not loaded:
                 self._train_stage(run_dir, key, module, train)
         fix = f"delete the folder {run_dir} to train this stage again"
@@ -362,7 +368,14 @@ class Experiment:
         with writing(run_dir):  # a read-only or full cache: one clear error naming the folder
             run_dir.mkdir(parents=True, exist_ok=True)
             with lock:
-                if not d.agree((run_dir / DONE).is_file()):
+                if not d.agree(_finished(run_dir)):
+                    if d.is_main and (run_dir / DONE).is_file():  # final.safetensors without a checksum
+                        print(
+                            f"note: {run_dir / FINAL} was written by a csdn without checksums; training the stage "
+                            "again (from its last checkpoint, where one is kept)",
+                            file=sys.stderr,
+                        )
+                        (run_dir / DONE).unlink()
                     seed_everything(self.cfg.seed)
                     history = train(run_dir)
                     if d.is_main:
@@ -548,11 +561,7 @@ class Experiment:
         ``read_done(run_dir)["config_key"]`` with :attr:`stage3_key` to know.
         """
         run_dir = Path(run_dir)
-        if not (run_dir / DONE).is_file():
-            raise CheckpointError(
-                f"{run_dir} is not a finished stage-3 run folder (no {DONE}); pass a folder "
-                "$CSDN_CACHE/runs/stage3-<key> whose training finished, or its weights file with --weights"
-            )
+        check_run_folder(run_dir)
         return self._load_run("stage3", run_dir, self.build_network())
 
     @cached_property
@@ -652,11 +661,15 @@ class Experiment:
         return validate
 
     def check_test_images(self) -> None:
-        """Build the image caches evaluation reads (every query and gallery image of the test protocols).
+        """Build the image caches evaluation reads (every query and gallery image of the test protocols), and
+        (unless ``trained_only``) the training images' cache.
 
-        Run before training, an unreadable test image stops the run at once instead of after training;
-        evaluation then reuses these caches (the same record lists as :func:`evaluate_split` asks for).
+        Run before training (and before the tiny CLIP's pretraining), an unreadable image stops the run at once
+        instead of after training; evaluation then reuses these caches (the same record lists as
+        :func:`evaluate_split` asks for).
         """
+        if not self.trained_only:
+            self.train_cache  # noqa: B018 (built now: an unreadable training image is found before any training)
         for split in self.dataset.test_splits(self.split_options()):
             galleries = [split.gallery(t) for t in split.trials]
             self.image_cache(list(split.query))
@@ -676,6 +689,11 @@ class Experiment:
         }
 
 
+def _finished(run_dir: Path) -> bool:
+    """A stage's run folder is done, its final.safetensors with a checksum (or unreadable: said when loaded)."""
+    return (run_dir / DONE).is_file() and not lacks_checksum(run_dir / FINAL)
+
+
 def _file_digest(path: Path) -> str:
     """blake2b of a file's bytes, read in chunks (CLIP weights files are hundreds of MB)."""
     with open(path, "rb") as handle:
@@ -689,6 +707,22 @@ def read_done(run_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot read {path} ({error}): not a finished run folder of csdn") from error
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """:class:`CheckpointError` unless ``run_dir`` is a finished stage-3 run folder (``done.json``)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink() and not run_dir.exists():  # a run folder's stages/stage3 after the cache went
+        raise CheckpointError(
+            f"{run_dir}: a link to {os.readlink(run_dir)}, which no longer exists (the artifact cache it "
+            "pointed into was deleted or moved); train that stage again, or pass its folder or weights "
+            "file where they are now"
+        )
+    if not (run_dir / DONE).is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a finished stage-3 run folder (no {DONE}); pass a folder "
+            "$CSDN_CACHE/runs/stage3-<key> whose training finished, or its weights file with --weights"
+        )
 
 
 def check_weights_file(path: Path) -> None:
@@ -723,9 +757,9 @@ def load_weights(module: nn.Module, path: Path) -> None:
     path = Path(path)
     check_weights_file(path)
     try:
-        state = load_file(str(path))
-    except Exception as error:  # safetensors raises its own error types for a damaged or foreign file
-        raise CheckpointError(f"cannot read weights file {path}: {error}") from error
+        state = load_tensors(path, "replace it with an intact copy", checksum=False)  # checked if it has a checksum
+    except CacheError as error:
+        raise CheckpointError(f"cannot read weights file {error}") from error
     problems = state_dict_mismatch(module.state_dict(), state)
     if problems:
         raise CheckpointError(

@@ -15,6 +15,14 @@
       stages.json        the same as a listing (path, loaded from the cache or trained, epochs)
       results.json, results.md, cmc_*.png   the report (csdn.reports.write_report)
 
+A run folder belongs to one run: it is marked as csdn's (``.csdn-run.json``: the config's key and, for
+``csdn eval`` of given weights, their digest) when created, and csdn refuses to write into an existing folder
+that is not one of its run folders, or is the finished run folder (it holds results) of another
+configuration or other weights; the folder of another run that never finished is taken over. One
+process writes it at a time (``.csdn-run.lock``; a second is refused). ``config.json``, ``overrides.json``
+and ``version.json`` are written with the report, so they always describe the results beside them; a
+failed command leaves the results and provenance of the last successful one as they were.
+
 Stages already in the cache are logged as loaded, with their stored history written to the CSV files
 and TensorBoard, so a run on a warm cache still leaves a complete folder. Each line of the log is also
 passed to ``echo`` (the CLI prints it above the progress bars).
@@ -33,13 +41,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from csdn.artifacts import atomic_write_bytes, atomic_write_json, config_key
+from filelock import FileLock, Timeout
+
+from csdn.artifacts import atomic_write_bytes, atomic_write_json, check_folder, config_key
 from csdn.config import ExperimentConfig, to_dict
 from csdn.errors import ConfigError
 
 TENSORBOARD = "tensorboard"  # subfolder of the event files
 STAGES = "stages"  # subfolder of the links to the cached stage folders
 LOG = "log.txt"
+MARKER = ".csdn-run.json"  # what makes a folder a csdn run folder, and whose
+LOCK = ".csdn-run.lock"  # held while a command writes the folder
 DEFAULT_NAME_KEYS = ("seed", "model.variant")  # overrides the default folder name spells out
 
 
@@ -119,48 +131,134 @@ class RunFolder:
         self._logged: dict[str, set[int]] = {}  # epochs of each stage already in TensorBoard
         self._writer: Any = None
         self._tensorboard_off = False
+        self._lock: FileLock | None = None
+        self._provenance: dict[str, Any] = {}
 
     # -- the run ------------------------------------------------------------------------------------
 
-    def start(self, command: str, cfg: ExperimentConfig, overrides: Mapping[str, Any], argv: list[str], cache: Path):
-        """Write the config, overrides and versions; start a new TensorBoard log; log the run's first line.
+    def start(
+        self,
+        command: str,
+        cfg: ExperimentConfig,
+        overrides: Mapping[str, Any],
+        argv: list[str],
+        cache: Path,
+        weights: tuple[Path, str] | None = None,
+    ) -> None:
+        """Claim the folder for this run (see the module docstring) and log the run's first line.
 
-        Raises :class:`~csdn.errors.ConfigError` when the folder cannot be created (e.g. it is a file).
+        ``weights``: the file a ``csdn eval`` evaluates and its digest; None for the cache's network of ``cfg``.
+        Raises :class:`~csdn.errors.ConfigError` when the folder cannot be created, is not a csdn run folder,
+        belongs to another run or is being written by another process.
         """
         import torch
 
         from csdn import __version__
 
+        identity = {"config": config_key(to_dict(cfg)), "weights": weights[1] if weights else None}
+        description = describe(cfg) + (f", weights {weights[0]} (blake2b {weights[1][:8]})" if weights else "")
+        self._claim(identity, description, to_dict(cfg))
+        try:  # up front, not after a stage has trained
+            check_folder(self.path / TENSORBOARD, f"run folder {self.path}: its {TENSORBOARD} folder")
+        except BaseException:
+            self.close()
+            raise
+        self._provenance = {
+            "config.json": to_dict(cfg),
+            "overrides.json": dict(overrides),
+            "version.json": {
+                "csdn": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "command": shlex.join(["csdn", *argv]),
+                "cache": str(Path(cache).resolve()),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        }
+        self.line(f"csdn {command} ({describe(cfg)}) into run folder {self.path}")
+
+    def _claim(self, identity: dict[str, Any], description: str, config: dict[str, Any]) -> None:
+        """Create or reuse the folder for the run ``identity``, and lock it; :class:`ConfigError` if not ours."""
+        self._refuse_foreign(description, config)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(
                 f"cannot create the run folder {self.path} ({error}); choose another with --out"
             ) from error
-        atomic_write_json(self.path / "config.json", to_dict(cfg))
-        atomic_write_json(self.path / "overrides.json", dict(overrides))
-        versions = {
-            "csdn": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "command": shlex.join(["csdn", *argv]),
-            "cache": str(Path(cache).resolve()),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        atomic_write_json(self.path / "version.json", versions)
-        self._clear_previous()
-        self.line(f"csdn {command} ({describe(cfg)}) into run folder {self.path}")
+        lock = FileLock(str(self.path / LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout as error:
+            raise ConfigError(
+                f"{self.path}: another csdn command is writing this run folder now; wait until it ends, or "
+                "choose another --out"
+            ) from error
+        try:
+            self._refuse_foreign(description, config)  # (again, under the lock)
+            marker = _read_json_or_none(self.path / MARKER)
+            if marker is not None and not isinstance(marker, dict):
+                raise ConfigError(f"{self.path / MARKER}: not a run folder marker of csdn; choose another --out")
+            if marker and marker.get("identity") != identity:
+                if (self.path / "results.json").is_file():
+                    raise ConfigError(
+                        f"{self.path}: the run folder of another run ({marker.get('run')}); this one "
+                        f"({description}) needs its own: choose another --out, or leave --out out for a folder "
+                        "named after the run"
+                    )
+                self._clear_stages()  # another run that never finished: the folder is free, its stage files go
+            if not marker or marker.get("identity") != identity:
+                atomic_write_json(self.path / MARKER, {"identity": identity, "run": description})
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
 
-    def _clear_previous(self) -> None:
-        """Remove what a previous run into this folder left of its stages (the log is kept and appended to)."""
+    def _refuse_foreign(self, description: str, config: dict[str, Any]) -> None:
+        """:class:`ConfigError` when the folder exists and holds files but is not a run folder of this run.
+
+        A run folder of a csdn without the marker is this run's when its ``config.json`` is this config.
+        """
+        if not self.path.is_dir() or (self.path / MARKER).is_file():
+            return
+        held = sorted(p.name for p in self.path.iterdir() if p.name not in (LOCK, MARKER))
+        if not held:
+            return
+        if not _earlier_run_folder(self.path):
+            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+            raise ConfigError(
+                f"{self.path}: exists and is not a csdn run folder (it holds {shown}); csdn writes only into "
+                "its own run folders: choose another --out (a new or empty folder)"
+            )
+        if _read_json_or_none(self.path / "config.json") != json.loads(json.dumps(config, default=str)):
+            raise ConfigError(
+                f"{self.path}: the run folder of another configuration (its config.json); this one ({description}) "
+                "needs its own: choose another --out, or leave --out out for a folder named after the run"
+            )
+
+    def _clear_stages(self) -> None:
+        """Remove the stage files (CSV, link, listing) and event files an unfinished earlier run left."""
         listing = self.path / f"{STAGES}.json"
-        for name in _read_json(listing):
+        for name in _read_json_or_none(listing) or {}:
             (self.path / f"{name}.csv").unlink(missing_ok=True)
             if (self.path / STAGES / name).is_symlink():
                 (self.path / STAGES / name).unlink()
         listing.unlink(missing_ok=True)
         for old in (self.path / TENSORBOARD).glob("events.out.tfevents.*"):
-            old.unlink()  # this run's event files replace the last run's (scalars would repeat otherwise)
+            old.unlink()
+
+    def _write_provenance(self) -> None:
+        """The config, overrides and versions of this run (beside the results it just wrote)."""
+        for name, content in self._provenance.items():
+            if name == "version.json":
+                content = {**content, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            atomic_write_json(self.path / name, content)
+
+    def finished(self, write_results: Callable[[], Any]) -> Any:
+        """Write the results (``write_results()``, returned) and then the provenance that describes them."""
+        written = write_results()
+        self._write_provenance()
+        return written
 
     def line(self, text: str, echo: bool = True) -> None:
         """Append a time-stamped line to the log (and pass it to ``echo`` unless ``echo=False``)."""
@@ -175,10 +273,13 @@ class RunFolder:
         self.line(f"stopped: {type(error).__name__}: {error}", echo=False)
 
     def close(self) -> None:
-        """Flush and close the TensorBoard event file."""
+        """Flush and close the TensorBoard event file; release the folder."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- stages (the Experiment's RunObserver) ------------------------------------------------------
 
@@ -250,6 +351,8 @@ class RunFolder:
                 self._tensorboard_off = True
                 self.line("TensorBoard logging is off: the tensorboard package is missing (pip install tensorboard)")
                 return None
+            for old in (self.path / TENSORBOARD).glob("events.out.tfevents.*"):
+                old.unlink()  # this run's event files replace the last run's (scalars would repeat otherwise)
             self._writer = SummaryWriter(log_dir=str(self.path / TENSORBOARD))
         return self._writer
 
@@ -275,3 +378,17 @@ class RunFolder:
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_json_or_none(path: Path) -> Any:
+    """The JSON in ``path``; None when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _earlier_run_folder(path: Path) -> bool:
+    """A run folder a csdn without the marker wrote (its version.json records a csdn command)."""
+    version = _read_json_or_none(path / "version.json")
+    return isinstance(version, dict) and str(version.get("command", "")).startswith("csdn ")

@@ -6,8 +6,10 @@ was bad), raw tracebacks, and other outcomes (an error line that does not name w
 
 A case runs ``csdn.cli.main`` in this process on a copy of a warm smoke cache (every stage done),
 changes one thing first (a file truncated, a folder made read-only by monkeypatching, since tests run
-as root, ...) and expects exit status 2 (130 for Ctrl-C) with one line ``csdn: ...`` containing
-``expect``, usually the name of the file at fault.
+as root, ...) and expects exit status 2 (130 for Ctrl-C, 143 for SIGTERM) with one line ``csdn: ...``
+containing ``expect``, usually the name of the file at fault. A case whose right outcome is a result (exit
+0: a 16-bit image read as it is, a schedule cut short run with a note) says so with ``code=0`` and a
+``check`` of that result; exit 0 with a wrong result is a silent wrong result.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pytest
 from csdn.cli import main
 
 STAGES = ("stage1", "stage2", "stage3")
-ERROR_LINE = re.compile(r"csdn: (?:error|interrupted)[^\n\r]*")
+ERROR_LINE = re.compile(r"csdn: (?:error|interrupted|note)[^\n\r]*")
 
 
 def make_warm_cache(root: Path) -> Path:
@@ -127,6 +129,44 @@ def _one(paths) -> Path:
 
 def _synthvi(cache: Path) -> Path:
     return _one(p for p in (cache / "synthvi").iterdir() if p.is_dir())
+
+
+def _training_images(root: Path) -> list[Path]:
+    """The SynthVI tree's training images (SYSU layout: the ids of exp/train_id.txt), sorted."""
+    ids = [int(t) for t in (root / "exp" / "train_id.txt").read_text().split(",")]
+    return sorted(p for i in ids for cam in ("cam1", "cam2") for p in (root / cam / f"{i:04d}").glob("*"))
+
+
+def png_bomb(path: Path, width: int = 20000, height: int = 20000) -> None:
+    """A small PNG whose header declares ``width x height`` pixels (a decompression bomb for PIL)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", width, height)
+    data[start + 17 : start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 17])))
+    path.write_bytes(bytes(data))
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _zero_pixels(array_file: Path) -> None:
+    """Zero every pixel of an image cache's array, its header kept (what bit rot or a half copy may leave)."""
+    import numpy as np
+
+    array = np.load(array_file, mmap_mode="r+")
+    array[:] = 0
+    array.flush()
+    del array
 
 
 # -- the cases: setup(world) -> argv ------------------------------------------------------------------
@@ -285,11 +325,166 @@ def ctrl_c(w: World) -> list[str]:
     return w.train(w.cache())
 
 
+# -- issue 23: damaged caches, images read as they are, run folders that belong to their run -----------
+
+SIXTEEN_BIT = 40000  # the value of the 16-bit image written over a training image (8 bits: 40000 / 257 = 156)
+
+
+def image_cache_zeroed(w: World) -> list[str]:
+    cache = w.cache()
+    for array in (cache / "images").glob("*/images.npy"):
+        _zero_pixels(array)
+    return w.train(cache)
+
+
+def final_damaged(w: World) -> list[str]:
+    cache = w.cache()
+    _flip_last_byte(w.run(cache, "stage3") / "final.safetensors")
+    return w.train(cache)
+
+
+def features_damaged(w: World) -> list[str]:
+    cache = w.cache(stages=())
+    _flip_last_byte(_one((cache / "features").glob("clip-*.safetensors")))
+    return w.train(cache)
+
+
+def tiny_clip_damaged(w: World) -> list[str]:
+    cache = w.cache()
+    _flip_last_byte(_one((cache / "tiny_clip").glob("*/open_clip_model.safetensors")))
+    return w.train(cache)
+
+
+def sixteen_bit_training_image(w: World) -> list[str]:
+    from PIL import Image
+
+    cache = w.cache()
+    image = _training_images(_synthvi(cache))[0]
+    with Image.open(image) as original:
+        size = original.size
+    Image.new("I;16", size, SIXTEEN_BIT).save(image, format="PNG")  # a 16-bit PNG named .jpg, as a camera may write
+    return w.train(cache)
+
+
+def sixteen_bit_scaled(w: World) -> str | None:
+    """The 16-bit image in the training image cache: scaled to 156, not clipped to 255 (None when right)."""
+    from csdn.data.cache import ImageCache
+
+    image = str(_training_images(_synthvi(w.cache_root))[0])
+    for folder in (w.cache_root / "images").iterdir():
+        cache = ImageCache.open(folder) if (folder / "images.npy").is_file() else None
+        rows = [i for i, r in enumerate(cache.records if cache else []) if r.path == image]
+        if rows:
+            mean = float(cache[rows[0]].mean())
+            return None if abs(mean - round(SIXTEEN_BIT / 257)) <= 1 else f"cached with mean {mean:.1f}, not 156"
+    return "the 16-bit image is in no image cache"
+
+
+def bomb_training_image(w: World) -> list[str]:
+    cache = w.cache(stages=())
+    shutil.rmtree(cache / "tiny_clip")  # found before the tiny CLIP is pretrained
+    png_bomb(_training_images(_synthvi(cache))[0])
+    return w.train(cache)
+
+
+def eval_out_users_folder(w: World) -> list[str]:
+    mine = w.tmp / "mine"
+    mine.mkdir()
+    for name in ("config.json", "results.md", "log.txt"):
+        (mine / name).write_text(f"the user's own {name}\n")
+    return w.train(w.cache(), "--out", str(mine), command="eval")
+
+
+def run_folder_in_use(w: World) -> list[str]:
+    from filelock import FileLock
+
+    out = w.tmp / "out"
+    out.mkdir()
+    lock = FileLock(str(out / ".csdn-run.lock"))
+    lock.acquire()  # another process is writing it (released with the World)
+    w.mp.setattr(w, "held", lock, raising=False)
+    return w.train(w.cache(), "--seed", "1", "--out", str(out))
+
+
+def run_folder_of_another_seed(w: World) -> list[str]:
+    cache, out = w.cache(), w.tmp / "out"
+    _quietly(w.train(cache, "--out", str(out)))
+    return w.train(cache, "--seed", "1", "--out", str(out))
+
+
+def run_folder_of_other_weights(w: World) -> list[str]:
+    from csdn.artifacts import atomic_save_tensors, load_tensors
+
+    cache, out = w.cache(), w.tmp / "out"
+    final = w.run(cache, "stage3") / "final.safetensors"
+    _quietly(w.train(cache, "--weights", str(final), "--out", str(out), command="eval"))
+    other = {
+        name: tensor + 1 if tensor.is_floating_point() else tensor for name, tensor in load_tensors(final, "").items()
+    }
+    atomic_save_tensors(other, w.tmp / "other.safetensors")  # weights of the same network, other values
+    return w.train(cache, "--weights", str(w.tmp / "other.safetensors"), "--out", str(out), command="eval")
+
+
+def name_override(w: World) -> list[str]:
+    return ["--cache", str(w.cache()), "stats", "--profile", "smoke", "--set", "name=myrun"]
+
+
+def workers_negative(w: World) -> list[str]:
+    return w.train(w.cache(stages=("stage1", "stage2")), "--workers", "-1")
+
+
+def eval_dangling_run_link(w: World) -> list[str]:
+    cache, out = w.cache(), w.tmp / "out"
+    _quietly(w.train(cache, "--out", str(out)))
+    shutil.rmtree(w.run(cache, "stage3"))  # the cache folder the link points to is deleted
+    return w.train(cache, "--run", str(out / "stages" / "stage3"), command="eval")
+
+
+def tensorboard_read_only(w: World) -> list[str]:
+    cache, out = w.cache(), w.tmp / "out"
+    _quietly(w.train(cache, "--out", str(out)))
+    shutil.rmtree(cache / "runs")  # every stage to train again: the check must come before the first
+    read_only(w.mp, out / "tensorboard", errno.EACCES)
+    return w.train(cache, "--out", str(out))
+
+
+def sigterm(w: World) -> list[str]:
+    import signal
+
+    import csdn.experiment
+
+    def terminated(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # what `kill` and a job scheduler send
+
+    w.mp.setattr(csdn.experiment.Experiment, "check_test_images", terminated)
+    return w.train(w.cache(), "--out", str(w.tmp / "out"))
+
+
+def schedule_cut_short(w: World) -> list[str]:
+    return w.train(w.cache(), "--set", "stage3.epochs=1")
+
+
+def smoke_with_data(w: World) -> list[str]:
+    (w.tmp / "sysu").mkdir()
+    return w.train(w.tmp / "cache", "--data", str(w.tmp / "sysu"))
+
+
+def convert_release_folder(w: World) -> list[str]:
+    (w.tmp / "release").mkdir()
+    return ["convert-release", str(w.tmp / "release"), str(w.tmp / "out.safetensors")]
+
+
+def _quietly(argv: list[str]) -> None:
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0, argv
+
+
 @dataclass(frozen=True)
 class Case:
     setup: Callable[[World], list[str]]
-    expect: str  # a regex the one error line must match (usually the file at fault and the fix)
+    expect: str | None  # a regex the one csdn line must match (usually the file at fault and the fix); None: no line
     code: int = 2
+    check: Callable[[World], str | None] | None = None  # exit 0: what is wrong with the result (None: nothing)
 
 
 CASES = {
@@ -325,6 +520,29 @@ CASES = {
     "synth --out on an existing folder": Case(synth_out_exists, r"out exists and is not a finished SynthVI tree"),
     "gap --methods bogus": Case(gap_bogus_method, r"methods must be .*got \('bogus',\)"),
     "Ctrl-C": Case(ctrl_c, r"interrupted; rerun the same command to resume", code=130),
+    # issue 23
+    "image cache pixels zeroed (header kept)": Case(image_cache_zeroed, r"images/\w+/images.npy: damaged .*delete"),
+    "final.safetensors damaged (a byte flipped)": Case(final_damaged, r"stage3-\w+/final.safetensors: damaged"),
+    "features/clip-*.safetensors damaged": Case(features_damaged, r"features/clip-\w+.safetensors: damaged .*delete"),
+    "tiny CLIP weights damaged": Case(tiny_clip_damaged, r"open_clip_model.safetensors: damaged .*delete the folder"),
+    "16-bit PNG among the training images": Case(sixteen_bit_training_image, None, code=0, check=sixteen_bit_scaled),
+    "decompression bomb among the training images": Case(bomb_training_image, r"\.jpg: a damaged file or a decomp"),
+    "eval --out into the user's own folder": Case(eval_out_users_folder, r"mine: exists and is not a csdn run folder"),
+    "two commands at once into one run folder": Case(run_folder_in_use, r"out: another csdn command is writing"),
+    "--seed 1 into seed 0's run folder": Case(run_folder_of_another_seed, r"out: the run folder of another run"),
+    "eval of other weights into a run folder": Case(run_folder_of_other_weights, r"out: the run folder of another run"),
+    "stats --set name=myrun": Case(name_override, None, code=0),
+    "--workers -1": Case(workers_negative, r"workers must be >= 0"),
+    "eval --run <run folder>/stages/stage3, cache deleted": Case(
+        eval_dangling_run_link, r"stages/stage3: a link to .*which no longer exists"
+    ),
+    "read-only tensorboard/ in the run folder": Case(tensorboard_read_only, r"tensorboard .*: permission denied"),
+    "SIGTERM": Case(sigterm, r"interrupted \(SIGTERM\); rerun the same command to resume", code=143),
+    "a schedule cut short (--set stage3.epochs=1)": Case(
+        schedule_cut_short, r"note: stage3.epochs=1 ends before its warm-up ends .*milestones", code=0
+    ),
+    "--data with the smoke profile": Case(smoke_with_data, r"--set data.dataset=sysu"),
+    "convert-release <a folder>": Case(convert_release_folder, r"release is a folder; pass the .pth file"),
 }
 
 
@@ -339,11 +557,25 @@ def outcome(case: Case, world: World) -> tuple[str, str]:
         return "traceback", traceback.format_exc(limit=-3)
     lines = ERROR_LINE.findall(err.getvalue())
     seen = lines[-1] if lines else err.getvalue()[-500:]
-    if code == 0:
+    if code == 0 and case.code != 0:
         return "silent", seen
-    if code == case.code and len(lines) == 1 and "Traceback" not in err.getvalue() and re.search(case.expect, seen):
-        return "clear", seen
+    problem = case.check(world) if code == 0 and case.check else None
+    if problem:
+        return "silent", problem
+    said = re.search(case.expect, seen) if case.expect else not lines
+    if code == case.code and len(lines) <= 1 and "Traceback" not in err.getvalue() and said:
+        return "clear", lines[-1] if lines else f"exit {code}, as expected"
     return "unclear", f"exit {code}: {seen}"
+
+
+def summary(counts: dict[str, int]) -> str:
+    """The counts line (the README quotes it): cases as expected, silent wrong results, raw tracebacks, other."""
+    results = sum(case.code == 0 for case in CASES.values())
+    return (
+        f"{len(CASES)} cases: {counts['clear']} as expected ({len(CASES) - results} one clear line, {results} exit 0 "
+        f"with the right result), {counts['silent']} silent wrong results, {counts['traceback']} raw tracebacks, "
+        f"{counts['unclear']} other"
+    )
 
 
 def main_report() -> int:
@@ -358,10 +590,7 @@ def main_report() -> int:
                 kind, seen = outcome(case, World(tmp, warm, mp))
             counts[kind] += 1
             print(f"{kind:9s} {name}\n          {seen.strip()}")
-    print(
-        f"\n{len(CASES)} cases: {counts['clear']} clear errors, {counts['silent']} silent wrong results, "
-        f"{counts['traceback']} raw tracebacks, {counts['unclear']} other"
-    )
+    print(summary(counts))
     return 0 if counts["clear"] == len(CASES) else 1
 
 

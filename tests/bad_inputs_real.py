@@ -3,13 +3,15 @@
 ``sudo python tests/bad_inputs_real.py`` mounts small tmpfs folders to run ``csdn train --profile smoke``
 as a subprocess on a disk that fills up at three points (SynthVI and tiny-CLIP checkpoints, a torch
 training-state save), builds an image cache on a nearly full disk (a memory map there died of SIGBUS without
-a word), evaluates a warm cache on a read-only mount, and sends Ctrl-C (SIGINT) to a
-training run and reruns it. It prints each outcome and the counts: clear errors, silent wrong results,
+a word), evaluates a warm cache on a read-only mount, sends Ctrl-C (SIGINT) and SIGTERM to a
+training run and reruns it, and starts two trains of different seeds into one ``--out`` at once. It prints
+each outcome and the counts: clear errors, silent wrong results,
 raw tracebacks. It needs the privilege to mount; it unmounts what it mounted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -108,6 +110,58 @@ def ctrl_c_then_rerun(scratch: Path) -> tuple[str, str]:
     return ("clear", first[1]) if rerun.returncode == 0 else ("unclear", f"the rerun failed: {rerun.stderr[-300:]}")
 
 
+def sigterm_then_rerun(scratch: Path) -> tuple[str, str]:
+    """SIGTERM (what `kill` and job schedulers send) mid-pretraining: one line, a line in log.txt, exit 143."""
+    out = scratch / "st-out"
+    args = ["--cache", str(scratch / "st"), "train", "--profile", "smoke", "--out", str(out)]
+    process = _start(args)
+    _wait_for(scratch / "st" / "runs")
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    first = classify(subprocess.CompletedProcess(args, process.returncode, "", stderr), 143, r"\(SIGTERM\); rerun")
+    if first[0] != "clear":
+        return first
+    if "stopped: Terminated" not in (out / "log.txt").read_text():
+        return "unclear", "log.txt does not say the run was terminated"
+    rerun = csdn(*args)
+    return ("clear", first[1]) if rerun.returncode == 0 else ("unclear", f"the rerun failed: {rerun.stderr[-300:]}")
+
+
+def two_runs_into_one_folder(scratch: Path, warm: Path) -> tuple[str, str]:
+    """A seed-0 and a seed-1 train at once into one --out: one writes it, the other is refused; never mixed."""
+    cache, out = scratch / "race", scratch / "race-out"
+    shutil.copytree(warm, cache)
+    common = ["--cache", str(cache), "train", "--profile", "smoke", "--out", str(out)]
+    first, second = _start(common), _start([*common, "--seed", "1"])
+    errors = [p.communicate(timeout=600)[1] for p in (first, second)]
+    results = [(p.returncode, err) for p, err in zip((first, second), errors)]
+    codes = sorted(code for code, _ in results)
+    refused = [err for code, err in results if code == 2]
+    if codes != [0, 2] or not refused:
+        return "silent", f"exit statuses {codes}: the folder may be mixed"
+    seed = json.loads((out / "config.json").read_text())["seed"]
+    report = json.loads((out / "results.json").read_text())["config"]["seed"]
+    if seed != report or f"seed {seed}" not in (out / "results.md").read_text():
+        return "silent", f"config.json says seed {seed}, results.json seed {report}"
+    result = subprocess.CompletedProcess(common, 2, "", refused[0])
+    return classify(result, 2, r"race-out: (?:another csdn command is writing|the run folder of another run)")
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("CSDN_CACHE", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "csdn", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for(path: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # e.g. until the tiny-CLIP pretraining has started
+    time.sleep(1)
+
+
 def main() -> int:
     counts = {"clear": 0, "silent": 0, "traceback": 0, "unclear": 0}
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +174,8 @@ def main() -> int:
         cases["disk full building an image cache (memory map)"] = lambda: disk_full_image_cache(scratch, warm)
         cases["read-only mount, warm cache: eval works"] = lambda: read_only_warm_cache(scratch, warm)
         cases["Ctrl-C (SIGINT), then the same command"] = lambda: ctrl_c_then_rerun(scratch)
+        cases["SIGTERM, then the same command"] = lambda: sigterm_then_rerun(scratch)
+        cases["two trains (seeds 0 and 1) at once into one --out"] = lambda: two_runs_into_one_folder(scratch, warm)
         for name, run in cases.items():
             kind, seen = run()
             counts[kind] += 1

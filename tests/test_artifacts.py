@@ -102,3 +102,42 @@ def test_atomic_save_tensors_failure_leaves_no_temp_and_keeps_the_old_file(tmp_p
             atomic_save_tensors({"w": torch.ones(3)}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp file, no half-written target
     assert torch.equal(load_file(str(target))["w"], torch.zeros(3))
+
+
+def test_saved_tensors_carry_a_checksum_that_catches_a_flipped_byte(tmp_path: Path) -> None:
+    from csdn.artifacts import load_tensors
+    from csdn.errors import CacheError
+
+    path = tmp_path / "w.safetensors"
+    atomic_save_tensors({"a": torch.arange(6.0), "b": torch.ones(2, dtype=torch.bfloat16)}, path)
+    assert torch.equal(load_tensors(path, "fix")["a"], torch.arange(6.0))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=r"w.safetensors: damaged .*; delete it"):
+        load_tensors(path, "delete it")
+
+
+def test_a_file_without_a_checksum_is_refused_unless_it_is_not_ours(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from csdn.artifacts import lacks_checksum, load_tensors
+    from csdn.errors import CacheError
+
+    save_file({"a": torch.zeros(2)}, tmp_path / "old.safetensors")  # as a csdn without checksums wrote it
+    assert lacks_checksum(tmp_path / "old.safetensors") and not lacks_checksum(tmp_path / "missing.safetensors")
+    with pytest.raises(CacheError, match=r"old.safetensors: no checksum .*; rebuild"):
+        load_tensors(tmp_path / "old.safetensors", "rebuild")
+    assert torch.equal(load_tensors(tmp_path / "old.safetensors", "", checksum=False)["a"], torch.zeros(2))
+
+
+def test_build_once_checksums_the_files_it_is_told_and_verify_names_a_damaged_one(tmp_path: Path) -> None:
+    from csdn.artifacts import stored_checksums, verify_artifact
+    from csdn.errors import CacheError
+
+    target = build_once(tmp_path / "a", lambda tmp: (tmp / "x.bin").write_bytes(b"abc"), checksummed=("x.bin",))
+    assert set(stored_checksums(target)) == {"x.bin"}
+    verify_artifact(target)
+    (target / "x.bin").write_bytes(b"abd")
+    with pytest.raises(CacheError, match=r"a/x.bin: damaged .*delete the folder .*/a to build it again"):
+        verify_artifact(target)

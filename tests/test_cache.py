@@ -167,3 +167,94 @@ def test_cached_images_work_with_a_dataloader(records: list[Record], tmp_path: P
     images, labels, cams, indices = next(iter(loader))
     assert images.shape == (4, 3, 8, 4)
     assert labels.tolist() == [1, 1, 2, 2] and cams.tolist() == [1, 3, 3, 2] and indices.tolist() == [0, 1, 2, 3]
+
+
+# -- images read as they are (issue 23): real files of each mode --------------------------------------
+
+
+def _png_rgb48(path: Path, rgb: tuple[int, int, int], size: tuple[int, int] = (3, 5)) -> None:
+    """A 16-bit-per-channel RGB PNG (PIL cannot write one), written chunk by chunk."""
+    import struct
+    import zlib
+
+    width, height = size
+    row = b"\x00" + struct.pack(">HHH", *rgb) * width
+    chunks = [
+        (b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)),
+        (b"IDAT", zlib.compress(row * height)),
+        (b"IEND", b""),
+    ]
+    body = b"".join(struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+@pytest.mark.parametrize(
+    "name, write, expected",
+    [
+        ("gray8.png", lambda p: Image.new("L", (3, 5), 200).save(p), (200, 200, 200)),
+        ("gray16.png", lambda p: Image.new("I;16", (3, 5), 40000).save(p), (156, 156, 156)),
+        ("gray16.jpg", lambda p: Image.new("I;16", (3, 5), 65535).save(p, format="PNG"), (255, 255, 255)),
+        ("gray16b.tif", lambda p: Image.new("I;16B", (3, 5), 25700).save(p), (100, 100, 100)),
+        ("int32.tif", lambda p: Image.new("I", (3, 5), 514).save(p), (2, 2, 2)),
+        ("rgb48.png", lambda p: _png_rgb48(p, (65535, 32896, 0)), (255, 128, 0)),
+        ("rgba.png", lambda p: Image.new("RGBA", (3, 5), (10, 20, 30, 40)).save(p), (10, 20, 30)),
+        ("palette.png", lambda p: Image.new("RGB", (3, 5), (0, 255, 0)).convert("P").save(p), (0, 255, 0)),
+        ("bilevel.png", lambda p: Image.new("1", (3, 5), 1).save(p), (255, 255, 255)),
+        ("cmyk.jpg", lambda p: Image.new("CMYK", (3, 5), (0, 0, 0, 0)).save(p), (255, 255, 255)),
+    ],
+)
+def test_every_mode_is_read_as_8_bits_scaled_not_clipped(tmp_path: Path, name: str, write, expected) -> None:
+    path = tmp_path / name
+    write(path)
+    image = decode_image(path, SIZE)
+    assert image.dtype == np.uint8 and image.shape == (*SIZE, 3)
+    assert np.abs(image.astype(int) - expected).max() <= 1, (Image.open(path).mode, image[0, 0])
+
+
+def test_a_16_bit_gradient_keeps_its_order_and_range(tmp_path: Path) -> None:
+    values = np.linspace(1000, 60000, 8 * 4).reshape(8, 4).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "thermal.png")
+    image = decode_image(tmp_path / "thermal.png", SIZE)[..., 0].astype(int)
+    assert np.abs(image - np.rint(values / 257)).max() <= 1  # scaled: not one saturated white image
+    assert image.min() == 4 and image.max() == 233
+
+
+@pytest.mark.parametrize("mode, value", [("F", 0.5), ("I", 70000), ("I", -3)])
+def test_a_mode_without_a_faithful_8_bit_reading_is_refused(tmp_path: Path, mode: str, value) -> None:
+    Image.new(mode, (3, 5), value).save(tmp_path / "odd.tif")
+    with pytest.raises(DatasetError, match=r"odd.tif: .*cannot be read as 8 bits faithfully; save it with 8 or 16"):
+        decode_image(tmp_path / "odd.tif", SIZE)
+
+
+def test_a_decompression_bomb_is_one_error_naming_it_or_skipped(records: list[Record], tmp_path: Path) -> None:
+    from bad_inputs import png_bomb
+
+    png_bomb(Path(records[1].path))
+    with pytest.raises(DatasetError, match=r"blue.png: a damaged file or a decompression bomb, not decoded"):
+        ImageCache.build(records, SIZE, tmp_path / "cache", progress=False)
+    cache = ImageCache.build(records, SIZE, tmp_path / "cache", progress=False, skip_bad=True)
+    assert len(cache) == 3 and [s["path"] for s in cache.skipped] == [records[1].path]
+
+
+# -- checksums (issue 23) ------------------------------------------------------------------------------
+
+
+def test_a_damaged_array_is_an_error_naming_it_and_the_folder_to_delete(records: list[Record], tmp_path: Path) -> None:
+    from csdn.errors import CacheError
+
+    built = ImageCache.build(records, SIZE, tmp_path / "cache", progress=False)
+    array = np.load(built.directory / "images.npy", mmap_mode="r+")
+    array[2, 0, 0, 0] ^= 1  # one bit of one pixel
+    array.flush()
+    del array, built
+    with pytest.raises(CacheError, match=r"images.npy: damaged .*delete the folder .*images/\w+ to build it again"):
+        ImageCache.build(records, SIZE, tmp_path / "cache", progress=False)
+
+
+def test_a_cache_of_a_csdn_without_checksums_is_built_again(records: list[Record], tmp_path: Path, capsys) -> None:
+    built = ImageCache.build(records, SIZE, tmp_path / "cache", progress=False)
+    (built.directory / ".complete").write_text("ok\n")  # the marker csdn wrote before checksums
+    np.load(built.directory / "images.npy", mmap_mode="r+")[:] = 0  # (whatever it holds is not trusted)
+    again = ImageCache.build(records, SIZE, tmp_path / "cache", progress=False)
+    assert "was built by a csdn without checksums; building it again" in capsys.readouterr().err
+    assert (again[0] == [255, 0, 0]).all() and '"images.npy"' in (again.directory / ".complete").read_text()

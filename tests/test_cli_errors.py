@@ -8,13 +8,14 @@ Read-only folders are simulated by monkeypatching (the tests run as root, for wh
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
 import torch
-from bad_inputs import CASES, World, make_warm_cache, outcome, read_only
+from bad_inputs import CASES, World, make_warm_cache, outcome, read_only, summary
 
 from csdn.artifacts import atomic_save_tensors, atomic_write_json, build_once, check_folder, storage_error
 from csdn.cli import main
@@ -123,3 +124,91 @@ def test_a_failed_build_in_a_full_cache_is_a_storage_error(tmp_path: Path) -> No
     with pytest.raises(ZeroDivisionError):  # a bug keeps its own exception
         build_once(tmp_path / "artifact", lambda tmp: 1 / 0)
     assert (build_once(tmp_path / "artifact", lambda tmp: None) / ".complete").is_file()  # later builds work
+
+
+# -- issue 23 ------------------------------------------------------------------------------------------
+
+
+def test_the_readme_counts_every_case() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    expected = summary({"clear": len(CASES), "silent": 0, "traceback": 0, "unclear": 0})
+    assert expected in " ".join(readme.split()), expected
+
+
+def test_the_users_folder_is_left_as_it_was(warm: Path, tmp_path: Path, monkeypatch) -> None:
+    assert outcome(CASES["eval --out into the user's own folder"], World(tmp_path, warm, monkeypatch))[0] == "clear"
+    mine = tmp_path / "mine"
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "log.txt", "results.md"]
+    assert all(p.read_text() == f"the user's own {p.name}\n" for p in mine.iterdir())
+
+
+def test_a_failed_command_leaves_the_results_and_provenance_as_they_were(warm: Path, tmp_path: Path, monkeypatch):
+    world = World(tmp_path, warm, monkeypatch)
+    cache, out = world.cache(), tmp_path / "out"
+    assert main(world.train(cache, "--out", str(out))) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".md")}
+    (world.run(cache, "stage3") / "final.safetensors").write_bytes(b"truncated")  # the same run fails on load
+    assert main(world.train(cache, "--out", str(out), command="eval")) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".md")} == before
+    assert "stopped: CacheError" in (out / "log.txt").read_text()
+
+
+def test_eval_of_given_weights_gets_a_folder_named_after_them(warm: Path, tmp_path: Path, monkeypatch) -> None:
+    world = World(tmp_path, warm, monkeypatch)
+    cache = world.cache()
+    final = world.run(cache, "stage3") / "final.safetensors"
+    assert main(world.train(cache, "--weights", str(final), command="eval")) == 0
+    assert main(world.train(cache, "--run", str(final.parent), command="eval")) == 0  # the same weights
+    (folder,) = (tmp_path / "reports").iterdir()
+    assert folder.name.startswith("smoke-csdn-seed0-weights-") and (folder / "results.json").is_file()
+    version = json.loads((folder / "version.json").read_text())
+    assert version["command"].endswith(f"--run {final.parent}")  # the command of the results beside it
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["decompression bomb among the training images", "--workers -1", "read-only tensorboard/ in the run folder"],
+)
+def test_found_before_any_training_or_pretraining(name: str, warm: Path, tmp_path: Path, monkeypatch) -> None:
+    world = World(tmp_path, warm, monkeypatch)
+    assert outcome(CASES[name], world)[0] == "clear"
+    monkeypatch.undo()
+    started = {p.name for p in world.cache_root.glob("runs/*")} - {p.name for p in warm.glob("runs/*")}
+    assert started == set()  # no stage (nor the tiny CLIP's pretraining) started
+    if name.startswith("decompression bomb"):  # its cache has no tiny CLIP: found before its pretraining
+        assert not list(world.cache_root.glob("tiny_clip/*/.complete"))
+
+
+def test_sigterm_is_logged_and_the_same_command_resumes(warm: Path, tmp_path: Path, monkeypatch) -> None:
+    world = World(tmp_path, warm, monkeypatch)
+    assert outcome(CASES["SIGTERM"], world)[0] == "clear"
+    assert "stopped: Terminated: terminated by SIGTERM" in (tmp_path / "out" / "log.txt").read_text()
+    monkeypatch.undo()
+    assert main(world.train(world.cache_root, "--out", str(tmp_path / "out"))) == 0
+
+
+def test_stages_and_features_of_a_csdn_without_checksums_are_rewritten(
+    warm: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from safetensors.torch import save_file
+
+    from csdn.artifacts import lacks_checksum, load_tensors
+
+    cache = World(tmp_path, warm, monkeypatch).cache()
+    old = [*cache.glob("runs/stage*-*/final.safetensors"), *cache.glob("features/clip-*.safetensors")]
+    for path in old:  # as a csdn without checksums wrote them
+        save_file(load_tensors(path, ""), path)
+    capsys.readouterr()
+    assert main(["--cache", str(cache), "train", "--profile", "smoke", "--reports", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("was written by a csdn without checksums") == len(old)
+    assert not any(lacks_checksum(path) for path in old)
+
+
+def test_the_folder_of_a_run_that_never_finished_is_taken_over(warm: Path, tmp_path: Path, monkeypatch) -> None:
+    world = World(tmp_path, warm, monkeypatch)
+    cache, out = world.cache(), tmp_path / "out"
+    wrong = ["--cache", str(cache), "train", "--profile", "sysu-rn50", "--data", str(tmp_path / "nowhere")]
+    assert main([*wrong, "--out", str(out)]) == 2  # claimed, then stopped: the dataset is not there
+    assert main(world.train(cache, "--out", str(out))) == 0
+    assert json.loads((out / "config.json").read_text())["name"] == "smoke"

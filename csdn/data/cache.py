@@ -7,7 +7,13 @@ written) holding
 * ``images.npy``: one ``N x H x W x 3`` uint8 array (RGB, squash-resized to exactly ``H x W`` with
   PIL's bilinear filter), opened with ``np.load(mmap_mode="r")`` so memory does not grow with N;
 * ``records.json``: the records, in array order;
-* ``meta.json``: size, count, the common root of the image paths and the key.
+* ``meta.json``: size, count, the common root of the image paths and the key;
+* ``.complete``: the checksums of ``images.npy`` and ``records.json``, checked whenever the cache is opened
+  (a damaged file is a :class:`~csdn.errors.CacheError` naming it; a cache of a csdn without checksums is
+  built again).
+
+Images are decoded to 8-bit RGB: 16-bit grayscale (thermal cameras) is scaled, not clipped; a
+floating-point image or a decompression bomb is a :class:`DatasetError` naming the file.
 
 The key hashes each image file's *contents* (blake2b), its path relative to the images' common root,
 its record fields and the size. A changed file therefore gives a new key (never a stale array), while
@@ -38,7 +44,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from csdn.artifacts import atomic_write_json, build_once, config_key, is_complete
+from csdn.artifacts import atomic_write_json, build_once, config_key, is_complete, verify_artifact
 from csdn.data.protocol import DatasetError
 from csdn.data.records import Record
 from csdn.errors import CacheError
@@ -53,6 +59,7 @@ RECORDS_FILE = "records.json"
 META_FILE = "meta.json"
 SKIPPED_FILE = "skipped.json"
 UNREADABLE = "unreadable"  # the digest recorded for a file that cannot be read (skip_bad builds only)
+CHECKSUMMED = (ARRAY_FILE, RECORDS_FILE)  # checked each time a cache is opened (csdn.artifacts.verify_artifact)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,6 +74,7 @@ class ImageCache:
         if not is_complete(self.directory):
             raise FileNotFoundError(f"{self.directory}: not a finished image cache (build it with ImageCache.build)")
         self.array: np.ndarray = _open_array(self.directory / ARRAY_FILE)
+        verify_artifact(self.directory)  # bit rot or a half-copied cache is an error, never a different result
         self.records: list[Record] = list(records) if records is not None else _load_records(self.directory)
         if len(self.records) != len(self.array):
             raise ValueError(f"{self.directory}: {len(self.array)} cached images but {len(self.records)} records")
@@ -113,7 +121,7 @@ class ImageCache:
             meta = {"format": CACHE_FORMAT, "size": [height, width], "count": len(kept), "root": root, "key": key}
             atomic_write_json(tmp / META_FILE, meta)
 
-        directory = build_once(Path(cache_dir) / "images" / key, produce)
+        directory = build_once(Path(cache_dir) / "images" / key, produce, checksummed=CHECKSUMMED)
         skipped = _load_skipped(directory)
         if skipped and not skip_bad:
             raise DatasetError(
@@ -323,10 +331,33 @@ def _decode_bytes(data: bytes, path: str, size: tuple[int, int], resize_filter: 
     height, width = size
     try:
         with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB").resize((width, height), RESIZE_FILTERS[resize_filter])
+            rgb = _eight_bit(image, path).convert("RGB").resize((width, height), RESIZE_FILTERS[resize_filter])
+    except Image.DecompressionBombError as error:
+        raise DatasetError(
+            f"{path}: a damaged file or a decompression bomb, not decoded ({error}); replace or remove it, then rebuild"
+        ) from error
     except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
         raise DatasetError(f"{path}: not a readable image ({error}); replace or remove it, then rebuild") from error
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _eight_bit(image: Image.Image, path: str) -> Image.Image:
+    """``image`` with 8 bits per channel: 16-bit grayscale scaled (``value / 257``), not clipped to 255 as
+    PIL's ``convert`` would; a floating-point image (no known range) is a :class:`DatasetError`."""
+    if image.mode == "F":
+        raise DatasetError(
+            f"{path}: a floating-point image (PIL mode F), whose value range is unknown, so it cannot be read "
+            "as 8 bits faithfully; save it with 8 or 16 bits per channel, or remove it"
+        )
+    if not (image.mode == "I" or image.mode.startswith("I;16")):
+        return image  # 8-bit modes; PIL already reads 16-bit RGB by its high bytes
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DatasetError(
+            f"{path}: a 32-bit integer image with values outside 0..65535, which cannot be read as 8 bits "
+            "faithfully; save it with 8 or 16 bits per channel, or remove it"
+        )
+    return Image.fromarray(np.rint(values / 257).astype(np.uint8), "L")
 
 
 def _parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str | None) -> Iterator[R]:

@@ -141,6 +141,8 @@ def _fit(out: dict[str, Tensor], target: Mapping[str, Tensor], report: Conversio
 def read_release_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """The state_dict in a release ``.pth`` (``torch.load(weights_only=True)``); :class:`CheckpointError` if not."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"release checkpoint {path} is a folder; pass the .pth file (e.g. inside it)")
     if not path.is_file():
         raise CheckpointError(f"release checkpoint {path} does not exist")
     try:

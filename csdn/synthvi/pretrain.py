@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, build_once, config_key
+from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, build_once, config_key, verify_artifact
 from csdn.clip.adapt import TextEncoder
-from csdn.clip.loader import TINY_ARCHS, ClipBundle, ClipSource, load_clip, save_local_dir
+from csdn.clip.loader import CONFIG_FILE, TINY_ARCHS, WEIGHTS_FILE, ClipBundle, ClipSource, load_clip, save_local_dir
 from csdn.errors import ConfigError
 from csdn.runtime import seed_everything
 from csdn.synthvi.pool import ClipPool, clip_pool
@@ -373,8 +373,13 @@ def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path) -> Path
     key = tiny_clip_key(cfg, synth)
     target = Path(cache_root) / "tiny_clip" / key
     run_dir = Path(cache_root) / "runs" / f"tiny_clip-{key}"
-    folder = build_once(target, lambda tmp: pretrain_tiny_clip(cfg, clip_pool(synth), tmp, run_dir=run_dir))
+
+    def produce(tmp: Path) -> None:
+        pretrain_tiny_clip(cfg, clip_pool(synth), tmp, run_dir=run_dir)
+
+    folder = build_once(target, produce, checksummed=(WEIGHTS_FILE, CONFIG_FILE))
     shutil.rmtree(run_dir, ignore_errors=True)  # the folder is complete: nothing will resume from these
+    verify_artifact(folder)  # damaged weights are an error naming the file, never a different CLIP
     return folder
 
 

@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from csdn import __version__
-from csdn.artifacts import atomic_save_tensors, atomic_write_json, temporary_dir, writing
+from csdn.artifacts import atomic_save_tensors, atomic_write_json, load_tensors, temporary_dir, writing
 from csdn.errors import CheckpointError
 
 LATEST = "latest.json"
@@ -174,7 +173,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, expect: dict[str, Any] |
                 f"checkpoint {path} has {key}={meta.get(key)!r} but this run needs {key}={value!r} ({hint}); {fix}"
             )
     try:
-        weights = load_file(str(path / "model.safetensors"))
+        weights = load_tensors(path / "model.safetensors", fix, checksum=False)  # checked if it has a checksum
     except Exception as error:  # safetensors raises its own error types for truncated or foreign files
         raise CheckpointError(f"{path / 'model.safetensors'}: unreadable weights ({error}); {fix}") from error
     own = model.state_dict()

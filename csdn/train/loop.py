@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from csdn.artifacts import atomic_save_tensors, atomic_write_json, remove_stale_temporaries
+from csdn.artifacts import atomic_save_tensors, atomic_write_json, load_tensors, remove_stale_temporaries
 from csdn.errors import ConfigError, NonFiniteLossError
 from csdn.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from csdn.train.distributed import SINGLE, DistContext
@@ -133,9 +133,8 @@ def run_epochs(
     bar.close()
     dist.barrier()  # rank 0's last checkpoint and best weights are on disk
     if cfg.select == "best_val" and (run_dir / "best.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        stage.module.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+        best = run_dir / "best.safetensors"
+        stage.module.load_state_dict(load_tensors(best, f"delete {run_dir} to train this stage again", checksum=False))
     elif cfg.select not in ("final", "best_val"):
         raise ConfigError(f"select must be 'final' or 'best_val', got {cfg.select!r}")
     return history

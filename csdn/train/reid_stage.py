@@ -102,6 +102,8 @@ class ReIDStageConfig:
             raise ConfigError(f"wrt_weights must be one of {WRT_WEIGHTS}, got {self.wrt_weights!r}")
         if self.param_groups not in PARAM_GROUPS:
             raise ConfigError(f"param_groups must be one of {PARAM_GROUPS}, got {self.param_groups!r}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0: batches built in the main process), got {self.workers}")
         if self.hse_temperature <= 0 or self.msel_weight < 0:
             raise ConfigError(
                 f"need hse_temperature > 0 and msel_weight >= 0, got {self.hse_temperature}, {self.msel_weight}"

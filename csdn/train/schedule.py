@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -79,3 +80,27 @@ def make_scheduler(
     else:
         raise ValueError(f"unknown schedule {kind!r}: use 'multistep', 'cosine' or 'release_cosine'")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def cut_short(name: str, stage: Any) -> str | None:
+    """What ``stage`` (a stage config: epochs, warmup_epochs, lr, maybe milestones) never reaches, or None.
+
+    An ``epochs`` shortened alone keeps the warm-up and the steps of the full schedule: the learning rate may
+    then never reach ``lr`` or never decay, which says nothing by itself.
+    """
+    missed, fixes = [], []
+    if stage.warmup_epochs >= stage.epochs:
+        missed.append(
+            f"its warm-up ends ({name}.warmup_epochs={stage.warmup_epochs}; lr {stage.lr:g} is never reached)"
+        )
+        fixes.append(f"--set {name}.warmup_epochs=...")
+    milestones = tuple(getattr(stage, "milestones", ()))
+    if any(m >= stage.epochs for m in milestones):
+        missed.append(f"its learning-rate steps ({name}.milestones={milestones})")
+        fixes.append(f"--set {name}.milestones=...")
+    if not missed:
+        return None
+    return (
+        f"{name}.epochs={stage.epochs} ends before {' and before '.join(missed)}; for a complete schedule shorten "
+        f"them with the epochs ({' '.join(fixes)})"
+    )
