@@ -17,12 +17,18 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from csdn.analysis.ablation import effects, format_summary, get_variant, summarize
 from csdn.analysis.grid import GridJob, run_grid
 from csdn.artifacts import default_cache_root
 from csdn.config import get_profile
+from csdn.data.records import INFRARED, VISIBLE
+from csdn.data.sampler import CrossModalitySampler
+from csdn.experiment import Experiment
+from csdn.losses import pairwise_euclidean, triplet_wrt
 from csdn.overrides import override
+from csdn.train.reid_stage import BatchKey, PairedBatches
 
 # row name -> the release switches it sets on the embedded default's CSDN
 ROWS = {
@@ -50,12 +56,44 @@ def jobs(seeds: int, epochs: int) -> list[GridJob]:
     ]
 
 
+@torch.no_grad()
+def distances(job: GridJob, cache_root: Path, steps: int = 10) -> dict[str, float]:
+    """Median negative distance and AGW-vs-exact WRT relative difference of a trained run's features, per head."""
+    experiment = Experiment(job.config, cache_root, progress=False, trained_only=True)
+    net, cfg = experiment.network.train(), job.config.stage3
+    cache = experiment.train_cache
+    labels = [experiment.labels[r.pid] for r in cache.records]
+    rows = {m: [i for i, r in enumerate(cache.records) if r.modality == m] for m in (VISIBLE, INFRARED)}
+    row_labels = {m: [labels[i] for i in rows[m]] for m in rows}
+    sampler = CrossModalitySampler(row_labels[VISIBLE], row_labels[INFRARED], cfg.ids_per_batch, cfg.instances)
+    batches = PairedBatches(
+        cache, rows[VISIBLE], rows[INFRARED], row_labels[VISIBLE], row_labels[INFRARED], experiment.transforms, True
+    )
+    found: dict[str, list[float]] = {}
+    for step, (v, i) in zip(range(steps), sampler):
+        batch = batches[BatchKey(v, i, 0, 0, step, 0)]
+        out = net([(batch["visible"], VISIBLE), (batch["infrared"], INFRARED)])
+        y = torch.cat([batch["visible_labels"], batch["infrared_labels"]])
+        for head, feats in (("gem", out.gem), ("proj", out.proj)):
+            negatives = pairwise_euclidean(feats, feats)[y[:, None] != y[None, :]]
+            exact, agw = triplet_wrt(feats, y, weights="exact"), triplet_wrt(feats, y, weights="agw")
+            found.setdefault(f"{head} median negative distance", []).append(negatives.median().item())
+            found.setdefault(f"{head} WRT agw/exact - 1", []).append((agw / exact - 1).item())
+    return {k: sum(v) / len(v) for k, v in found.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--cache", type=Path, default=None, help="artifact cache (default: $CSDN_CACHE)")
+    parser.add_argument("--distances", action="store_true", help="feature distances of the trained csdn runs")
     args = parser.parse_args()
+    if args.distances:
+        cache = args.cache or default_cache_root()
+        table = {job.seed: distances(job, cache) for job in jobs(args.seeds, args.epochs) if job.name == "csdn"}
+        print(pd.DataFrame(table).T.to_string(float_format=lambda x: f"{x:.4g}"))
+        return
     result = run_grid(jobs(args.seeds, args.epochs), args.cache or default_cache_root())
     pd.set_option("display.width", 200)
     runs = result.runs

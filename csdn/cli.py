@@ -38,7 +38,14 @@ from typing import Any
 
 from csdn.artifacts import check_folder, default_cache_root, storage_error
 from csdn.clip.loader import TINY_ARCHS
-from csdn.config import SELECTS, SYNTH_LAYOUTS, ExperimentConfig, get_profile, profile_from_env, to_dict
+from csdn.config import (
+    SELECTS,
+    SYNTH_LAYOUTS,
+    ExperimentConfig,
+    profile_config,
+    profile_from_env,
+    to_dict,
+)
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.errors import CheckpointError, ClipWeightsError, ConfigError, CsdnError
 from csdn.model.network import VARIANTS
@@ -140,7 +147,7 @@ def experiment_config(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[
     configuration is refused (:func:`check_flags_act`).
     """
     changes = command_overrides(args)
-    cfg = override(get_profile(args.profile, data_root=getattr(args, "data", None)), changes)
+    cfg = profile_config(args.profile, getattr(args, "data", None), changes)
     check_flags_act(args, cfg)
     return cfg, changes
 

@@ -330,6 +330,12 @@ PROFILES: dict[str, Callable[[str | None], ExperimentConfig]] = {
 def get_profile(name: str, data_root: str | None = None, **overrides: Any) -> ExperimentConfig:
     """The named profile (real-data ones need ``data_root``, which SynthVI refuses) with ``overrides`` (see
     :func:`csdn.overrides.override` for dotted ones: ``override(get_profile("demo"), {"stage3.epochs": 10})``)."""
+    return profile_config(name, data_root, overrides)
+
+
+def profile_config(name: str, data_root: str | None, overrides: dict[str, Any]) -> ExperimentConfig:
+    """:func:`get_profile` with the overrides as one mapping (dotted keys, any field name: ``{"name": ...}``);
+    the data root and the overrides apply together (``data.dataset`` may name the dataset the root holds)."""
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     changes = {"data.root": data_root, **overrides} if data_root else overrides  # refused for SynthVI

@@ -288,7 +288,8 @@ def query_image_unreadable(w: World) -> list[str]:
 
 
 def data_folder_missing(w: World) -> list[str]:
-    return ["--cache", str(w.tmp / "cache"), "train", "--profile", "sysu-rn50", "--data", str(w.tmp / "nowhere")]
+    folders = ["--cache", str(w.tmp / "cache"), "--reports", str(w.tmp / "reports")]
+    return [*folders[:2], "train", "--profile", "sysu-rn50", "--data", str(w.tmp / "nowhere"), *folders[2:]]
 
 
 def stats_real_profile_data(w: World) -> list[str]:

@@ -349,7 +349,8 @@ def test_converted_release_weights_are_evaluated_with_their_own_preprocessing(tm
     assert "model.release_stem=true, clip.input_stats=imagenet" in capsys.readouterr().out
 
     common = ["--cache", str(tmp_path / "cache"), "eval", *args, "--weights", str(converted), *quick]
-    assert main([*common, "--reports", str(tmp_path / "reports")]) == 0
+    common += ["--reports", str(tmp_path / "reports")]
+    assert main(common) == 0
     printed = capsys.readouterr().out
     assert "applied: model.release_stem=true, clip.input_stats=imagenet, data.resize_filter=lanczos, " in printed
     assert "eval.flip_fusion=concat" in printed
