@@ -178,7 +178,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     exploding = dataclasses.replace(
         smoke, stage3=dataclasses.replace(smoke.stage3, epochs=3, milestones=(1,), gamma=1e30)
     )
-    monkeypatch.setattr(csdn.cli, "get_profile", lambda name, data_root=None: exploding)
+    monkeypatch.setattr(csdn.cli, "profile_config", lambda name, data_root, overrides: exploding)
     code = main(_train_args(cache, tmp_path / "reports"))
     err = capsys.readouterr().err
     assert code == 2
