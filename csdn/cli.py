@@ -594,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     from csdn.analysis.commands import add_commands
 
     add_commands(sub)  # ablate, gap
+    from csdn.commands import add_commands as add_model_commands
+
+    add_model_commands(sub)  # embed, heatmaps
     for p in sub.choices.values():  # --cache after the command too; SUPPRESS keeps the one given before it
         p.add_argument("--cache", type=Path, default=argparse.SUPPRESS, help="artifact cache root (as csdn --cache)")
     return parser

@@ -367,10 +367,18 @@ class Experiment:
                     history = train(run_dir)
                     if d.is_main:
                         remove_stale_temporaries(run_dir / FINAL)  # under the lock: no other writer is live
-                        atomic_save_tensors(module.state_dict(), run_dir / FINAL)
+                        atomic_save_tensors(
+                            module.state_dict(), run_dir / FINAL, metadata=self._final_metadata(run_dir)
+                        )
                         record = {"history": history, "config_key": key, "world_size": d.world_size}
                         atomic_write_json(run_dir / DONE, record)
                 d.barrier()
+
+    def _final_metadata(self, run_dir: Path) -> dict[str, str] | None:
+        """A stage-3 ``final.safetensors`` records the settings its weights need (:func:`stage3_weights_settings`)."""
+        if not run_dir.name.startswith("stage3-"):
+            return None
+        return {WEIGHTS_SETTINGS: json.dumps(stage3_weights_settings(self.cfg))}
 
     @cached_property
     def histories(self) -> dict[str, list[dict[str, float]]]:
@@ -522,10 +530,11 @@ class Experiment:
         """Whether the cache holds this config's finished stage-3 run (``network`` then loads, not trains)."""
         return (self.stage3_dir / DONE).is_file()
 
-    def build_network(self) -> CSDNNet:
-        """The config's stage-3 network, untrained (CLIP weights and freshly initialised heads)."""
+    def build_network(self, num_ids: int | None = None) -> CSDNNet:
+        """The config's stage-3 network, untrained (CLIP weights and freshly initialised heads); ``num_ids``
+        classes (default: the training split's identities, which opens the dataset)."""
         m = self.cfg.model
-        visual, num_ids = self.clip.visual(), self.num_ids
+        visual, num_ids = self.clip.visual(), num_ids or self.num_ids
         torch.manual_seed(self.cfg.seed)
         return CSDNNet(visual, num_ids, modality_stems=m.modality_stems, gem_p=m.gem_p, release_stem=m.release_stem)
 
@@ -703,6 +712,20 @@ def check_weights_file(path: Path) -> None:
 
 
 WEIGHTS_SETTINGS = "csdn.settings"  # safetensors metadata: JSON of the config settings the weights need
+STAGE3_RECORDED = ("data.height", "data.width", "data.resize_filter", "clip.input_stats", "model.release_stem")
+
+
+def stage3_weights_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a stage-3 ``final.safetensors`` records it needs (:data:`STAGE3_RECORDED`): the input size and
+    preprocessing it was trained with, so ``csdn embed`` / ``eval --weights`` of the file apply them. Metadata
+    only: the cache keys are unchanged."""
+    settings: dict[str, Any] = {}
+    for dotted in STAGE3_RECORDED:
+        value: Any = cfg
+        for name in dotted.split("."):
+            value = getattr(value, name)
+        settings[dotted] = value
+    return settings
 
 
 def weights_settings(path: str | Path) -> dict[str, Any]:
