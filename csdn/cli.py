@@ -37,6 +37,7 @@ from csdn.artifacts import check_folder, default_cache_root, storage_error
 from csdn.clip.loader import TINY_ARCHS
 from csdn.config import SELECTS, SYNTH_LAYOUTS, ExperimentConfig, get_profile, profile_from_env, to_dict
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
+from csdn.dryrun import DRY_RUN_IMAGES, DRY_RUN_STEPS
 from csdn.errors import CheckpointError, ClipWeightsError, ConfigError, CsdnError
 from csdn.model.network import VARIANTS
 from csdn.overrides import format_overrides, load_overrides, override, parse_overrides
@@ -64,6 +65,12 @@ def _ids_per_gpu_overrides(ids: int) -> dict[str, Any]:
     return {"stage3.ids_per_batch": ids * world_size_from_env()}
 
 
+def _dry_run_overrides(steps: int) -> dict[str, Any]:
+    from csdn.dryrun import dry_run_overrides
+
+    return dry_run_overrides(steps)
+
+
 # argparse destination -> the dotted config key its flag sets (when given), or a function of the flag's value
 # returning the overrides (a flag that sets several keys, or a derived value)
 FLAG_OVERRIDES: dict[str, str | Callable[[Any], dict[str, Any]]] = {
@@ -84,6 +91,8 @@ FLAG_OVERRIDES: dict[str, str | Callable[[Any], dict[str, Any]]] = {
     "rerank": "eval.rerank",
     "workers": "stage3.workers",
     "ids_per_gpu": _ids_per_gpu_overrides,
+    "dry_run": _dry_run_overrides,
+    "dry_run_images": "eval.max_images",
 }
 # flags that act on one dataset layout only: argparse destination -> (layout, what is refused otherwise)
 LAYOUT_FLAGS = {
@@ -331,9 +340,14 @@ def _report(
                 f"{experiment.train_cache.directory / 'skipped.json'} and in the report",
                 file=sys.stderr,
             )
+    from csdn.dryrun import dry_run_note, is_dry_run
     from csdn.runs import describe
 
-    written = write_report(run.path, results, extra=extra, overrides=overrides, description=describe(cfg))
+    description = describe(cfg)
+    if is_dry_run(cfg):  # marked in the report and on the screen
+        extra["dry_run"] = description = f"{dry_run_note(cfg)}. {description}"
+        print(dry_run_note(cfg))
+    written = write_report(run.path, results, extra=extra, overrides=overrides, description=description)
     print()
     run.line(f"finished in {seconds:.1f}s; run folder {run.path}; report: {', '.join(p.name for p in written)}")
 
@@ -579,6 +593,26 @@ def build_parser() -> argparse.ArgumentParser:
             help="leave unreadable training images out (listed in the report) instead of stopping",
         )
         add_run_flags(p)
+        if name == "eval":  # a dry run of eval: the images evaluated only
+            p.add_argument(
+                "--dry-run",
+                dest="dry_run_images",
+                nargs="?",
+                const=DRY_RUN_IMAGES,
+                type=int,
+                metavar="N",
+                help=f"rank at most N queries and gallery images per split (default {DRY_RUN_IMAGES})",
+            )
+        else:
+            p.add_argument(
+                "--dry-run",
+                nargs="?",
+                const=DRY_RUN_STEPS,
+                type=int,
+                metavar="N",
+                help=f"check the config end to end: every stage 1 epoch of at most N steps (default "
+                f"{DRY_RUN_STEPS}), at most {DRY_RUN_IMAGES} images evaluated per split; never cached",
+            )
         if name == "eval":
             p.add_argument("--zero-shot", action="store_true", help="also evaluate the frozen CLIP")
             p.add_argument(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
@@ -49,6 +50,7 @@ from csdn.data.images import CachedImages
 from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
 from csdn.data.transforms import TransformConfig, input_statistics, test_transform
+from csdn.dryrun import capped_split, is_dry_run
 from csdn.errors import CacheError, CheckpointError, ConfigError
 from csdn.eval.features import extract_features
 from csdn.eval.protocols import ProtocolResult, evaluate_split
@@ -327,6 +329,8 @@ class Experiment:
         if self.trained_only:  # never trains: a stage missing from the cache is refused
             self._require_done(name, run_dir)
             loaded = True
+        elif is_dry_run(self.cfg):  # trained in a scratch folder, never cached as finished
+            return self._dry_run_stage(name, key, module, train)
         else:
             loaded = self.dist.agree((run_dir / DONE).is_file())
             if not loaded:
@@ -336,6 +340,20 @@ class Experiment:
         self.histories[name] = _read_history(run_dir / DONE, fix)
         if self.logger is not None:
             self.logger.stage_done(name, run_dir, self.histories[name], loaded)
+        return module.to(self.device)
+
+    def _dry_run_stage(self, name: str, key: str, module: nn.Module, train) -> nn.Module:
+        """Train stage ``name`` of a dry run (:mod:`csdn.dryrun`) from scratch in ``<cache>/dry-runs/``: its
+        checkpoints stay there for a look, but no ``done.json`` is written and nothing reads it back."""
+        run_dir = self.cache_root / "dry-runs" / f"{name}-{key}"
+        with writing(run_dir):
+            if self.dist.is_main:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            self.dist.barrier()
+            seed_everything(self.cfg.seed)
+            self.histories[name] = train(run_dir)
+        if self.logger is not None:
+            self.logger.stage_done(name, run_dir, self.histories[name], False)
         return module.to(self.device)
 
     def _require_done(self, name: str, run_dir: Path) -> None:
@@ -679,10 +697,8 @@ class Experiment:
     def evaluate(self, features_of=None) -> dict[str, ProtocolResult]:
         """The dataset's test protocols for ``features_of`` (default: the trained network), by split name."""
         features_of = features_of or self.network_features()
-        return {
-            split.name: evaluate_split(features_of, split, self.cfg.eval.rerank)
-            for split in self.dataset.test_splits(self.split_options())
-        }
+        splits = [capped_split(s, self.cfg.eval.max_images) for s in self.dataset.test_splits(self.split_options())]
+        return {split.name: evaluate_split(features_of, split, self.cfg.eval.rerank) for split in splits}
 
 
 def _file_digest(path: Path) -> str:
