@@ -36,6 +36,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, help="images per forward pass (default eval.batch_size)")
     p.set_defaults(func=cmd_embed)
+    text = "PNGs of queries and their top-k gallery with where each similarity comes from (heatmaps)"
+    p = subparsers.add_parser("heatmaps", help=text, description=text, epilog=EPILOG)
+    _model_options(p)
+    p.add_argument("--compare", help="also the cache's trained model of this config with another variant (vision-only)")
+    p.add_argument("--queries", type=int, default=4, help="queries of distinct identities per split (default 4)")
+    p.add_argument("--top-k", type=int, default=5, help="gallery images per query (default 5)")
+    p.add_argument("--reports", default="reports", help="PNGs go to <reports>/<profile>/heatmaps unless --out")
+    p.add_argument("--out", type=Path, help="the folder of the PNGs")
+    p.set_defaults(func=cmd_heatmaps)
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -97,3 +106,50 @@ def _inputs(args: argparse.Namespace) -> dict[str, list[Path]]:
     if args.weights and args.run:
         raise ConfigError("give --weights FILE or --run DIR, not both")
     return inputs
+
+
+def cmd_heatmaps(args: argparse.Namespace) -> int:
+    """Write one PNG per query of the first split (first trial): the query and its top-k under each model, with
+    the maps of where each similarity comes from (:mod:`csdn.analysis.heatmaps`)."""
+    from csdn.analysis.heatmaps import plot_matches, query_maps
+    from csdn.analysis.stage_views import pick_queries
+    from csdn.experiment import Experiment
+    from csdn.overrides import override
+    from csdn.reports import write_report_files
+
+    if args.queries < 1 or args.top_k < 1:
+        raise ConfigError(f"--queries and --top-k must be >= 1, got {args.queries} and {args.top_k}")
+    if args.weights and args.run:
+        raise ConfigError("give --weights FILE or --run DIR, not both")
+    cfg, overrides = experiment_config(args)
+    if args.weights:
+        cfg, overrides = apply_weights_settings(args.weights, cfg, overrides)
+    experiment = Experiment(cfg, args.cache, trained_only=True)
+    models = {cfg.model.variant: _network(args, experiment)}
+    if args.compare:
+        other = Experiment(override(cfg, {"model.variant": args.compare}), args.cache, trained_only=True)
+        models[args.compare] = (other, other.network)
+    split = experiment.dataset.test_splits(experiment.split_options())[0]
+    chosen = pick_queries(list(split.query), args.queries, seed=cfg.seed)
+    maps = {name: query_maps(e, net, split, chosen, args.top_k) for name, (e, net) in models.items()}
+    folder = args.out or Path(args.reports) / cfg.name / "heatmaps"
+    figures = {}
+    for row, index in enumerate(chosen):
+        q = split.query[index]
+        title = f"{split.title}: query pid {q.pid}, cam {q.cam}; similarity heatmaps"
+        figures[f"{_slug(split.name)}-query{index}.png"] = plot_matches([(n, m[row]) for n, m in maps.items()], title)
+    written = write_report_files(folder, figures)
+    print(f"{len(written)} heatmap figure(s) ({', '.join(models)}) in {folder}")
+    return 0
+
+
+def _network(args: argparse.Namespace, experiment):
+    """(experiment, network) of --weights, --run or the cache's trained model of the config."""
+    from csdn.embed import weights_of_run
+
+    source = args.weights or (weights_of_run(args.run) if args.run else None)
+    return experiment, (experiment.network_from_weights(source) if source else experiment.network)
+
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "_").replace(">", "").replace("-", "_").replace(",", "")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from csdn.analysis.heatmaps import mass_in, plot_matches, query_maps, similarity_maps
+from csdn.cli import main
 from csdn.config import get_profile
 from csdn.experiment import Experiment
 from csdn.overrides import override
@@ -100,3 +101,17 @@ def test_query_maps_of_a_split_rank_by_the_evaluation_and_plot(tmp_path: Path) -
     assert maps.query.shape == (64, 32, 3) and maps.query_maps.shape == (3, 64, 32) and len(maps.gallery) == 3
     figure = plot_matches([("a", maps), ("b", maps)], title="t")
     assert len(figure.axes) == 2 * 4
+
+
+def test_heatmaps_command_writes_one_png_per_query(tmp_path: Path, capsys) -> None:
+    cfg = override(get_profile("smoke"), {"clip.weights": "random", "model.variant": "vision-only"})
+    experiment = Experiment(cfg, tmp_path / "cache", progress=False)
+    _ = experiment.network  # trained into the cache
+    argv = ["--cache", str(tmp_path / "cache"), "heatmaps", "--profile", "smoke", "--clip", "random"]
+    argv += ["--variant", "vision-only", "--run", str(experiment.stage3_dir), "--compare", "vision-only"]
+    assert main([*argv, "--queries", "2", "--top-k", "3", "--out", str(tmp_path / "maps")]) == 0
+    pngs = sorted((tmp_path / "maps").glob("*.png"))
+    assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert "2 heatmap figure(s) (vision-only)" in capsys.readouterr().out
+    assert main([*argv, "--queries", "0", "--out", str(tmp_path / "none")]) == 2
+    assert "--queries and --top-k must be >= 1" in capsys.readouterr().err and not (tmp_path / "none").exists()

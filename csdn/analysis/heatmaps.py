@@ -45,7 +45,8 @@ from csdn.data.records import Record
 from csdn.data.transforms import test_transform
 from csdn.model.network import CSDNNet
 
-HEATMAP_CMAP = "Greens"  # the maps' colours: green, never the modality palette's orange or blue
+HEATMAP_CMAP = "Purples"  # the maps' colours: purple, never the modality palette's orange or blue nor the
+# rank lists' green (true match) and red (wrong identity)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def mass_in(maps: Tensor, region: tuple[slice, slice]) -> Tensor:
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.8) -> np.ndarray:
-    """``image`` (H, W, 3 uint8) in grey with ``heat`` (H, W; scaled to its own maximum) laid over it in green,
+    """``image`` (H, W, 3 uint8) in grey with ``heat`` (H, W; scaled to its own maximum) laid over it in purple,
     more opaque where the map is higher: float RGB in [0, 1]."""
     import matplotlib
 
@@ -257,3 +258,8 @@ def query_maps(
         top = top_gallery(q[row] @ g.T, record, gallery, split.rules, k)
         out.append(record_maps(experiment, net, record, top))
     return out
+
+
+def maps_of(experiment, net: CSDNNet):
+    """``(query, gallery) -> MatchMaps`` of ``net`` (for the inspector's heatmap toggle)."""
+    return lambda query, gallery: record_maps(experiment, net, query, list(gallery))
