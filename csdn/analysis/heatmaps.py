@@ -191,13 +191,13 @@ def plot_matches(rows: Sequence[tuple[str, MatchMaps]], title: str | None = None
     figure = Figure(figsize=(1.25 * (k + 1) + 0.6, 2.55 * len(rows)), layout="constrained")
     axes = figure.subplots(len(rows), k + 1, squeeze=False)
     for (label, maps), line in zip(rows, axes):
-        _panel(line[0], overlay(maps.query, maps.query_maps[0]), maps.query_modality, f"{label}\nquery")
+        _panel(line[0], overlay(maps.query, maps.query_maps[0]), maps.query_modality, f"{label}\nquery (for #1)")
         for i, ax in enumerate(line[1:]):
             if i >= len(maps.gallery):
                 ax.set_axis_off()
                 continue
             mark = "\u2713 " if maps.matches[i] else "\u2717 "
-            text = f"{mark}#{i + 1}  s={maps.scores[i]:.2f}"
+            text = f"{mark}#{i + 1}  s={maps.scores[i]:.3f}"
             _panel(ax, overlay(maps.gallery[i], maps.gallery_maps[i]), maps.gallery_modality, text)
     if title:
         figure.suptitle(title, fontsize=10)
