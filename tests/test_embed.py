@@ -104,3 +104,15 @@ def test_bad_embed_arguments_are_one_line_and_write_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("csdn: error: ") and message in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_folder_of_csdn_train_gives_its_stage3_weights(trained: Experiment, tmp_path: Path) -> None:
+    from csdn.embed import weights_of_run
+    from csdn.errors import CheckpointError
+
+    (tmp_path / "run" / "stages").mkdir(parents=True)
+    (tmp_path / "run" / "stages" / "stage3").symlink_to(trained.stage3_dir)
+    assert weights_of_run(tmp_path / "run") == tmp_path / "run" / "stages" / "stage3" / FINAL
+    assert weights_of_run(trained.stage3_dir) == trained.stage3_dir / FINAL
+    with pytest.raises(CheckpointError, match="neither a finished stage-3 folder"):
+        weights_of_run(tmp_path)
