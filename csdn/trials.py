@@ -138,14 +138,15 @@ def write_trials_report(folder: Path, result: TrialsResult, header: str, extra: 
 
 def run_all_trials(args, cfg: ExperimentConfig, overrides: dict[str, Any], trained_only: bool) -> int:
     """The ``--trial all`` command: every trial into one run folder (``<default name>-trials`` or ``--out``)."""
-    from csdn.cli import _open_run_folder
+    from tqdm.auto import tqdm
+
     from csdn.dryrun import dry_run_note, is_dry_run
-    from csdn.runs import default_run_name, describe
+    from csdn.runs import RunFolder, default_run_name, describe
 
     numbers = trial_numbers(cfg)  # refuses other layouts before anything is written
-    if not args.out:
-        args.out = Path(args.reports) / f"{default_run_name(cfg, overrides)}-trials"
-    run = _open_run_folder(args, cfg, overrides)
+    folder = Path(args.out) if args.out else Path(args.reports) / f"{default_run_name(cfg, overrides)}-trials"
+    run = RunFolder(folder, echo=tqdm.write)
+    run.start(args.command, cfg, overrides, getattr(args, "argv", []), args.cache)
     try:
         run.line(f"{len(numbers)} RegDB trials ({numbers[0]}..{numbers[-1]}), {args.jobs or 1} at a time")
         result = run_trials(cfg, args.cache, jobs=args.jobs or 1, trained_only=trained_only)
