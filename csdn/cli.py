@@ -47,6 +47,7 @@ from csdn.config import (
     to_dict,
 )
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
+from csdn.dryrun import DRY_RUN_IMAGES, DRY_RUN_STEPS
 from csdn.errors import CheckpointError, ClipWeightsError, ConfigError, CsdnError
 from csdn.model.network import VARIANTS
 from csdn.overrides import format_overrides, load_overrides, override, parse_overrides
@@ -75,6 +76,12 @@ def _ids_per_gpu_overrides(ids: int) -> dict[str, Any]:
     return {"stage3.ids_per_batch": ids * world_size_from_env()}
 
 
+def _dry_run_overrides(steps: int) -> dict[str, Any]:
+    from csdn.dryrun import dry_run_overrides
+
+    return dry_run_overrides(steps)
+
+
 # argparse destination -> the dotted config key its flag sets (when given), or a function of the flag's value
 # returning the overrides (a flag that sets several keys, or a derived value)
 FLAG_OVERRIDES: dict[str, str | Callable[[Any], dict[str, Any]]] = {
@@ -95,6 +102,7 @@ FLAG_OVERRIDES: dict[str, str | Callable[[Any], dict[str, Any]]] = {
     "rerank": "eval.rerank",
     "workers": "stage3.workers",
     "ids_per_gpu": _ids_per_gpu_overrides,
+    "dry_run": _dry_run_overrides,
 }
 # flags that act on one dataset layout only: argparse destination -> (layout, what is refused otherwise)
 LAYOUT_FLAGS = {
@@ -381,10 +389,15 @@ def _report(
                 f"{experiment.train_cache.directory / 'skipped.json'} and in the report",
                 file=sys.stderr,
             )
+    from csdn.dryrun import dry_run_note, is_dry_run
     from csdn.runs import describe
 
+    description = describe(cfg)
+    if is_dry_run(cfg):  # marked in the report and on the screen
+        extra["dry_run"] = description = f"{dry_run_note(cfg)}. {description}"
+        print(dry_run_note(cfg))
     written = run.finished(
-        lambda: write_report(run.path, results, extra=extra, overrides=overrides, description=describe(cfg))
+        lambda: write_report(run.path, results, extra=extra, overrides=overrides, description=description)
     )  # the results, then the config and versions that describe them
     print()
     run.line(f"finished in {seconds:.1f}s; run folder {run.path}; report: {', '.join(p.name for p in written)}")
@@ -392,13 +405,35 @@ def _report(
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the three stages (cached, resumable) and evaluate on the test protocol."""
+    if args.trial == "all" or args.jobs is not None:
+        return _all_trials(args, trained_only=False)
     return _run_and_report(args, zero_shot=False)
+
+
+def _all_trials(args: argparse.Namespace, trained_only: bool) -> int:
+    """``--trial all``: every RegDB trial's model, its results, the mean and sd (:mod:`csdn.trials`)."""
+    from csdn.trials import run_all_trials
+
+    if args.trial != "all":
+        raise ConfigError("--jobs trains RegDB trials in parallel: it goes with --trial all")
+    if getattr(args, "weights", None) or getattr(args, "run", None) or getattr(args, "zero_shot", None):
+        raise ConfigError(
+            "--trial all evaluates each trial's own cached model: leave out --weights, --run, --zero-shot"
+        )
+    args.trial = None  # the trials are set one by one
+    cfg, overrides = experiment_config(args)
+    return run_all_trials(args, cfg, overrides, trained_only)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a trained network (--weights FILE, --run DIR, or the cache's for this config); never trains."""
     if args.weights and args.run:
         raise ConfigError("give --weights FILE or --run DIR, not both")
+    if args.dry_run is not None:  # evaluation never trains: its dry run caps the images evaluated only
+        args.set_overrides = [*args.set_overrides, f"eval.max_images={args.dry_run}"]
+        args.dry_run = None
+    if args.trial == "all" or args.jobs is not None:
+        return _all_trials(args, trained_only=True)
     return _run_and_report(args, zero_shot=args.zero_shot, trained_only=True)
 
 
@@ -512,13 +547,30 @@ def cmd_pretrain_clip(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: data, tiny CLIP, three stages, SYSU protocol, report."""
+    if args.trial == "all" or args.jobs is not None:
+        raise ConfigError("--trial all and --jobs run RegDB's trials: use csdn train (or eval) --trial all")
     _print_statistics(_open(args))
     return _run_and_report(args, zero_shot=True)
 
 
+def _trial(value: str) -> int | str:
+    """A RegDB trial number, or ``all``."""
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a trial number (1..10) or all, not {value!r}") from None
+
+
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """The data, validation, evaluation and speed flags of train, eval and demo (entries of FLAG_OVERRIDES)."""
-    p.add_argument("--trial", type=int, help="RegDB trial 1..10 (data.regdb_trial): each its own split and model")
+    p.add_argument(
+        "--trial",
+        type=_trial,
+        help="RegDB trial 1..10 (data.regdb_trial): each its own split and model; all: every trial, the mean and sd",
+    )
+    p.add_argument("--jobs", type=int, metavar="N", help="with --trial all: trials trained at once (worker processes)")
     p.add_argument(
         "--validate-every",
         type=int,
@@ -631,6 +683,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="leave unreadable training images out (listed in the report) instead of stopping",
         )
         add_run_flags(p)
+        p.add_argument(
+            "--dry-run",
+            nargs="?",
+            const=DRY_RUN_IMAGES if name == "eval" else DRY_RUN_STEPS,
+            type=int,
+            metavar="N",
+            help=f"eval: rank at most N queries and gallery images per split (default {DRY_RUN_IMAGES}); train, demo: "
+            f"check the config end to end, every stage 1 epoch of at most N steps (default {DRY_RUN_STEPS}), at most "
+            f"{DRY_RUN_IMAGES} images evaluated per split, never cached",
+        )
         if name == "eval":
             p.add_argument("--zero-shot", action="store_true", help="also evaluate the frozen CLIP")
             p.add_argument(
@@ -646,6 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
     from csdn.analysis.commands import add_commands
 
     add_commands(sub)  # ablate, gap
+    from csdn.commands import add_commands as add_model_commands
+
+    add_model_commands(sub)  # embed, heatmaps
     for p in sub.choices.values():  # --cache after the command too; SUPPRESS keeps the one given before it
         p.add_argument("--cache", type=Path, default=argparse.SUPPRESS, help="artifact cache root (as csdn --cache)")
     return parser

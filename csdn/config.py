@@ -142,11 +142,14 @@ class EvalConfig:
     sysu_modes: tuple[str, ...] = ("all", "indoor")  # SYSU search modes
     sysu_shots: tuple[int, ...] = (1,)  # SYSU shots per (id, camera): 1 single-shot, 10 multi-shot
     directions: tuple[str, ...] = ("infrared->visible", "visible->infrared")  # RegDB / LLCM directions
+    max_images: int = 0  # > 0: a dry run ranks at most this many queries and gallery images per split (csdn.dryrun)
 
-    KEY_LEGACY: ClassVar[dict[str, Any]] = {"flip_fusion": "mean"}
+    KEY_LEGACY: ClassVar[dict[str, Any]] = {"flip_fusion": "mean", "max_images": 0}
 
     def __post_init__(self) -> None:
         _check_choice("flip_fusion", self.flip_fusion, FLIP_FUSIONS)
+        if self.max_images < 0:
+            raise ConfigError(f"max_images must be >= 0 (0: every test image), got {self.max_images}")
         if self.trials < 1 or self.batch_size < 1:
             raise ConfigError(f"need trials >= 1 and batch_size >= 1, got {self.trials} and {self.batch_size}")
         _check_choices("sysu_modes", self.sysu_modes, SYSU_MODES)

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 from dataclasses import asdict, replace
 from functools import cached_property
@@ -52,6 +53,7 @@ from csdn.data.images import CachedImages
 from csdn.data.protocol import DatasetError, SplitOptions
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record, label_map
 from csdn.data.transforms import TransformConfig, input_statistics, test_transform
+from csdn.dryrun import capped_split, is_dry_run
 from csdn.errors import CacheError, CheckpointError, ConfigError
 from csdn.eval.features import extract_features
 from csdn.eval.protocols import ProtocolResult, evaluate_split
@@ -333,6 +335,8 @@ class Experiment:
         if self.trained_only:  # never trains: a stage missing from the cache is refused
             self._require_done(name, run_dir)
             loaded = True
+        elif is_dry_run(self.cfg):  # trained in a scratch folder, never cached as finished
+            return self._dry_run_stage(name, key, module, train)
         else:
             loaded = self.dist.agree(_finished(run_dir))
             if not loaded:
@@ -342,6 +346,20 @@ class Experiment:
         self.histories[name] = _read_history(run_dir / DONE, fix)
         if self.logger is not None:
             self.logger.stage_done(name, run_dir, self.histories[name], loaded)
+        return module.to(self.device)
+
+    def _dry_run_stage(self, name: str, key: str, module: nn.Module, train) -> nn.Module:
+        """Train stage ``name`` of a dry run (:mod:`csdn.dryrun`) from scratch in ``<cache>/dry-runs/``: its
+        checkpoints stay there for a look, but no ``done.json`` is written and nothing reads it back."""
+        run_dir = self.cache_root / "dry-runs" / f"{name}-{key}"
+        with writing(run_dir):
+            if self.dist.is_main:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            self.dist.barrier()
+            seed_everything(self.cfg.seed)
+            self.histories[name] = train(run_dir)
+        if self.logger is not None:
+            self.logger.stage_done(name, run_dir, self.histories[name], False)
         return module.to(self.device)
 
     def _require_done(self, name: str, run_dir: Path) -> None:
@@ -380,10 +398,18 @@ class Experiment:
                     history = train(run_dir)
                     if d.is_main:
                         remove_stale_temporaries(run_dir / FINAL)  # under the lock: no other writer is live
-                        atomic_save_tensors(module.state_dict(), run_dir / FINAL)
+                        atomic_save_tensors(
+                            module.state_dict(), run_dir / FINAL, metadata=self._final_metadata(run_dir)
+                        )
                         record = {"history": history, "config_key": key, "world_size": d.world_size}
                         atomic_write_json(run_dir / DONE, record)
                 d.barrier()
+
+    def _final_metadata(self, run_dir: Path) -> dict[str, str] | None:
+        """A stage-3 ``final.safetensors`` records the settings its weights need (:func:`stage3_weights_settings`)."""
+        if not run_dir.name.startswith("stage3-"):
+            return None
+        return {WEIGHTS_SETTINGS: json.dumps(stage3_weights_settings(self.cfg))}
 
     @cached_property
     def histories(self) -> dict[str, list[dict[str, float]]]:
@@ -535,10 +561,11 @@ class Experiment:
         """Whether the cache holds this config's finished stage-3 run (``network`` then loads, not trains)."""
         return (self.stage3_dir / DONE).is_file()
 
-    def build_network(self) -> CSDNNet:
-        """The config's stage-3 network, untrained (CLIP weights and freshly initialised heads)."""
+    def build_network(self, num_ids: int | None = None) -> CSDNNet:
+        """The config's stage-3 network, untrained (CLIP weights and freshly initialised heads); ``num_ids``
+        classes (default: the training split's identities, which opens the dataset)."""
         m = self.cfg.model
-        visual, num_ids = self.clip.visual(), self.num_ids
+        visual, num_ids = self.clip.visual(), num_ids or self.num_ids
         torch.manual_seed(self.cfg.seed)
         return CSDNNet(visual, num_ids, modality_stems=m.modality_stems, gem_p=m.gem_p, release_stem=m.release_stem)
 
@@ -683,10 +710,8 @@ class Experiment:
     def evaluate(self, features_of=None) -> dict[str, ProtocolResult]:
         """The dataset's test protocols for ``features_of`` (default: the trained network), by split name."""
         features_of = features_of or self.network_features()
-        return {
-            split.name: evaluate_split(features_of, split, self.cfg.eval.rerank)
-            for split in self.dataset.test_splits(self.split_options())
-        }
+        splits = [capped_split(s, self.cfg.eval.max_images) for s in self.dataset.test_splits(self.split_options())]
+        return {split.name: evaluate_split(features_of, split, self.cfg.eval.rerank) for split in splits}
 
 
 def _finished(run_dir: Path) -> bool:
@@ -737,6 +762,20 @@ def check_weights_file(path: Path) -> None:
 
 
 WEIGHTS_SETTINGS = "csdn.settings"  # safetensors metadata: JSON of the config settings the weights need
+STAGE3_RECORDED = ("data.height", "data.width", "data.resize_filter", "clip.input_stats", "model.release_stem")
+
+
+def stage3_weights_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a stage-3 ``final.safetensors`` records it needs (:data:`STAGE3_RECORDED`): the input size and
+    preprocessing it was trained with, so ``csdn embed`` / ``eval --weights`` of the file apply them. Metadata
+    only: the cache keys are unchanged."""
+    settings: dict[str, Any] = {}
+    for dotted in STAGE3_RECORDED:
+        value: Any = cfg
+        for name in dotted.split("."):
+            value = getattr(value, name)
+        settings[dotted] = value
+    return settings
 
 
 def weights_settings(path: str | Path) -> dict[str, Any]:

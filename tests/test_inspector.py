@@ -380,3 +380,37 @@ def test_widget_bad_k(world):
     data, _, _ = world
     with pytest.raises(ValueError, match="1 <= k <= max_k"):
         build_inspector(data, SIZE, k=40, max_k=30)
+
+
+def test_widget_heatmap_toggle_adds_the_maps_of_both_compared_models(world):
+    from csdn.analysis.heatmaps import MatchMaps
+
+    data, _, _ = world
+    calls = []
+
+    def maps_of(model):
+        def compute(query, gallery):
+            calls.append((model, query.pid, len(gallery)))
+            k = len(gallery)
+            return MatchMaps(
+                np.zeros((*SIZE, 3), np.uint8),
+                [np.zeros((*SIZE, 3), np.uint8)] * k,
+                np.ones((k, *SIZE)),
+                np.ones((k, *SIZE)),
+                np.zeros(k),
+                np.zeros(k, bool),
+                INFRARED,
+                VISIBLE,
+            )
+
+        return compute
+
+    widget = build_inspector(data, SIZE, k=2, heatmaps={"A": maps_of("A"), "B": maps_of("B")})
+    widget.query.value = 0
+    assert len(widget.output.outputs) == 1 and calls == []  # off by default
+    widget.show_maps.value = True
+    assert len(widget.output.outputs) == 2 and calls == [("A", 1, 2)]
+    widget.compare.value = "B"
+    assert len(widget.output.outputs) == 3 and calls[-2:] == [("A", 1, 2), ("B", 1, 2)]
+    assert widget.output.outputs[-1]["data"]["text/plain"] == "<rank list: similarity heatmaps>"
+    assert build_inspector(data, SIZE).show_maps.layout.display == "none"  # no networks: no toggle

@@ -107,7 +107,7 @@ def test_synthvi_keys_need_no_data_and_keep_their_earlier_values(tmp_path: Path)
             m.shared_prompts,
             m.prompt_wording,
             m.n_ctx,
-            before(cfg.stage1, "schedule", "feature_bank"),
+            before(cfg.stage1, "schedule", "feature_bank", "max_steps"),
         ]
     )
     assert e.stage1_key == earlier

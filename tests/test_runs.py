@@ -148,7 +148,7 @@ def test_cache_is_accepted_before_and_after_every_command(tmp_path: Path) -> Non
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # every subcommand, ablate and gap included
     assert {"synth", "stats", "pretrain-clip", "train", "eval", "demo", "ablate", "gap"} <= set(commands)
-    positional = {"convert-release": ["in.pth", "out.safetensors"]}  # commands with required arguments
+    positional = {"convert-release": ["in.pth", "out.safetensors"], "embed": ["--out", "f.npz"]}  # required arguments
     for command in commands:
         rest = positional.get(command, [])
         before = parser.parse_args(["--cache", str(tmp_path / "a"), command, *rest])

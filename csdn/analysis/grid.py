@@ -42,6 +42,7 @@ from csdn.analysis.gap import GapConfig, GapMetrics, cross_modality_retrieval, g
 from csdn.artifacts import atomic_write_json, config_key, key_fields
 from csdn.config import ExperimentConfig
 from csdn.data.records import Record
+from csdn.dryrun import is_dry_run
 from csdn.errors import ConfigError
 from csdn.reports import percent_metrics
 
@@ -118,7 +119,8 @@ def measure_run(job: GridJob, cache_root: Path, gap: GapConfig = GapConfig()) ->
     )
     key = config_key([model_key, key_fields(job.config.eval), asdict(gap), RESULT_FORMAT])
     path = Path(cache_root) / "grid" / f"{key}.json"
-    if path.is_file():
+    dry = is_dry_run(job.config)  # a dry run's measurement is never cached either
+    if path.is_file() and not dry:
         return {**json.loads(path.read_text()), "name": job.name, "seed": job.seed}
     features_of = experiment.zero_shot_features() if job.zero_shot else experiment.network_features()
     results = {
@@ -134,7 +136,8 @@ def measure_run(job: GridJob, cache_root: Path, gap: GapConfig = GapConfig()) ->
         run[f"x-mod R1 {where}"], run[f"x-mod mAP {where}"] = 100 * retrieval["R1"], 100 * retrieval["mAP"]
     run["seconds"] = time.perf_counter() - t0
     record = {"stage3_key": None if job.zero_shot else model_key, "results": results, "run": run}
-    atomic_write_json(path, record)
+    if not dry:
+        atomic_write_json(path, record)
     return {**record, "name": job.name, "seed": job.seed}
 
 

@@ -4,9 +4,12 @@ Controls pick the model, optionally a second model to compare side by side, the 
 query is chosen (from the worst-ranked queries, by identity or by camera), the query itself and the
 top-k; every change re-renders the summary lines and the rank-list figures (PNGs in an ``Output``).
 Changing the model keeps the query (in worst-ranked mode it stays first in the list even when the new
-model does not rank it among its worst). :meth:`Inspector.mirror` also shows the current view as a
-plain image output of the cell, updated on every change, so an exported (static) notebook shows the
-last view. All the logic lives in :class:`InspectorData`; this module only wires widgets to it.
+model does not rank it among its worst). With ``heatmaps`` (model name -> a function of the query and its
+top-k gallery returning their :class:`~csdn.analysis.heatmaps.MatchMaps`, e.g.
+:func:`csdn.analysis.heatmaps.maps_of`) a **heatmaps** toggle adds, below the rank lists, the similarity
+heatmaps of the shown models, the compared one in the same figure. :meth:`Inspector.mirror` also shows
+the current view as a plain image output of the cell, updated on every change, so an exported (static)
+notebook shows the last view. All the logic lives in :class:`InspectorData`; this module only wires widgets to it.
 """
 
 from __future__ import annotations
@@ -14,17 +17,21 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import ipywidgets as widgets
 from IPython.display import Image, display
 from matplotlib.figure import Figure
 
+from csdn.analysis.heatmaps import MatchMaps, plot_matches
 from csdn.analysis.inspector import InspectorData, InspectorState, QueryView, render
+from csdn.data.records import Record
 
 WORST, IDENTITY, CAMERA = "worst", "identity", "camera"  # query selection modes
 NO_COMPARISON = "(none)"  # the compare list's entry for a single model
 MODES = (("worst-ranked", WORST), ("by identity", IDENTITY), ("by camera", CAMERA))
+MapsOf = Callable[[Record, Sequence[Record]], MatchMaps]  # (query, its top-k gallery) -> their heatmaps
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -49,10 +56,12 @@ class Inspector(widgets.VBox):
         max_k: int = 30,
         worst: int = 20,
         dpi: int = 100,
+        heatmaps: Mapping[str, MapsOf] | None = None,
     ) -> None:
         if not 1 <= k <= max_k:
             raise ValueError(f"need 1 <= k <= max_k, got k={k}, max_k={max_k}")
         self.data, self.image_size, self.worst, self.dpi = data, image_size, worst, dpi
+        self.heatmaps = dict(heatmaps or {})
         self.state: InspectorState | None = None
         self.view: QueryView | None = None
         self.renders = 0
@@ -69,11 +78,13 @@ class Inspector(widgets.VBox):
         self.group = widgets.Dropdown(description="identity", layout=_wide())
         self.query = widgets.Dropdown(description="query", layout=widgets.Layout(width="560px"))
         self.top_k = widgets.IntSlider(value=k, min=1, max=max_k, description="top-k")
+        self.show_maps = widgets.Checkbox(value=False, description="heatmaps (where each similarity comes from)")
+        self.show_maps.layout.display = None if self.heatmaps else "none"
         self.summary = widgets.HTML()
         self.output = widgets.Output()
         for control in (self.model, self.split, self.mode, self.group):
             control.observe(self._on_selection, names="value")
-        for control in (self.query, self.top_k, self.compare):
+        for control in (self.query, self.top_k, self.compare, self.show_maps):
             control.observe(self._on_display, names="value")
         controls = widgets.VBox(
             [
@@ -81,7 +92,7 @@ class Inspector(widgets.VBox):
                 self.split,
                 self.mode,
                 widgets.HBox([self.group, self.query]),
-                self.top_k,
+                widgets.HBox([self.top_k, self.show_maps]),
             ]
         )
         super().__init__([controls, self.summary, self.output])
@@ -148,13 +159,21 @@ class Inspector(widgets.VBox):
             views.append(self.data.view(replace(state, model=self.compare.value)))
         pngs = [figure_png(render(view, self.image_size), self.dpi) for view in views]
         self.summary.value = "<br>".join(f"<code>{html.escape(view.summary())}</code>" for view in views)
-        self.output.outputs = tuple(_png_output(png, view.summary()) for png, view in zip(pngs, views))
+        outputs = [_png_output(png, view.summary()) for png, view in zip(pngs, views)]
+        mapped = [(v.state.model, self.heatmaps[v.state.model](v.query, v.gallery)) for v in views if self._maps(v)]
+        if mapped:
+            outputs.append(_png_output(figure_png(plot_matches(mapped), self.dpi), "similarity heatmaps"))
+        self.output.outputs = tuple(outputs)
         self.state, self.view = state, views[0]
         self.compared = views[1] if len(views) > 1 else None
         self._png = pngs[0]
         if self._mirror is not None:
             self._mirror.update(Image(self._png))
         self.renders += 1
+
+    def _maps(self, view: QueryView) -> bool:
+        """Whether the heatmaps of ``view`` are shown (toggle on, a heatmap function for its model)."""
+        return self.show_maps.value and view.state.model in self.heatmaps
 
     def mirror(self) -> None:
         """Show the current rank list as a plain image output of the calling cell, updated on every change:
@@ -188,9 +207,14 @@ def _set_options(dropdown: widgets.Dropdown, options: list[tuple[str, int]]) -> 
 
 
 def build_inspector(
-    data: InspectorData, image_size: tuple[int, int], k: int = 10, max_k: int = 30, worst: int = 20
+    data: InspectorData,
+    image_size: tuple[int, int],
+    k: int = 10,
+    max_k: int = 30,
+    worst: int = 20,
+    heatmaps: Mapping[str, MapsOf] | None = None,
 ) -> Inspector:
     """The inspector widget over ``data`` (images decoded at ``image_size = (H, W)``): display it in a
     notebook cell. ``k`` is the initial top-k (slider up to ``max_k``), ``worst`` the length of the
-    worst-ranked list."""
-    return Inspector(data, image_size, k=k, max_k=max_k, worst=worst)
+    worst-ranked list; ``heatmaps`` the models whose similarity heatmaps the toggle shows."""
+    return Inspector(data, image_size, k=k, max_k=max_k, worst=worst, heatmaps=heatmaps)

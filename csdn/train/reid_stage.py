@@ -88,8 +88,9 @@ class ReIDStageConfig:
     channel_exchange_view: bool = True  # each visible image also gives a channel-exchanged second view
     amp: bool = True  # autocast on CUDA
     workers: int = 0  # DataLoader worker processes building batches
+    max_steps: int = 0  # > 0: at most this many steps an epoch, a dry run (never cached as finished; csdn.dryrun)
 
-    KEY_LEGACY: ClassVar[dict[str, Any]] = {"wrt_weights": "exact", "param_groups": "bnneck"}
+    KEY_LEGACY: ClassVar[dict[str, Any]] = {"wrt_weights": "exact", "param_groups": "bnneck", "max_steps": 0}
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -100,6 +101,8 @@ class ReIDStageConfig:
             raise ConfigError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
         if self.wrt_weights not in WRT_WEIGHTS:
             raise ConfigError(f"wrt_weights must be one of {WRT_WEIGHTS}, got {self.wrt_weights!r}")
+        if self.max_steps < 0:
+            raise ConfigError(f"max_steps must be >= 0 (0: whole epochs), got {self.max_steps}")
         if self.param_groups not in PARAM_GROUPS:
             raise ConfigError(f"param_groups must be one of {PARAM_GROUPS}, got {self.param_groups!r}")
         if self.workers < 0:
@@ -386,6 +389,7 @@ def train_reid(
     def train_epoch(epoch: int, tick: Callable[[], None]) -> dict[str, float]:
         sampler.set_epoch(epoch)
         keys = [BatchKey(v, i, seed, epoch, step, sampler.offset) for step, (v, i) in enumerate(sampler)]
+        keys = keys[: cfg.max_steps or None]  # a dry run: the epoch's first steps
         loader = DataLoader(
             batches, sampler=keys, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == "cuda"
         )
@@ -416,7 +420,7 @@ def train_reid(
         optimizer,
         scheduler,
         train_epoch,
-        len(sampler),
+        min(len(sampler), cfg.max_steps or len(sampler)),
         validate=validate,
         extra_state=sampler.state_dict,
         load_extra_state=sampler.load_state_dict,

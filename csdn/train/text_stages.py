@@ -64,8 +64,9 @@ class TextStageConfig:
     feature_bank: str = "release"  # "release": each stage draws its bank of (visible, infrared) feature pairs
     # with AGW's identity sampler (with replacement) and trains on random batches of it; "images": every
     # cached feature, in P x K cross-modality identity batches (see csdn.data.release_bank)
+    max_steps: int = 0  # > 0: at most this many steps an epoch, a dry run (never cached as finished; csdn.dryrun)
 
-    KEY_LEGACY: ClassVar[dict[str, Any]] = {"schedule": "after_warmup", "feature_bank": "images"}
+    KEY_LEGACY: ClassVar[dict[str, Any]] = {"schedule": "after_warmup", "feature_bank": "images", "max_steps": 0}
 
     def __post_init__(self) -> None:
         if self.epochs < 0:  # 0 is allowed for a stage that does not train (stage 2 of a parameter-free SII)
@@ -76,6 +77,8 @@ class TextStageConfig:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.feature_bank not in FEATURE_BANKS:
             raise ConfigError(f"feature_bank must be one of {FEATURE_BANKS}, got {self.feature_bank!r}")
+        if self.max_steps < 0:
+            raise ConfigError(f"max_steps must be >= 0 (0: whole epochs), got {self.max_steps}")
 
 
 @dataclass
@@ -172,6 +175,7 @@ def _epoch_runner(
     where: str,
     device: torch.device,
     diagnose: Callable[[CachedFeatures], dict[str, float]],
+    max_steps: int = 0,
 ):
     vis, ir = feats.visible.to(device), feats.infrared.to(device)
     lv_all, li_all = feats.visible_labels.to(device), feats.infrared_labels.to(device)
@@ -181,6 +185,8 @@ def _epoch_runner(
         sampler.set_epoch(epoch)
         total, steps = 0.0, 0
         for vis_idx, ir_idx in sampler:
+            if max_steps and steps == max_steps:  # a dry run
+                break
             vi, ii = torch.as_tensor(vis_idx, device=device), torch.as_tensor(ir_idx, device=device)
             loss = batch_loss(vis[vi], lv_all[vi], ir[ii], li_all[ii])
             check_finite(loss, f"{where} epoch {epoch + 1}")
@@ -238,8 +244,8 @@ def train_prompts(
         prompts,
         optimizer,
         scheduler,
-        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device, diagnose),
-        len(sampler),
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device, diagnose, cfg.max_steps),
+        min(len(sampler), cfg.max_steps or len(sampler)),
         extra_state=sampler.state_dict,
         load_extra_state=sampler.load_state_dict,
         meta=meta or {},
@@ -285,8 +291,8 @@ def train_sii(
         sii,
         optimizer,
         scheduler,
-        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device, diagnose),
-        len(sampler),
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device, diagnose, cfg.max_steps),
+        min(len(sampler), cfg.max_steps or len(sampler)),
         extra_state=sampler.state_dict,
         load_extra_state=sampler.load_state_dict,
         meta=meta or {},
