@@ -110,26 +110,11 @@ def _sampler(
     feats: CachedFeatures, cfg: TextStageConfig, seed: int, dist: DistContext = SINGLE, stage: int = 1
 ) -> CrossModalitySampler | FeatureBankBatches:
     """Stage ``stage``'s batches: the release's feature bank (stage 2: mixed batches) or P x K identity batches."""
+    labels = (feats.visible_labels.tolist(), feats.infrared_labels.tolist(), cfg.ids_per_batch, cfg.instances)
+    shard = {"seed": seed, "rank": dist.rank, "world_size": dist.world_size}
     if cfg.feature_bank == "release":
-        return FeatureBankBatches(
-            feats.visible_labels.tolist(),
-            feats.infrared_labels.tolist(),
-            cfg.ids_per_batch,
-            cfg.instances,
-            seed=seed,
-            stage=stage,
-            rank=dist.rank,
-            world_size=dist.world_size,
-        )
-    return CrossModalitySampler(
-        feats.visible_labels.tolist(),
-        feats.infrared_labels.tolist(),
-        cfg.ids_per_batch,
-        cfg.instances,
-        seed=seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
+        return FeatureBankBatches(*labels, stage=stage, **shard)
+    return CrossModalitySampler(*labels, **shard)
 
 
 class _PromptTexts(nn.Module):
