@@ -326,8 +326,8 @@ def apply_weights_settings(
     weights: str | Path, cfg: ExperimentConfig, overrides: dict[str, Any]
 ) -> tuple[ExperimentConfig, dict[str, Any]]:
     """``cfg`` and ``overrides`` with the settings the weights file records it needs (e.g. a converted release
-    checkpoint's stem and preprocessing), said on stdout; a command-line setting that contradicts one is a
-    :class:`ConfigError`."""
+    checkpoint's stem and preprocessing; those the config already has change nothing), said on stdout; a
+    command-line setting that contradicts one is a :class:`ConfigError`."""
     from csdn.experiment import weights_settings
 
     needed = weights_settings(Path(weights))
@@ -339,8 +339,10 @@ def apply_weights_settings(
                 f"{weights} records that its weights need {key}={json.dumps(value)} (the preprocessing they were "
                 f"trained with), but the command sets {key}={json.dumps(_setting(cfg, key))}: leave that setting out"
             )
-    print(f"{weights} records the settings its weights need; applied: {format_overrides(needed)}")
-    return override(cfg, needed), {**overrides, **needed}
+    changes = {key: value for key, value in needed.items() if _setting(cfg, key) != value}
+    applied = format_overrides(changes) if changes else "none (the config has them already)"
+    print(f"{weights} records the settings its weights need: {format_overrides(needed)}; applied: {applied}")
+    return override(cfg, changes), {**overrides, **changes}  # only what changes the config names its folder
 
 
 def _setting(cfg: Any, dotted: str) -> Any:

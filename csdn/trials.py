@@ -152,7 +152,7 @@ def run_all_trials(args, cfg: ExperimentConfig, overrides: dict[str, Any], train
         result = run_trials(cfg, args.cache, jobs=args.jobs or 1, trained_only=trained_only)
         header = f"Run: {describe(cfg)}" + (f"\n\n{dry_run_note(cfg)}" if is_dry_run(cfg) else "")
         extra = {"profile": cfg.name, "trials": list(numbers), "jobs": args.jobs or 1, "overrides": overrides}
-        written = write_trials_report(run.path, result, header, extra)
+        written = run.finished(lambda: write_trials_report(run.path, result, header, extra))
         for direction in result.summary.direction:
             print(f"\n{direction}\n{direction_table(result, direction).to_string(index=False)}")
         run.line(
