@@ -37,7 +37,15 @@ from csdn.data.records import INFRARED, VISIBLE
 from csdn.data.sampler import CrossModalitySampler
 from csdn.data.transforms import TransformConfig, train_transform
 from csdn.errors import ConfigError
-from csdn.losses import hse_loss, id_loss, msel_loss, similarity_logits, triplet_hard, triplet_wrt
+from csdn.losses import (
+    WRT_WEIGHTS,
+    hse_loss,
+    id_loss,
+    msel_loss,
+    similarity_logits,
+    triplet_hard,
+    triplet_wrt,
+)
 from csdn.model.network import CSDNNet
 from csdn.runtime import autocast
 from csdn.train.distributed import SINGLE, DistContext, wrap_ddp
@@ -45,7 +53,6 @@ from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 from csdn.train.schedule import make_scheduler
 
 TRIPLETS = ("wrt", "hard")
-WRT_WEIGHTS = ("agw", "exact")
 PARAM_GROUPS = ("release", "bnneck")
 SPEED_ONLY = ("workers",)  # ReIDStageConfig fields that cannot change a result (batches are the same whatever
 # the number of DataLoader workers): left out of cache keys. amp is not one of them (it changes the numerics).
