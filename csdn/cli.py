@@ -50,7 +50,7 @@ from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.dryrun import DRY_RUN_IMAGES, DRY_RUN_STEPS
 from csdn.errors import CheckpointError, ClipWeightsError, ConfigError, CsdnError
 from csdn.model.network import VARIANTS
-from csdn.overrides import format_overrides, load_overrides, override, parse_overrides
+from csdn.overrides import format_overrides, load_overrides, parse_overrides
 from csdn.sources import dataset_label
 from csdn.train.distributed import world_size_from_env
 
@@ -326,29 +326,16 @@ def apply_weights_settings(
     weights: str | Path, cfg: ExperimentConfig, overrides: dict[str, Any]
 ) -> tuple[ExperimentConfig, dict[str, Any]]:
     """``cfg`` and ``overrides`` with the settings the weights file records it needs (e.g. a converted release
-    checkpoint's stem and preprocessing; those the config already has change nothing), said on stdout; a
+    checkpoint's stem and preprocessing; :func:`csdn.experiment.config_for_weights`), said on stdout; a
     command-line setting that contradicts one is a :class:`ConfigError`."""
-    from csdn.experiment import weights_settings
+    from csdn.experiment import config_for_weights
 
-    needed = weights_settings(Path(weights))
-    if not needed:
+    cfg, recorded, changes = config_for_weights(cfg, Path(weights), given=overrides)
+    if not recorded:
         return cfg, overrides
-    for key, value in needed.items():
-        if key in overrides and _setting(cfg, key) != value:
-            raise ConfigError(
-                f"{weights} records that its weights need {key}={json.dumps(value)} (the preprocessing they were "
-                f"trained with), but the command sets {key}={json.dumps(_setting(cfg, key))}: leave that setting out"
-            )
-    changes = {key: value for key, value in needed.items() if _setting(cfg, key) != value}
     applied = format_overrides(changes) if changes else "none (the config has them already)"
-    print(f"{weights} records the settings its weights need: {format_overrides(needed)}; applied: {applied}")
-    return override(cfg, changes), {**overrides, **changes}  # only what changes the config names its folder
-
-
-def _setting(cfg: Any, dotted: str) -> Any:
-    for name in dotted.split("."):
-        cfg = getattr(cfg, name)
-    return cfg
+    print(f"{weights} records the settings its weights need: {format_overrides(recorded)}; applied: {applied}")
+    return cfg, {**overrides, **changes}  # only what changes the config names its run folder
 
 
 def _evaluated(args: argparse.Namespace) -> str | None:

@@ -21,7 +21,7 @@ from csdn.data.protocol import DIRECTIONS
 from csdn.data.registry import DATASETS as REGISTERED_DATASETS
 from csdn.data.sysu import GALLERY_CAMS
 from csdn.data.transforms import INPUT_STATS
-from csdn.errors import ConfigError
+from csdn.errors import ConfigError, check_choice
 from csdn.eval.features import FLIP_FUSIONS
 from csdn.model.network import ModelConfig
 from csdn.model.sii import make_sii
@@ -58,7 +58,7 @@ class DataConfig:
     KEY_LEGACY: ClassVar[dict[str, Any]] = {"resize_filter": "bilinear"}  # added later: off the keys at this value
 
     def __post_init__(self) -> None:
-        _check_choice("resize_filter", self.resize_filter, tuple(RESIZE_FILTERS))
+        check_choice("resize_filter", self.resize_filter, tuple(RESIZE_FILTERS))
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.synth_layout not in SYNTH_LAYOUTS:
@@ -107,8 +107,8 @@ class ClipConfig:
     KEY_LEGACY: ClassVar[dict[str, Any]] = {"input_stats": "clip", "grid_interpolation": "bicubic"}
 
     def __post_init__(self) -> None:
-        _check_choice("input_stats", self.input_stats, INPUT_STATS)
-        _check_choice("grid_interpolation", self.grid_interpolation, GRID_INTERPOLATIONS)
+        check_choice("input_stats", self.input_stats, INPUT_STATS)
+        check_choice("grid_interpolation", self.grid_interpolation, GRID_INTERPOLATIONS)
         if self.last_stride not in (1, 2):
             raise ConfigError(f"last_stride must be 1 or 2, got {self.last_stride}")
         if self.weights == "tiny-synthvi":
@@ -147,7 +147,7 @@ class EvalConfig:
     KEY_LEGACY: ClassVar[dict[str, Any]] = {"flip_fusion": "mean", "max_images": 0}
 
     def __post_init__(self) -> None:
-        _check_choice("flip_fusion", self.flip_fusion, FLIP_FUSIONS)
+        check_choice("flip_fusion", self.flip_fusion, FLIP_FUSIONS)
         if self.max_images < 0:
             raise ConfigError(f"max_images must be >= 0 (0: every test image), got {self.max_images}")
         if self.trials < 1 or self.batch_size < 1:
@@ -156,11 +156,6 @@ class EvalConfig:
         _check_choices("directions", self.directions, DIRECTIONS)
         if any(shots < 1 for shots in self.sysu_shots):
             raise ConfigError(f"sysu_shots must be >= 1 (1 single-shot, 10 multi-shot), got {self.sysu_shots}")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def _check_choices(name: str, values: tuple[str, ...], choices: tuple[str, ...]) -> None:

@@ -47,7 +47,6 @@ from csdn.data.transforms import TransformConfig, test_transform
 from csdn.errors import CheckpointError, ConfigError
 from csdn.eval.features import extract_features
 from csdn.model.network import CSDNNet
-from csdn.overrides import override
 
 ImageInput = str | Path | Image.Image  # an image file, or an image already in memory
 CLASSIFIER = "cls_gem.weight"  # (num_ids, trunk_dim): the tensor that gives a weights file's identity count
@@ -156,14 +155,6 @@ def weights_of_run(run: str | Path) -> Path:
     )
 
 
-def config_for_weights(cfg: ExperimentConfig, weights: str | Path) -> ExperimentConfig:
-    """``cfg`` with the settings the weights file records it needs (input size, preprocessing, release stem)."""
-    from csdn.experiment import weights_settings
-
-    recorded = weights_settings(weights)
-    return override(cfg, recorded) if recorded else cfg
-
-
 def weights_num_ids(path: str | Path) -> int:
     """The number of identities a stage-3 weights file was trained on (its classifier's rows)."""
     try:
@@ -183,14 +174,14 @@ def load_extractor(
     """The network of ``weights`` (a file), ``run`` (a folder, :func:`weights_of_run`) or, with neither, the
     cache's trained network of ``cfg``, with the preprocessing of ``cfg`` (updated by what the file records).
     Never trains and opens no dataset when given weights."""
-    from csdn.experiment import Experiment, check_weights_file, load_weights
+    from csdn.experiment import Experiment, check_weights_file, config_for_weights, load_weights
 
     if weights is not None and run is not None:
         raise ConfigError("give the weights file or the run folder, not both")
     path = weights_of_run(run) if run is not None else weights
     if path is not None:
         check_weights_file(Path(path))
-        cfg = config_for_weights(cfg, path)
+        cfg = config_for_weights(cfg, path)[0]
     experiment = Experiment(cfg, Path(cache_root), progress=False, trained_only=True)
     if path is None:
         net, source = experiment.network, str(experiment.stage3_dir / "final.safetensors")

@@ -43,3 +43,9 @@ class StorageError(CsdnError, OSError):
 
 class CacheError(CsdnError, RuntimeError):
     """A file of the artifact cache that is truncated or not what csdn wrote; deleting it rebuilds it."""
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    """A :class:`ConfigError` unless ``value`` is one of ``choices`` (a config field's allowed values)."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}")

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
@@ -60,6 +61,7 @@ from csdn.eval.protocols import ProtocolResult, evaluate_split
 from csdn.model.network import CSDNNet, release_resnet_stem
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import make_sii, text_prototypes
+from csdn.overrides import override, setting
 from csdn.runtime import pick_device, seed_everything
 from csdn.sources import open_dataset
 from csdn.synthvi.layouts import FORMAT_VERSION as SYNTHVI_FORMAT
@@ -769,13 +771,7 @@ def stage3_weights_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """What a stage-3 ``final.safetensors`` records it needs (:data:`STAGE3_RECORDED`): the input size and
     preprocessing it was trained with, so ``csdn embed`` / ``eval --weights`` of the file apply them. Metadata
     only: the cache keys are unchanged."""
-    settings: dict[str, Any] = {}
-    for dotted in STAGE3_RECORDED:
-        value: Any = cfg
-        for name in dotted.split("."):
-            value = getattr(value, name)
-        settings[dotted] = value
-    return settings
+    return {dotted: setting(cfg, dotted) for dotted in STAGE3_RECORDED}
 
 
 def weights_settings(path: str | Path) -> dict[str, Any]:
@@ -789,6 +785,23 @@ def weights_settings(path: str | Path) -> dict[str, Any]:
         return json.loads(recorded) if recorded else {}
     except Exception as error:  # safetensors' own error types for a damaged file, or garbage metadata
         raise CheckpointError(f"cannot read weights file {path}: {error}") from error
+
+
+def config_for_weights(
+    cfg: ExperimentConfig, path: str | Path, given: Mapping[str, Any] | None = None
+) -> tuple[ExperimentConfig, dict[str, Any], dict[str, Any]]:
+    """``cfg`` with the settings the weights file ``path`` records it needs, and ``(recorded, changes)``: all it
+    records, and those that changed ``cfg`` (the rest it had already). A setting of ``given`` (what the user
+    set) that contradicts the file is a :class:`ConfigError`."""
+    recorded = weights_settings(path)
+    for key, value in recorded.items():
+        if key in (given or {}) and setting(cfg, key) != value:
+            raise ConfigError(
+                f"{path} records that its weights need {key}={json.dumps(value)} (the preprocessing they were "
+                f"trained with), but the command sets {key}={json.dumps(setting(cfg, key))}: leave that setting out"
+            )
+    changes = {key: value for key, value in recorded.items() if setting(cfg, key) != value}
+    return (override(cfg, changes) if changes else cfg), recorded, changes
 
 
 def load_weights(module: nn.Module, path: Path) -> None:

@@ -108,6 +108,13 @@ def load_overrides(path: str | Path, config_type: type | None = None) -> dict[st
         raise ConfigError(f"{path}: {error}") from None
 
 
+def setting(cfg: Any, dotted: str) -> Any:
+    """The value at the dotted path ``dotted`` of a (nested) config, e.g. ``setting(cfg, "data.height")``."""
+    for name in dotted.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
 def format_overrides(changes: Mapping[str, Any]) -> str:
     """``key=value`` pairs as ``--set`` would take them (``"none"`` when empty), for reports and logs."""
     return ", ".join(f"{key}={format_value(value)}" for key, value in changes.items()) or "none"

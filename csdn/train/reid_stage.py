@@ -36,7 +36,7 @@ from csdn.data.images import CachedImages
 from csdn.data.records import INFRARED, VISIBLE
 from csdn.data.sampler import CrossModalitySampler
 from csdn.data.transforms import TransformConfig, train_transform
-from csdn.errors import ConfigError
+from csdn.errors import ConfigError, check_choice
 from csdn.losses import (
     WRT_WEIGHTS,
     hse_loss,
@@ -104,14 +104,11 @@ class ReIDStageConfig:
             raise ConfigError(
                 f"stage-3 epochs must be >= 1 (an untrained stage would be cached as done), got {self.epochs}"
             )
-        if self.triplet not in TRIPLETS:
-            raise ConfigError(f"triplet must be one of {TRIPLETS}, got {self.triplet!r}")
-        if self.wrt_weights not in WRT_WEIGHTS:
-            raise ConfigError(f"wrt_weights must be one of {WRT_WEIGHTS}, got {self.wrt_weights!r}")
+        check_choice("triplet", self.triplet, TRIPLETS)
+        check_choice("wrt_weights", self.wrt_weights, WRT_WEIGHTS)
         if self.max_steps < 0:
             raise ConfigError(f"max_steps must be >= 0 (0: whole epochs), got {self.max_steps}")
-        if self.param_groups not in PARAM_GROUPS:
-            raise ConfigError(f"param_groups must be one of {PARAM_GROUPS}, got {self.param_groups!r}")
+        check_choice("param_groups", self.param_groups, PARAM_GROUPS)
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0 (0: batches built in the main process), got {self.workers}")
         if self.hse_temperature <= 0 or self.msel_weight < 0:

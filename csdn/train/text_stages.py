@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE
 from csdn.data.release_bank import FeatureBankBatches
 from csdn.data.sampler import CrossModalitySampler
-from csdn.errors import ConfigError
+from csdn.errors import ConfigError, check_choice
 from csdn.losses import i2t_t2i_loss, similarity_logits
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import text_prototypes
@@ -71,12 +71,9 @@ class TextStageConfig:
     def __post_init__(self) -> None:
         if self.epochs < 0:  # 0 is allowed for a stage that does not train (stage 2 of a parameter-free SII)
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
-        if self.pairing not in PAIRINGS:
-            raise ConfigError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.feature_bank not in FEATURE_BANKS:
-            raise ConfigError(f"feature_bank must be one of {FEATURE_BANKS}, got {self.feature_bank!r}")
+        check_choice("pairing", self.pairing, PAIRINGS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("feature_bank", self.feature_bank, FEATURE_BANKS)
         if self.max_steps < 0:
             raise ConfigError(f"max_steps must be >= 0 (0: whole epochs), got {self.max_steps}")
 
