@@ -44,8 +44,10 @@ CHECKSUM_KEY = "csdn_blake2b"  # safetensors metadata entry: the digest of the f
 # Version of the code that produces trained artifacts (tiny CLIP, frozen-CLIP features, stages 1-3). It is
 # part of every one of their cache keys: bump it whenever a change could alter a trained result, so that
 # an existing cache never serves the old code's results. 2: shared stem in one call, MSEL, first-view HSE,
-# cosine text-side options, stage-3 augmentation settings, training diagnostics.
-TRAINING_CODE_VERSION = 2
+# cosine text-side options, stage-3 augmentation settings, training diagnostics. 3: the compute path (bf16
+# autocast on CPUs that have it, channels-last images) and the ResNet attention pool attending from its mean
+# token only; the resolved path joins the keys too.
+TRAINING_CODE_VERSION = 3
 
 
 # What a failed write means, by errno, and what the user can do about it.

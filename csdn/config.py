@@ -26,6 +26,7 @@ from csdn.eval.features import FLIP_FUSIONS
 from csdn.model.network import ModelConfig
 from csdn.model.sii import make_sii
 from csdn.overrides import override
+from csdn.runtime import ComputeConfig
 from csdn.synthvi.layouts import WRITERS
 from csdn.synthvi.pretrain import PretrainConfig
 from csdn.synthvi.world import SynthConfig
@@ -178,6 +179,7 @@ class ExperimentConfig:
     stage2: TextStageConfig = field(default_factory=TextStageConfig)  # SII training
     stage3: ReIDStageConfig = field(default_factory=ReIDStageConfig)  # HSE + re-ID training
     eval: EvalConfig = field(default_factory=EvalConfig)  # test protocols
+    compute: ComputeConfig = field(default_factory=ComputeConfig)  # precision and memory layout (csdn.runtime)
     select: str = "final"  # "final" (last epoch of the fixed schedule) or "best_val" (validation mAP)
     validate_every: int = 0  # validate stage 3 every this many epochs on the held-out val ids (0: never)
     sync_bn: bool = True  # several processes (torchrun): BatchNorm statistics over the global batch, not per rank

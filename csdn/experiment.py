@@ -47,7 +47,15 @@ from csdn.artifacts import (
     stored_checksums,
     writing,
 )
-from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, load_clip, local_dir_source, state_dict_differences
+from csdn.clip.loader import (
+    LOCAL_DIR,
+    ClipBundle,
+    ClipSource,
+    load_clip,
+    local_dir_source,
+    registered_config,
+    state_dict_differences,
+)
 from csdn.config import ExperimentConfig
 from csdn.data.cache import ImageCache, content_key
 from csdn.data.images import CachedImages
@@ -62,7 +70,7 @@ from csdn.model.network import CSDNNet, release_resnet_stem
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import make_sii, text_prototypes
 from csdn.overrides import override, setting
-from csdn.runtime import pick_device, seed_everything
+from csdn.runtime import ComputePath, compute_path, pick_device, seed_everything
 from csdn.sources import open_dataset
 from csdn.synthvi.layouts import FORMAT_VERSION as SYNTHVI_FORMAT
 from csdn.synthvi.pretrain import tiny_clip, tiny_clip_key
@@ -199,7 +207,14 @@ class Experiment:
         d = self.dist
         if not d.distributed or len(images) < d.world_size:
             return extract_features(
-                encode, images, device=self.device, progress=self.progress, model=model, desc=desc, **kw
+                encode,
+                images,
+                device=self.device,
+                progress=self.progress,
+                model=model,
+                desc=desc,
+                compute=self.compute,
+                **kw,
             )
         local = extract_features(
             encode,
@@ -208,6 +223,7 @@ class Experiment:
             progress=self.progress,
             model=model,
             desc=desc,
+            compute=self.compute,
             **kw,
         )
         return d.gather_rows(local, len(images))
@@ -220,7 +236,7 @@ class Experiment:
         if c.weights == "tiny-synthvi":
             if self.trained_only:
                 self._require_tiny_clip()
-            folder = tiny_clip(c.pretrain, self.cfg.data.synth, self.cache_root)
+            folder = tiny_clip(c.pretrain, self.cfg.data.synth, self.cache_root, self.cfg.compute)
             return replace(local_dir_source(folder, self.image_size), grid_interpolation=c.grid_interpolation)
         pretrained = None if c.weights == "random" else c.weights
         return ClipSource(
@@ -234,7 +250,7 @@ class Experiment:
     def _require_tiny_clip(self) -> None:
         """Refuse (:class:`NotTrainedError`) when the config's tiny CLIP is not pretrained in the cache."""
         c = self.cfg.clip
-        folder = self.cache_root / "tiny_clip" / tiny_clip_key(c.pretrain, self.cfg.data.synth)
+        folder = self.cache_root / "tiny_clip" / tiny_clip_key(c.pretrain, self.cfg.data.synth, self.cfg.compute)
         if not is_complete(folder) or stored_checksums(folder) is None:  # (a folder without checksums is rebuilt)
             raise NotTrainedError(
                 f"the tiny CLIP this config builds on ({c.pretrain.arch}) is not in the cache {self.cache_root} "
@@ -291,9 +307,17 @@ class Experiment:
             identity["weights"] = {"file": _file_digest(Path(weights).expanduser())}
         return identity
 
+    @cached_property
+    def compute(self) -> ComputePath:
+        """The compute path of this run's towers on its device (``cfg.compute`` resolved)."""
+        layers = registered_config(self.cfg.clip.arch)["vision_cfg"].get("layers")
+        return compute_path(self.cfg.compute, self.device, convolutional=isinstance(layers, (list, tuple)))
+
     def _key(self, *parts: Any) -> str:
-        """The cache key of a trained artifact: data, CLIP, seed, the training code's version and ``parts``."""
-        return config_key([self.data_identity, self.clip_identity, self.cfg.seed, TRAINING_CODE_VERSION, *parts])
+        """The cache key of a trained artifact: data, CLIP, seed, the training code's version, the compute
+        path and ``parts``."""
+        payload = [self.data_identity, self.clip_identity, self.cfg.seed, TRAINING_CODE_VERSION]
+        return config_key([*payload, self.compute.identity(), *parts])
 
     @cached_property
     def clip_features_key(self) -> str:
@@ -301,6 +325,7 @@ class Experiment:
         and the release's stem when the model runs it."""
         skipped = [entry["index"] for entry in self.train_cache.skipped]
         payload = [self.data_identity, self.clip_identity, "clip-features", TRAINING_CODE_VERSION]
+        payload.append(self.compute.identity())
         stem = [{"release_stem": True}] if self.cfg.model.release_stem else []  # added later: off by default
         return config_key(payload + ([skipped] if skipped else []) + stem)
 
@@ -471,6 +496,7 @@ class Experiment:
                 device=self.device,
                 meta=meta,
                 dist=self.dist,
+                compute=self.compute,
             ),
         )
 
@@ -513,6 +539,7 @@ class Experiment:
                 device=self.device,
                 meta=meta,
                 dist=self.dist,
+                compute=self.compute,
             ),
         )
 
@@ -630,6 +657,7 @@ class Experiment:
                 meta=meta,
                 dist=self.dist,
                 sync_bn=self.cfg.sync_bn,
+                compute=self.compute,
             ),
         )
 

@@ -1,14 +1,25 @@
-"""Device choice, seeding and mixed precision: the few runtime facts shared by training and evaluation."""
+"""Device choice, seeding and the compute path: the few runtime facts shared by training and evaluation.
+
+The compute path (:class:`ComputeConfig`, resolved per device by :func:`compute_path`) is how every stage
+and feature extraction runs its towers: under bf16 autocast where the device computes bf16 natively
+(CUDA with bf16, CPUs with AVX512-BF16 or AMX), else in fp32, with images in channels-last layout for
+convolutional towers. The same ``torch.autocast`` serves CPU and CUDA, so the mixed-precision code runs
+(and is tested) on any machine whose CPU has bf16.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from csdn.errors import ConfigError
+from csdn.errors import ConfigError, check_choice
+
+PRECISIONS = ("auto", "bf16", "fp32")  # compute.precision choices
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # compute.memory_format choices
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -31,9 +42,74 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 (or fp16 where bf16 is unsupported) autocast on CUDA; a no-op elsewhere or when disabled."""
-    if not enabled or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How the towers compute: precision and image memory layout (speed; the resolved path joins cache keys)."""
+
+    precision: str = "auto"  # "auto": bf16 autocast where the device computes bf16 natively (CUDA with bf16,
+    # CPUs with AVX512-BF16/AMX), else fp32; "bf16": bf16 autocast (refused where unsupported); "fp32": none
+    memory_format: str = "auto"  # image batches' layout: "auto" (channels-last for ResNet towers under bf16),
+    # "channels_last" or "contiguous" (the weights keep theirs; convolutions follow the input's layout)
+
+    def __post_init__(self) -> None:
+        check_choice("compute.precision", self.precision, PRECISIONS)
+        check_choice("compute.memory_format", self.memory_format, MEMORY_FORMATS)
+
+
+@dataclass(frozen=True)
+class ComputePath:
+    """A :class:`ComputeConfig` resolved for one device and tower."""
+
+    device_type: str  # "cpu" or "cuda"
+    dtype: torch.dtype | None  # autocast dtype (None: plain fp32)
+    channels_last: bool  # image batches in channels-last layout
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of this path (a no-op for fp32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, C, H, W) in this path's memory layout."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def identity(self) -> dict[str, str]:
+        """What the path contributes to cache keys of trained artifacts (it changes their numerics)."""
+        precision = "fp32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+        return {"precision": precision, "layout": "channels_last" if self.channels_last else "contiguous"}
+
+
+FP32 = ComputePath("cpu", None, False)  # the plain path (tests, tools that want exact float32)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.backends.mkldnn.is_available()) and _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the probe: take the safe path
+        return False
+
+
+def compute_path(cfg: ComputeConfig, device: torch.device, convolutional: bool) -> ComputePath:
+    """Resolve ``cfg`` for ``device`` and a tower (``convolutional``: a ResNet); refuses an explicit bf16
+    where the device lacks it, with the way out."""
+    device = torch.device(device)
+    native = bf16_supported(device)
+    if cfg.precision == "bf16" and not native:
+        raise ConfigError(
+            f"compute.precision=bf16 but {device} has no native bf16 (CUDA with bf16, or a CPU with AVX512-BF16 "
+            "or AMX); use compute.precision=auto or fp32"
+        )
+    dtype = torch.bfloat16 if cfg.precision == "bf16" or (cfg.precision == "auto" and native) else None
+    if cfg.memory_format == "auto":
+        channels_last = convolutional and dtype is not None
+    else:
+        channels_last = cfg.memory_format == "channels_last"
+    return ComputePath(device.type, dtype, channels_last)

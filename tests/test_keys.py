@@ -103,6 +103,7 @@ def test_synthvi_keys_need_no_data_and_keep_their_earlier_values(tmp_path: Path)
             before(cfg.clip, "input_stats", "grid_interpolation"),
             cfg.seed,
             TRAINING_CODE_VERSION,
+            e.compute.identity(),  # the resolved compute path (since version 3)
             "stage1",
             m.shared_prompts,
             m.prompt_wording,
@@ -138,3 +139,17 @@ def test_a_clip_weights_file_is_keyed_by_its_content_not_its_path(tmp_path: Path
     local = stage1_key(f"local-dir:{folder}")
     (folder / "open_clip_config.json").write_text('{"model_cfg": {}}')
     assert stage1_key(f"local-dir:{folder}/") != local
+
+
+def test_the_compute_path_separates_keys(tmp_path: Path) -> None:
+    """bf16 and fp32 training give different results: their stages and frozen features never share a key."""
+    cfg = get_profile("smoke")
+    fp32 = Experiment(override(cfg, {"compute.precision": "fp32"}), tmp_path, progress=False)
+    contiguous = Experiment(override(cfg, {"compute.memory_format": "contiguous"}), tmp_path, progress=False)
+    assert fp32.compute.identity() == {"precision": "fp32", "layout": "contiguous"}
+    channels_last = Experiment(override(cfg, {"compute.memory_format": "channels_last"}), tmp_path, progress=False)
+    assert fp32.stage1_key != channels_last.stage1_key
+    if fp32.compute != Experiment(cfg, tmp_path).compute:  # a CPU with bf16: the default path is another
+        assert fp32.stage3_key != Experiment(cfg, tmp_path, progress=False).stage3_key
+        assert fp32.clip_features_key != Experiment(cfg, tmp_path, progress=False).clip_features_key
+    assert contiguous.compute.channels_last is False

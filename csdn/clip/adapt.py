@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
-from open_clip.modified_resnet import ModifiedResNet
+from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
@@ -120,6 +120,8 @@ def adapt_visual(
         if min(new_grid) < 1:
             raise ValueError(f"image size {image_size} is too small for a ModifiedResNet (final map {new_grid})")
         pool = visual.attnpool
+        if type(pool) is AttentionPool2d:
+            pool.__class__ = MeanQueryAttentionPool  # same parameters, only the output it returns computed
         pool.positional_embedding = nn.Parameter(
             resize_grid_embedding(pool.positional_embedding.data, old_grid, new_grid, grid_interpolation),
             requires_grad=pool.positional_embedding.requires_grad,
@@ -156,6 +158,43 @@ class VisualFeatures(NamedTuple):
     feature_map: torch.Tensor  # (B, C, h, w): RN layer4 output / ViT patch tokens after ln_post (for GeM)
     pooled: torch.Tensor  # (B, C): RN global average of the map / ViT ln_post(class token)
     projected: torch.Tensor  # (B, embed_dim): RN attention pool / ViT ln_post(class token) @ proj (CLIP space)
+
+
+class MeanQueryAttentionPool(AttentionPool2d):
+    """open_clip's ``AttentionPool2d`` that attends from the mean token only.
+
+    open_clip's pool runs attention for every token of the map and returns the mean token's output; the
+    other outputs are discarded. Attending from the mean token alone (as OpenAI's CLIP does) gives the same
+    output for a fraction of the work: at 128x64 the tiny RN's map has 32 tokens, so 1 query instead of 33.
+    :func:`adapt_visual` gives every adapted ResNet this pool (same parameters and state-dict keys).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).permute(2, 0, 1)  # (HW, N, C)
+        tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+        tokens = tokens + self.positional_embedding[:, None, :].to(tokens.dtype)
+        out, _ = F.multi_head_attention_forward(
+            query=tokens[:1],
+            key=tokens,
+            value=tokens,
+            embed_dim_to_check=tokens.shape[-1],
+            num_heads=self.num_heads,
+            q_proj_weight=self.q_proj.weight,
+            k_proj_weight=self.k_proj.weight,
+            v_proj_weight=self.v_proj.weight,
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=self.c_proj.weight,
+            out_proj_bias=self.c_proj.bias,
+            use_separate_proj_weight=True,
+            training=self.training,
+            need_weights=False,
+        )
+        return out[0]
 
 
 class _ResNetTrunk(nn.Module):

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from csdn.runtime import autocast, pick_device
+from csdn.runtime import FP32, ComputePath, pick_device
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 FLIP_FUSIONS = ("mean", "concat")  # how the flipped image's feature joins the plain one
@@ -35,6 +35,7 @@ def extract_features(
     model: nn.Module | None = None,
     desc: str = "features",
     flip_fusion: str = "mean",
+    compute: ComputePath = FP32,
 ) -> torch.Tensor:
     """Features of every item of ``images``, in order: a CPU float32 (N, D) tensor of unit rows
     (raw features with ``normalize=False``, e.g. stage 1's cached CLIP features). With ``flip`` and
@@ -45,8 +46,8 @@ def extract_features(
     tuples whose first element is the image tensor (already normalised). The module being evaluated
     (``model``, else ``encode`` itself or the object of a bound method such as ``net.encode_image``)
     is put in eval mode and each submodule's previous mode is restored afterwards. Runs under
-    ``torch.inference_mode()``, with autocast on CUDA. ``device=None`` uses the module's device, else
-    CUDA when available, else CPU.
+    ``torch.inference_mode()`` on ``compute``'s path (its autocast and image layout; plain float32 by
+    default). ``device=None`` uses the module's device, else CUDA when available, else CPU.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -65,12 +66,12 @@ def extract_features(
     try:
         if module is not None:
             module.eval()
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), compute.autocast():
             for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
                 x = _image_batch(batch).to(device, non_blocking=True)
-                feats = _encode(encode, x)
+                feats = _encode(encode, compute.images(x)).float()
                 if flip:
-                    flipped = _encode(encode, torch.flip(x, dims=[3]))
+                    flipped = _encode(encode, compute.images(torch.flip(x, dims=[3]))).float()
                     feats = torch.cat([feats, flipped], dim=1) if concat else (feats + flipped) / 2
                 parts.append(feats.float().cpu())
     finally:

@@ -197,9 +197,11 @@ class CSDNNet(nn.Module):
         return pooled, features.projected.float()
 
     def forward(self, parts: list[tuple[Tensor, str]]) -> NetOutput:
-        """Training forward over (images, modality) parts (visible and infrared in one batch)."""
+        """Training forward over (images, modality) parts (visible and infrared in one batch); every output is
+        float32, also under autocast (the losses read them in full precision)."""
         gem, proj = self.backbone(parts)
-        return NetOutput(gem, proj, self.cls_gem(self.bn_gem(gem)), self.cls_proj(self.bn_proj(proj)))
+        logits = self.cls_gem(self.bn_gem(gem)).float(), self.cls_proj(self.bn_proj(proj)).float()
+        return NetOutput(gem, proj, *logits)
 
     def embed(self, images: Tensor, modality: str) -> Tensor:
         """Inference feature of images of one modality: concat(L2(BN(GeM)), L2(projected))."""

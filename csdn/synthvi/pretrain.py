@@ -32,9 +32,18 @@ import torch.nn.functional as F
 
 from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, build_once, config_key, verify_artifact
 from csdn.clip.adapt import TextEncoder
-from csdn.clip.loader import CONFIG_FILE, TINY_ARCHS, WEIGHTS_FILE, ClipBundle, ClipSource, load_clip, save_local_dir
+from csdn.clip.loader import (
+    CONFIG_FILE,
+    TINY_ARCHS,
+    WEIGHTS_FILE,
+    ClipBundle,
+    ClipSource,
+    load_clip,
+    registered_config,
+    save_local_dir,
+)
 from csdn.errors import ConfigError
-from csdn.runtime import seed_everything
+from csdn.runtime import FP32, ComputeConfig, ComputePath, compute_path, seed_everything
 from csdn.synthvi.pool import ClipPool, clip_pool
 from csdn.synthvi.world import COLOR_ATTRIBUTES, COLOR_WORDS, SynthConfig
 from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
@@ -212,8 +221,10 @@ def _batch_loss(
     data: _PoolTensors,
     idx: torch.Tensor,
     generator: torch.Generator,
+    compute: ComputePath = FP32,
 ) -> torch.Tensor:
-    """The contrastive loss of the batch ``idx`` (grayscale and augmentation drawn from ``generator``)."""
+    """The contrastive loss of the batch ``idx`` (grayscale and augmentation drawn from ``generator``), the
+    towers on ``compute``'s path and the loss in float32."""
     batch_images, batch_tokens = data.images[idx], data.tokens[idx]
     if cfg.grayscale > 0:
         gray = data.visible[idx] & (torch.rand(len(idx), generator=generator) < cfg.grayscale)
@@ -225,9 +236,9 @@ def _batch_loss(
         agreement = attribute_agreement(data.codes[idx], data.observable[idx])
         positives = torch.maximum(positives, torch.exp(cfg.attribute_targets * (agreement - 1.0)))
     model = bundle.model
-    return soft_clip_loss(
-        model.encode_image(x), text_tower.encode_tokens(batch_tokens), positives.to(x.device), model.logit_scale
-    )
+    with compute.autocast():
+        image_features, text_features = model.encode_image(compute.images(x)), text_tower.encode_tokens(batch_tokens)
+    return soft_clip_loss(image_features.float(), text_features.float(), positives.to(x.device), model.logit_scale)
 
 
 def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, steps_per_epoch: int):
@@ -248,26 +259,28 @@ def _epoch_runner(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     on_epoch: Callable[[int, ClipBundle], None] | None,
+    compute: ComputePath = FP32,
 ):
-    """The loop's ``train_epoch``: one shuffled pass over the pool in whole batches, then ``on_epoch``."""
+    """The loop's ``train_epoch``: one shuffled pass over the pool in whole batches, then ``on_epoch``. The loss
+    is summed on the device and read (and checked finite) once an epoch."""
     model, n = bundle.model, len(data.images)
     text_tower = TextEncoder(model, bundle.tokenizer, frozen=False)
 
     def train_epoch(epoch: int, tick: Callable[[], None]) -> dict[str, float]:
-        losses = []
+        total, steps = torch.zeros(()), n // cfg.batch_size
         order = torch.randperm(n, generator=generator)
-        for step in range(n // cfg.batch_size):
+        for step in range(steps):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss = _batch_loss(cfg, bundle, text_tower, data, idx, generator)
-            check_finite(loss, f"tiny-CLIP pretraining epoch {epoch + 1}")
+            loss = _batch_loss(cfg, bundle, text_tower, data, idx, generator, compute)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
-            losses.append(loss.item())
+            total = total.to(loss.device) + loss.detach()
             tick()  # the loop steps the per-step schedule
-        metrics = {"loss": float(np.mean(losses)), "logit_scale": float(model.logit_scale.detach().exp())}
+        check_finite(total, f"tiny-CLIP pretraining epoch {epoch + 1}")
+        metrics = {"loss": total.item() / steps, "logit_scale": float(model.logit_scale.detach().exp())}
         log.info("pretrain %s epoch %d/%d loss %.4f", cfg.arch, epoch + 1, cfg.epochs, metrics["loss"])
         if on_epoch is not None:
             on_epoch(epoch, bundle)
@@ -285,8 +298,10 @@ def pretrain_tiny_clip(
     on_epoch: Callable[[int, ClipBundle], None] | None = None,
     run_dir: Path | None = None,
     progress: bool = True,
+    compute: ComputePath = FP32,
 ) -> list[dict[str, float]]:
-    """Pretrain a CLIP of ``cfg.arch`` from scratch on ``pool`` and save it as a ``local-dir:`` folder.
+    """Pretrain a CLIP of ``cfg.arch`` from scratch on ``pool`` (towers on ``compute``'s path) and save it as a
+    ``local-dir:`` folder.
 
     ``pool`` is a SynthVI ``ClipPool`` (images, captions, modalities, pids). Training runs on the shared
     loop of the stages (:func:`csdn.train.loop.run_epochs`): it checkpoints every epoch into ``run_dir``
@@ -301,7 +316,7 @@ def pretrain_tiny_clip(
         raise ValueError(f"the pool has {n} images, fewer than one batch of {cfg.batch_size}; lower batch_size")
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="csdn-pretrain-") as tmp:
-            return pretrain_tiny_clip(cfg, pool, out_dir, device, on_epoch, Path(tmp), progress)
+            return pretrain_tiny_clip(cfg, pool, out_dir, device, on_epoch, Path(tmp), progress, compute)
     seed_everything(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     bundle = load_clip(ClipSource(cfg.arch, None, cfg.image_size), device=device)
@@ -313,7 +328,7 @@ def pretrain_tiny_clip(
         model,
         optimizer,
         scheduler,
-        _epoch_runner(cfg, bundle, data, optimizer, generator, on_epoch),
+        _epoch_runner(cfg, bundle, data, optimizer, generator, on_epoch, compute),
         n // cfg.batch_size,
         extra_state=lambda: {"generator": generator.get_state()},
         load_extra_state=lambda state: generator.set_state(state["generator"]),
@@ -344,11 +359,15 @@ def _summary(cfg: PretrainConfig, pool, n: int, history: list[dict[str, float]])
     }
 
 
-def tiny_clip_key(cfg: PretrainConfig, synth: SynthConfig) -> str:
-    """Cache key of a tiny CLIP: the pretraining and SynthVI configs, the architecture's JSON config and the
-    training code's version."""
-    from csdn.clip.loader import registered_config
+def pretraining_path(cfg: PretrainConfig, compute: ComputeConfig) -> ComputePath:
+    """The compute path of a tiny CLIP's pretraining (always on the CPU)."""
+    layers = registered_config(cfg.arch)["vision_cfg"].get("layers")
+    return compute_path(compute, torch.device("cpu"), convolutional=isinstance(layers, (list, tuple)))
 
+
+def tiny_clip_key(cfg: PretrainConfig, synth: SynthConfig, compute: ComputeConfig | None = None) -> str:
+    """Cache key of a tiny CLIP: the pretraining and SynthVI configs, the architecture's JSON config, the
+    training code's version and the pretraining's resolved compute path."""
     return config_key(
         {
             "pretrain": asdict(cfg),
@@ -356,11 +375,12 @@ def tiny_clip_key(cfg: PretrainConfig, synth: SynthConfig) -> str:
             "arch": registered_config(cfg.arch),
             "format": 1,
             "code": TRAINING_CODE_VERSION,
+            "compute": pretraining_path(cfg, compute or ComputeConfig()).identity(),
         }
     )
 
 
-def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path) -> Path:
+def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path, compute: ComputeConfig | None = None) -> Path:
     """The ``local-dir:`` folder of the tiny CLIP pretrained with ``cfg`` on ``synth``'s CLIP pool.
 
     Computed once and cached under ``cache_root/tiny_clip/<key>`` (safe under concurrent callers);
@@ -370,12 +390,13 @@ def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path) -> Path
     """
     if cfg.arch not in TINY_ARCHS:
         log.warning("pretraining %s from scratch on SynthVI: expect it to be slow", cfg.arch)
-    key = tiny_clip_key(cfg, synth)
+    compute = compute or ComputeConfig()
+    key = tiny_clip_key(cfg, synth, compute)
     target = Path(cache_root) / "tiny_clip" / key
     run_dir = Path(cache_root) / "runs" / f"tiny_clip-{key}"
 
     def produce(tmp: Path) -> None:
-        pretrain_tiny_clip(cfg, clip_pool(synth), tmp, run_dir=run_dir)
+        pretrain_tiny_clip(cfg, clip_pool(synth), tmp, run_dir=run_dir, compute=pretraining_path(cfg, compute))
 
     folder = build_once(target, produce, checksummed=(WEIGHTS_FILE, CONFIG_FILE))
     shutil.rmtree(run_dir, ignore_errors=True)  # the folder is complete: nothing will resume from these

@@ -47,7 +47,7 @@ from csdn.losses import (
     triplet_wrt,
 )
 from csdn.model.network import CSDNNet
-from csdn.runtime import autocast
+from csdn.runtime import FP32, ComputePath
 from csdn.train.distributed import SINGLE, DistContext, wrap_ddp
 from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 from csdn.train.schedule import make_scheduler
@@ -93,7 +93,6 @@ class ReIDStageConfig:
     exchange_gray: bool = False  # the channel-exchanged view may also be a grayscale mix (CAJ's gray=3;
     # released: R, G or B only)
     channel_exchange_view: bool = True  # each visible image also gives a channel-exchanged second view
-    amp: bool = True  # autocast on CUDA
     workers: int = 0  # DataLoader worker processes building batches
     max_steps: int = 0  # > 0: at most this many steps an epoch, a dry run (never cached as finished; csdn.dryrun)
 
@@ -327,8 +326,9 @@ def batch_diagnostics(
     prototypes: dict[str, Tensor] | None,
     cfg: ReIDStageConfig,
     parts: dict[str, Tensor],
-) -> dict[str, float]:
-    """What shows whether stage 3 learns, on one training batch (summed over batches, then averaged).
+) -> dict[str, Tensor]:
+    """What shows whether stage 3 learns, on one training batch (summed over batches, then averaged), as
+    0-d tensors on the batch's device (read once an epoch: no step waits for the device).
 
     ``acc_gem`` / ``acc_proj``: ID accuracy of the two heads; ``norm_{gem,proj}_{visible,infrared}``: mean
     feature norms; with text prototypes ``hse_ce_<m>`` (unweighted HSE cross-entropy) and ``i2t_top1_<m>``
@@ -337,18 +337,18 @@ def batch_diagnostics(
     """
     rows = BatchRows.of(n_visible, len(labels), cfg.views)
     out = {
-        "acc_gem": (net_out.gem_logits.argmax(1) == labels).float().mean().item(),
-        "acc_proj": (net_out.proj_logits.argmax(1) == labels).float().mean().item(),
+        "acc_gem": (net_out.gem_logits.argmax(1) == labels).float().mean(),
+        "acc_proj": (net_out.proj_logits.argmax(1) == labels).float().mean(),
     }
     for m, r in ((VISIBLE, slice(0, n_visible)), (INFRARED, rows.infrared)):
-        out[f"norm_gem_{m}"] = net_out.gem[r].norm(dim=1).mean().item()
-        out[f"norm_proj_{m}"] = net_out.proj[r].norm(dim=1).mean().item()
+        out[f"norm_gem_{m}"] = net_out.gem[r].float().norm(dim=1).mean()
+        out[f"norm_proj_{m}"] = net_out.proj[r].float().norm(dim=1).mean()
     if prototypes is not None:
         for m, r in ((VISIBLE, rows.first_view), (INFRARED, rows.infrared)):
-            out[f"hse_ce_{m}"] = parts[f"hse_{m}"].item()
-            logits = similarity_logits(net_out.proj[r], prototypes[m], cosine=cfg.hse_cosine)
-            out[f"i2t_top1_{m}"] = (logits.argmax(1) == labels[r]).float().mean().item()
-    out.update({k: v.item() for k, v in parts.items() if k.startswith("msel_")})
+            out[f"hse_ce_{m}"] = parts[f"hse_{m}"].detach().float()
+            logits = similarity_logits(net_out.proj[r].float(), prototypes[m], cosine=cfg.hse_cosine)
+            out[f"i2t_top1_{m}"] = (logits.argmax(1) == labels[r]).float().mean()
+    out.update({k: v.detach().float() for k, v in parts.items() if k.startswith("msel_")})
     return out
 
 
@@ -367,8 +367,11 @@ def train_reid(
     meta: dict | None = None,
     dist: DistContext = SINGLE,
     sync_bn: bool = True,
+    compute: ComputePath = FP32,
 ) -> list[dict[str, float]]:
-    """Stage 3 on the training image cache (``labels[i]`` = contiguous label of cache row ``i``).
+    """Stage 3 on the training image cache (``labels[i]`` = contiguous label of cache row ``i``), the network
+    on ``compute``'s path (autocast, image layout). The losses and diagnostics are summed on the device and
+    read once an epoch; a non-finite step fails the epoch before its checkpoint.
 
     With several processes (``dist``), every rank calls this with the same arguments; the network is
     trained under DDP (BatchNorm over the global batch with ``sync_bn``) and only rank 0 writes.
@@ -397,26 +400,31 @@ def train_reid(
         loader = DataLoader(
             batches, sampler=keys, batch_size=None, num_workers=cfg.workers, pin_memory=device.type == "cuda"
         )
-        sums: dict[str, float] = {}
+        names: list[str] = []
+        sums: Tensor | None = None
         steps = 0
         for batch in loader:
-            x_v, x_i = batch["visible"].to(device, non_blocking=True), batch["infrared"].to(device, non_blocking=True)
+            x_v, x_i = (compute.images(batch[m].to(device, non_blocking=True)) for m in (VISIBLE, INFRARED))
             y = torch.cat([batch["visible_labels"], batch["infrared_labels"]]).to(device)
-            with autocast(device, cfg.amp):
+            with compute.autocast():
                 out = model([(x_v, VISIBLE), (x_i, INFRARED)])
             terms, parts = reid_terms(out, y, len(x_v), protos, cfg, gather=dist.gather_with_grad)
             diagnostics = batch_diagnostics(out, y, len(x_v), protos, cfg, parts)
             loss = sum(terms.values())
-            logged = dist.mean(torch.stack([loss, *terms.values()]))  # the global batch's loss on every rank
-            check_finite(logged[0], f"stage 3 epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             steps += 1
-            for k, v in [*zip(["loss", *(f"{k}_loss" for k in terms)], logged.tolist()), *diagnostics.items()]:
-                sums[k] = sums.get(k, 0.0) + v
+            names = ["loss", *(f"{k}_loss" for k in terms), *diagnostics]
+            row = torch.stack([loss.detach(), *(t.detach() for t in terms.values()), *diagnostics.values()])
+            sums = row if sums is None else sums + row
             tick()
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+        if sums is None:
+            return {}
+        losses = dist.mean(sums[: len(terms) + 1])  # the global batch's losses on every rank
+        check_finite(losses[0], f"stage 3 epoch {epoch + 1}")
+        values = torch.cat([losses, sums[len(terms) + 1 :]]).tolist()
+        return {k: v / steps for k, v in zip(names, values)}
 
     stage = StageState(
         "stage3 HSE+reID",

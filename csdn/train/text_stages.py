@@ -36,6 +36,7 @@ from csdn.errors import ConfigError, check_choice
 from csdn.losses import i2t_t2i_loss, similarity_logits
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import text_prototypes
+from csdn.runtime import FP32, ComputePath
 from csdn.train.distributed import SINGLE, DistContext, wrap_ddp
 from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 from csdn.train.schedule import make_scheduler
@@ -158,26 +159,30 @@ def _epoch_runner(
     device: torch.device,
     diagnose: Callable[[CachedFeatures], dict[str, float]],
     max_steps: int = 0,
+    compute: ComputePath = FP32,
 ):
+    """One epoch of a text stage. The loss is summed on the device and read (and checked finite) once an
+    epoch, so no step waits for the device; a non-finite step fails the epoch before its checkpoint."""
     vis, ir = feats.visible.to(device), feats.infrared.to(device)
     lv_all, li_all = feats.visible_labels.to(device), feats.infrared_labels.to(device)
     on_device = CachedFeatures(vis, lv_all, ir, li_all)
 
     def train_epoch(epoch: int, tick: Callable[[], None]) -> dict[str, float]:
         sampler.set_epoch(epoch)
-        total, steps = 0.0, 0
+        total, steps = torch.zeros((), device=device), 0
         for vis_idx, ir_idx in sampler:
             if max_steps and steps == max_steps:  # a dry run
                 break
             vi, ii = torch.as_tensor(vis_idx, device=device), torch.as_tensor(ir_idx, device=device)
-            loss = batch_loss(vis[vi], lv_all[vi], ir[ii], li_all[ii])
-            check_finite(loss, f"{where} epoch {epoch + 1}")
+            with compute.autocast():
+                loss = batch_loss(vis[vi], lv_all[vi], ir[ii], li_all[ii]).float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, steps = total + loss.item(), steps + 1
+            total, steps = total + loss.detach(), steps + 1
             tick()
-        return {"loss": total / max(steps, 1), **diagnose(on_device)}
+        check_finite(total, f"{where} epoch {epoch + 1}")
+        return {"loss": total.item() / max(steps, 1), **diagnose(on_device)}
 
     return train_epoch
 
@@ -193,8 +198,10 @@ def train_prompts(
     device: torch.device = torch.device("cpu"),
     meta: dict | None = None,
     dist: DistContext = SINGLE,
+    compute: ComputePath = FP32,
 ) -> list[dict[str, float]]:
-    """Stage 1: train the prompt learners (text encoder frozen); returns the per-epoch history.
+    """Stage 1: train the prompt learners (text encoder frozen) on ``compute``'s path; returns the per-epoch
+    history.
 
     With several processes (``dist``) every rank calls this with the same arguments (DDP, rank 0 writes).
     """
@@ -226,7 +233,7 @@ def train_prompts(
         prompts,
         optimizer,
         scheduler,
-        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device, diagnose, cfg.max_steps),
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 1", device, diagnose, cfg.max_steps, compute),
         min(len(sampler), cfg.max_steps or len(sampler)),
         extra_state=sampler.state_dict,
         load_extra_state=sampler.load_state_dict,
@@ -247,8 +254,10 @@ def train_sii(
     device: torch.device = torch.device("cpu"),
     meta: dict | None = None,
     dist: DistContext = SINGLE,
+    compute: ComputePath = FP32,
 ) -> list[dict[str, float]]:
-    """Stage 2: train the SII fusion on fixed per-identity text features ``(num_ids, d)`` of both learners.
+    """Stage 2: train the SII fusion on fixed per-identity text features ``(num_ids, d)`` of both learners
+    (on ``compute``'s path).
 
     With several processes every rank runs the same (unsplit) steps; ``dist`` only makes rank 0 the writer.
     """
@@ -273,7 +282,7 @@ def train_sii(
         sii,
         optimizer,
         scheduler,
-        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device, diagnose, cfg.max_steps),
+        _epoch_runner(sampler, feats, optimizer, batch_loss, "stage 2", device, diagnose, cfg.max_steps, compute),
         min(len(sampler), cfg.max_steps or len(sampler)),
         extra_state=sampler.state_dict,
         load_extra_state=sampler.load_state_dict,
