@@ -309,15 +309,25 @@ class Experiment:
 
     @cached_property
     def compute(self) -> ComputePath:
-        """The compute path of this run's towers on its device (``cfg.compute`` resolved)."""
+        """The compute path of this run's image tower on its device (``cfg.compute`` resolved)."""
         layers = registered_config(self.cfg.clip.arch)["vision_cfg"].get("layers")
         return compute_path(self.cfg.compute, self.device, convolutional=isinstance(layers, (list, tuple)))
+
+    @cached_property
+    def text_compute(self) -> ComputePath:
+        """The compute path of the text stages (the text tower, a transformer) on the run's device."""
+        return compute_path(self.cfg.compute, self.device, convolutional=False)
+
+    @cached_property
+    def compute_identity(self) -> dict[str, Any]:
+        """What the compute paths contribute to the keys of trained artifacts (they change the numerics)."""
+        return {"image": self.compute.identity(), "text": self.text_compute.identity()}
 
     def _key(self, *parts: Any) -> str:
         """The cache key of a trained artifact: data, CLIP, seed, the training code's version, the compute
         path and ``parts``."""
         payload = [self.data_identity, self.clip_identity, self.cfg.seed, TRAINING_CODE_VERSION]
-        return config_key([*payload, self.compute.identity(), *parts])
+        return config_key([*payload, self.compute_identity, *parts])
 
     @cached_property
     def clip_features_key(self) -> str:
@@ -325,7 +335,7 @@ class Experiment:
         and the release's stem when the model runs it."""
         skipped = [entry["index"] for entry in self.train_cache.skipped]
         payload = [self.data_identity, self.clip_identity, "clip-features", TRAINING_CODE_VERSION]
-        payload.append(self.compute.identity())
+        payload.append(self.compute_identity)
         stem = [{"release_stem": True}] if self.cfg.model.release_stem else []  # added later: off by default
         return config_key(payload + ([skipped] if skipped else []) + stem)
 
@@ -496,7 +506,7 @@ class Experiment:
                 device=self.device,
                 meta=meta,
                 dist=self.dist,
-                compute=self.compute,
+                compute=self.text_compute,
             ),
         )
 
@@ -539,7 +549,7 @@ class Experiment:
                 device=self.device,
                 meta=meta,
                 dist=self.dist,
-                compute=self.compute,
+                compute=self.text_compute,
             ),
         )
 

@@ -1,10 +1,10 @@
 """Device choice, seeding and the compute path: the few runtime facts shared by training and evaluation.
 
-The compute path (:class:`ComputeConfig`, resolved per device by :func:`compute_path`) is how every stage
-and feature extraction runs its towers: under bf16 autocast where the device computes bf16 natively
-(CUDA with bf16, CPUs with AVX512-BF16 or AMX), else in fp32, with images in channels-last layout for
-convolutional towers. The same ``torch.autocast`` serves CPU and CUDA, so the mixed-precision code runs
-(and is tested) on any machine whose CPU has bf16.
+The compute path (:class:`ComputeConfig`, resolved per device and tower by :func:`compute_path`) is how
+every stage and feature extraction runs its towers: under bf16 autocast where the device computes bf16
+natively and it pays (CUDA with bf16; on CPUs with AVX512-BF16 or AMX, the convolutional towers), else in
+fp32, with images in channels-last layout for convolutional towers under bf16. The same ``torch.autocast``
+serves CPU and CUDA, so the mixed-precision code runs (and is tested) on any machine whose CPU has bf16.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def seed_everything(seed: int) -> None:
 class ComputeConfig:
     """How the towers compute: precision and image memory layout (speed; the resolved path joins cache keys)."""
 
-    precision: str = "auto"  # "auto": bf16 autocast where the device computes bf16 natively (CUDA with bf16,
-    # CPUs with AVX512-BF16/AMX), else fp32; "bf16": bf16 autocast (refused where unsupported); "fp32": none
+    precision: str = "auto"  # "auto": bf16 autocast where the device computes bf16 natively and it pays (CUDA
+    # with bf16; on CPUs with AVX512-BF16/AMX, convolutional towers only), else fp32; "bf16": bf16 autocast
+    # (refused where unsupported); "fp32": none
     memory_format: str = "auto"  # image batches' layout: "auto" (channels-last for ResNet towers under bf16),
     # "channels_last" or "contiguous" (the weights keep theirs; convolutions follow the input's layout)
 
@@ -107,7 +108,10 @@ def compute_path(cfg: ComputeConfig, device: torch.device, convolutional: bool) 
             f"compute.precision=bf16 but {device} has no native bf16 (CUDA with bf16, or a CPU with AVX512-BF16 "
             "or AMX); use compute.precision=auto or fp32"
         )
-    dtype = torch.bfloat16 if cfg.precision == "bf16" or (cfg.precision == "auto" and native) else None
+    # auto: bf16 on CUDA; on a CPU only for convolutional towers, where it measured faster (transformer
+    # towers of the embedded size measured slower in bf16 than in fp32 on the CPU: benchmarks/bench_train.py)
+    auto_bf16 = native and (device.type == "cuda" or convolutional)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" or (cfg.precision == "auto" and auto_bf16) else None
     if cfg.memory_format == "auto":
         channels_last = convolutional and dtype is not None
     else:

@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from csdn.losses import triplet_wrt
+from csdn.runtime import bf16_supported
 from csdn.train.distributed import SINGLE, CpuSyncBatchNorm, DistContext, sync_batchnorm, wrap_ddp
 
 LOSS_TOL = 1e-4  # per-epoch mean losses, absolute
@@ -170,9 +171,11 @@ def _env() -> dict[str, str]:
     return {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _csdn(cache: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
+def _csdn(cache: Path, *args: str, nproc: int = 1, precision: str = "fp32") -> subprocess.CompletedProcess:
+    """``csdn train --profile smoke`` (float32 by default: the comparisons below are of the computation)."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     cmd = [sys.executable, *launcher, "-m", "csdn", "--cache", str(cache), "train", "--profile", "smoke", *args]
+    cmd += ["--set", f"compute.precision={precision}"]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -223,7 +226,7 @@ def test_torchrun_two_gloo_processes_match_one_process(one_process: Path, tmp_pa
         assert _max_gap(weights_1, weights_2) < WEIGHT_TOL, stage
     assert not list(cache.rglob("*.tmp")) and not list(cache.rglob(".epoch_*"))  # nothing half-written
     summary = [
-        json.loads((root / "smoke-csdn-seed0" / "results.json").read_text())["summary"]
+        json.loads(next(root.glob("smoke-csdn-seed0*/results.json")).read_text())["summary"]
         for root in (one_process / "reports", tmp_path / "reports")
     ]
     for row_1, row_2 in zip(*summary):  # evaluation on gathered features: the same test results
@@ -237,3 +240,16 @@ def test_per_rank_batchnorm_is_not_the_one_process_computation(one_process: Path
     _, weights_1, _ = _stage(one_process / "cache", "stage3")
     _, weights_2, _ = _stage(cache, "stage3")
     assert _max_gap(weights_1, weights_2) > 30 * WEIGHT_TOL  # the tolerance above can tell the difference
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_torchrun_trains_on_the_bf16_path(tmp_path: Path) -> None:
+    """Two processes on the default (bf16) path: synchronised BatchNorm takes bf16 activations, every stage
+    finishes with finite losses and the report is written once."""
+    result = _csdn(tmp_path / "cache", "--reports", str(tmp_path / "reports"), nproc=2, precision="auto")
+    assert result.stdout.count("finished in") == 1
+    for stage in STAGES:
+        history, weights, done = _stage(tmp_path / "cache", stage)
+        assert done["world_size"] == 2
+        assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history), stage
+        assert all(torch.isfinite(w).all() for w in weights.values()), stage

@@ -103,7 +103,7 @@ def test_synthvi_keys_need_no_data_and_keep_their_earlier_values(tmp_path: Path)
             before(cfg.clip, "input_stats", "grid_interpolation"),
             cfg.seed,
             TRAINING_CODE_VERSION,
-            e.compute.identity(),  # the resolved compute path (since version 3)
+            e.compute_identity,  # the resolved compute paths (since version 3)
             "stage1",
             m.shared_prompts,
             m.prompt_wording,

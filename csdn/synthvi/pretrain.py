@@ -50,6 +50,8 @@ from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 
 log = logging.getLogger(__name__)
 
+PretrainingPaths = tuple[ComputePath, ComputePath]  # compute paths of the image tower and the text tower
+
 HISTORY_FILE = "history.json"  # per-epoch metrics: a list of dicts, as the stages' histories
 SUMMARY_FILE = "summary.json"  # counts, timing, throughput and config of the run
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -221,10 +223,10 @@ def _batch_loss(
     data: _PoolTensors,
     idx: torch.Tensor,
     generator: torch.Generator,
-    compute: ComputePath = FP32,
+    compute: PretrainingPaths = (FP32, FP32),
 ) -> torch.Tensor:
     """The contrastive loss of the batch ``idx`` (grayscale and augmentation drawn from ``generator``), the
-    towers on ``compute``'s path and the loss in float32."""
+    image and text towers on ``compute``'s paths and the loss in float32."""
     batch_images, batch_tokens = data.images[idx], data.tokens[idx]
     if cfg.grayscale > 0:
         gray = data.visible[idx] & (torch.rand(len(idx), generator=generator) < cfg.grayscale)
@@ -236,8 +238,11 @@ def _batch_loss(
         agreement = attribute_agreement(data.codes[idx], data.observable[idx])
         positives = torch.maximum(positives, torch.exp(cfg.attribute_targets * (agreement - 1.0)))
     model = bundle.model
-    with compute.autocast():
-        image_features, text_features = model.encode_image(compute.images(x)), text_tower.encode_tokens(batch_tokens)
+    image_path, text_path = compute
+    with image_path.autocast():
+        image_features = model.encode_image(image_path.images(x))
+    with text_path.autocast():
+        text_features = text_tower.encode_tokens(batch_tokens)
     return soft_clip_loss(image_features.float(), text_features.float(), positives.to(x.device), model.logit_scale)
 
 
@@ -259,7 +264,7 @@ def _epoch_runner(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     on_epoch: Callable[[int, ClipBundle], None] | None,
-    compute: ComputePath = FP32,
+    compute: PretrainingPaths = (FP32, FP32),
 ):
     """The loop's ``train_epoch``: one shuffled pass over the pool in whole batches, then ``on_epoch``. The loss
     is summed on the device and read (and checked finite) once an epoch."""
@@ -298,10 +303,10 @@ def pretrain_tiny_clip(
     on_epoch: Callable[[int, ClipBundle], None] | None = None,
     run_dir: Path | None = None,
     progress: bool = True,
-    compute: ComputePath = FP32,
+    compute: PretrainingPaths = (FP32, FP32),
 ) -> list[dict[str, float]]:
-    """Pretrain a CLIP of ``cfg.arch`` from scratch on ``pool`` (towers on ``compute``'s path) and save it as a
-    ``local-dir:`` folder.
+    """Pretrain a CLIP of ``cfg.arch`` from scratch on ``pool`` (image and text towers on ``compute``'s paths)
+    and save it as a ``local-dir:`` folder.
 
     ``pool`` is a SynthVI ``ClipPool`` (images, captions, modalities, pids). Training runs on the shared
     loop of the stages (:func:`csdn.train.loop.run_epochs`): it checkpoints every epoch into ``run_dir``
@@ -359,10 +364,12 @@ def _summary(cfg: PretrainConfig, pool, n: int, history: list[dict[str, float]])
     }
 
 
-def pretraining_path(cfg: PretrainConfig, compute: ComputeConfig) -> ComputePath:
-    """The compute path of a tiny CLIP's pretraining (always on the CPU)."""
+def pretraining_paths(cfg: PretrainConfig, compute: ComputeConfig) -> PretrainingPaths:
+    """The compute paths (image tower, text tower) of a tiny CLIP's pretraining (always on the CPU)."""
     layers = registered_config(cfg.arch)["vision_cfg"].get("layers")
-    return compute_path(compute, torch.device("cpu"), convolutional=isinstance(layers, (list, tuple)))
+    cpu = torch.device("cpu")
+    image = compute_path(compute, cpu, convolutional=isinstance(layers, (list, tuple)))
+    return image, compute_path(compute, cpu, convolutional=False)
 
 
 def tiny_clip_key(cfg: PretrainConfig, synth: SynthConfig, compute: ComputeConfig | None = None) -> str:
@@ -375,7 +382,7 @@ def tiny_clip_key(cfg: PretrainConfig, synth: SynthConfig, compute: ComputeConfi
             "arch": registered_config(cfg.arch),
             "format": 1,
             "code": TRAINING_CODE_VERSION,
-            "compute": pretraining_path(cfg, compute or ComputeConfig()).identity(),
+            "compute": [path.identity() for path in pretraining_paths(cfg, compute or ComputeConfig())],
         }
     )
 
@@ -396,7 +403,7 @@ def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path, compute
     run_dir = Path(cache_root) / "runs" / f"tiny_clip-{key}"
 
     def produce(tmp: Path) -> None:
-        pretrain_tiny_clip(cfg, clip_pool(synth), tmp, run_dir=run_dir, compute=pretraining_path(cfg, compute))
+        pretrain_tiny_clip(cfg, clip_pool(synth), tmp, run_dir=run_dir, compute=pretraining_paths(cfg, compute))
 
     folder = build_once(target, produce, checksummed=(WEIGHTS_FILE, CONFIG_FILE))
     shutil.rmtree(run_dir, ignore_errors=True)  # the folder is complete: nothing will resume from these

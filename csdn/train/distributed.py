@@ -172,7 +172,8 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     In training it computes the mean and the (biased) variance from sums all-reduced over the ranks,
     differentiably, and updates the running statistics with them as one-process BatchNorm would on the
-    concatenated batch; in eval mode it is plain BatchNorm.
+    concatenated batch; in eval mode it is plain BatchNorm. Statistics are computed in float32 and the
+    output has the input's dtype (as BatchNorm under autocast).
     """
 
     def _check_input_dim(self, x: Tensor) -> None:
@@ -183,6 +184,7 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         self._check_input_dim(x)
+        dtype, x = x.dtype, x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype)
@@ -193,7 +195,8 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach() * n / (n - 1).clamp(min=1))
         y = centred * torch.rsqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        y = y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        return y.to(dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, unbiased_var: Tensor) -> None:
