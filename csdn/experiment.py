@@ -65,7 +65,7 @@ from csdn.data.transforms import TransformConfig, input_statistics, test_transfo
 from csdn.dryrun import capped_split, is_dry_run
 from csdn.errors import CacheError, CheckpointError, ConfigError
 from csdn.eval.features import extract_features
-from csdn.eval.protocols import ProtocolResult, evaluate_split
+from csdn.eval.protocols import ProtocolResult, evaluate_split, once_per_image
 from csdn.model.network import CSDNNet, release_resnet_stem
 from csdn.model.prompts import ModalityPrompts
 from csdn.model.sii import make_sii, text_prototypes
@@ -748,8 +748,9 @@ class Experiment:
         return SplitOptions(trials=e.trials, modes=e.sysu_modes, shots=e.sysu_shots, directions=e.directions)
 
     def evaluate(self, features_of=None) -> dict[str, ProtocolResult]:
-        """The dataset's test protocols for ``features_of`` (default: the trained network), by split name."""
-        features_of = features_of or self.network_features()
+        """The dataset's test protocols for ``features_of`` (default: the trained network), by split name; each
+        image's feature is computed once however many protocols rank it."""
+        features_of = once_per_image(features_of or self.network_features())
         splits = [capped_split(s, self.cfg.eval.max_images) for s in self.dataset.test_splits(self.split_options())]
         return {split.name: evaluate_split(features_of, split, self.cfg.eval.rerank) for split in splits}
 

@@ -20,6 +20,7 @@ from csdn.eval.protocols import (
     evaluate_llcm,
     evaluate_regdb,
     evaluate_sysu,
+    once_per_image,
 )
 from csdn.eval.rerank import RerankConfig, k_reciprocal_rerank
 
@@ -333,3 +334,21 @@ def test_removed_between_is_the_per_query_rule_for_every_query():
     # SYSU: a camera-3 query ignores camera 2; LLCM: a query ignores its identity on its own camera
     assert RULES["sysu"].removed_between(query, gallery).tolist() == [[True, False, False], [False, False, False]]
     assert RULES["llcm"].removed_between(query, gallery).tolist() == [[False, False, False], [False, True, False]]
+
+
+def test_once_per_image_serves_both_directions_from_one_pass():
+    """Both LLCM directions rank the same images: with once_per_image each is computed once, same metrics."""
+    data = FakeLLCM()
+    table = {
+        r.path: (float(r.pid == 1), float(r.pid == 2), 0.5 * (r.cam == 1), 0.5 * (r.cam == 2)) for r in data.records
+    }
+    plain, counted = Lookup(table), Lookup(table)
+    shared = once_per_image(counted)
+    for direction in ("visible->infrared", "infrared->visible"):
+        expected = evaluate_llcm(plain, data, direction, trials=2)
+        got = evaluate_llcm(shared, data, direction, trials=2)
+        assert [m.mAP for m in got.per_trial] == [m.mAP for m in expected.per_trial]
+    computed = [r.path for call in counted.calls for r in call]
+    assert len(computed) == len(set(computed))  # every image once
+    assert len(computed) < len([r for call in plain.calls for r in call])  # the plain calls repeat images
+    assert shared([]).shape[0] == 0 and shared(data.records[:2]).shape == (2, 4)

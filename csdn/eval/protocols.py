@@ -32,6 +32,20 @@ from csdn.eval.metrics import Metrics, evaluate
 from csdn.eval.rerank import RerankConfig, k_reciprocal_rerank
 
 FeaturesOf = Callable[[list[Record]], torch.Tensor]
+
+
+def once_per_image(features_of: FeaturesOf) -> FeaturesOf:
+    """``features_of`` that computes each record's feature once, however many splits, trials, directions or
+    query cameras ask for it (one model, one evaluation): later calls compute only the records not seen yet."""
+    rows: dict[Record, torch.Tensor] = {}
+
+    def cached(records: list[Record]) -> torch.Tensor:
+        missing = [r for r in dict.fromkeys(records) if r not in rows]
+        if missing:
+            rows.update(zip(missing, features_of(missing)))
+        return torch.stack([rows[r] for r in records]) if records else features_of(records)
+
+    return cached
 Trials = int | Sequence[int]
 Rerank = bool | RerankConfig
 
@@ -163,14 +177,7 @@ def evaluate_by_query_camera(
 ) -> dict[int, ProtocolResult]:
     """``split`` evaluated separately for the queries of each camera (same galleries, trials and rules):
     camera number -> result, in camera order. Every image's feature is computed once."""
-    memo: dict[tuple[Record, ...], torch.Tensor] = {}
-
-    def cached(records: list[Record]) -> torch.Tensor:
-        key = tuple(records)
-        if key not in memo:
-            memo[key] = features_of(records)
-        return memo[key]
-
+    cached = once_per_image(features_of)
     results = {}
     for cam in sorted({r.cam for r in split.query}):
         query = tuple(r for r in split.query if r.cam == cam)
