@@ -1,14 +1,20 @@
-"""What the release's training-side switches change on the embedded world, paired by seed.
+"""What a switch changes on the embedded world, paired by seed: the release's training-side switches, or
+the compute path.
 
 Trains the demo's CSDN (the grid's 16-epoch stage-3 schedule of the README's ablation) with the switches
-of the embedded default and with each release behaviour in turn (``stage3.wrt_weights=agw``: AGW's WRT
-weights; ``stage3.param_groups=release``: every head tensor at the classifier rate, BNNeck biases
-trained), over seeds, and prints the grid's tables: test metrics, training diagnostics (train ID
-accuracy, projected-feature norms: whether each run fits its identities) and the paired effects with
-their 95% Student-t intervals (:func:`csdn.analysis.ablation.effects`). Runs are cached like any grid
-(``<cache>/grid``): a rerun reads them back.
+of the embedded default and with each alternative in turn, over seeds, and prints the grid's tables: test
+metrics, training diagnostics (train ID accuracy, projected-feature norms: whether each run fits its
+identities, and each run's wall seconds) and the paired effects with their 95% Student-t intervals
+(:func:`csdn.analysis.ablation.effects`). Runs are cached like any grid (``<cache>/grid``): a rerun reads
+them back. The switch sets (``--switches``):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fidelity_effects.py [--seeds 3] [--epochs 16] [--cache DIR]
+* ``release`` (default): ``stage3.wrt_weights=agw`` (AGW's WRT weights) and ``stage3.param_groups=release``
+  (every head tensor at the classifier rate, BNNeck biases trained);
+* ``compute``: ``compute.precision=fp32`` against the default path (bf16 autocast and channels-last images
+  on a CPU with native bf16): whether the fast path holds the accuracy.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fidelity_effects.py [--switches release|compute] [--seeds 3]
+        [--epochs 16] [--jobs 1] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -30,19 +36,27 @@ from csdn.losses import pairwise_euclidean, triplet_wrt
 from csdn.overrides import override
 from csdn.train.reid_stage import BatchKey, PairedBatches
 
-# row name -> the release switches it sets on the embedded default's CSDN
-ROWS = {
-    "csdn": {},
-    "csdn wrt=agw": {"stage3.wrt_weights": "agw"},
-    "csdn groups=release": {"stage3.param_groups": "release"},
+# switch set -> (row name -> the switches it sets on the embedded default's CSDN, paired comparisons)
+SWITCHES = {
+    "release": (
+        {
+            "csdn": {},
+            "csdn wrt=agw": {"stage3.wrt_weights": "agw"},
+            "csdn groups=release": {"stage3.param_groups": "release"},
+        },
+        (
+            ("WRT weights: AGW's (release) vs exact", "csdn wrt=agw", "csdn"),
+            ("parameter groups: release vs BNNeck", "csdn groups=release", "csdn"),
+        ),
+    ),
+    "compute": (
+        {"csdn": {}, "csdn fp32": {"compute.precision": "fp32"}},
+        (("compute path: default vs fp32", "csdn", "csdn fp32"),),
+    ),
 }
-COMPARISONS = (
-    ("WRT weights: AGW's (release) vs exact", "csdn wrt=agw", "csdn"),
-    ("parameter groups: release vs BNNeck", "csdn groups=release", "csdn"),
-)
 
 
-def jobs(seeds: int, epochs: int) -> list[GridJob]:
+def jobs(seeds: int, epochs: int, switches: str = "release") -> list[GridJob]:
     """Every (row, seed) run: the demo with the grid's shortened schedule and the row's switches."""
     milestones = [round(epochs * 11 / 16), round(epochs * 14 / 16)]
     base = override(
@@ -50,9 +64,9 @@ def jobs(seeds: int, epochs: int) -> list[GridJob]:
     )
     csdn = get_variant("csdn")
     return [
-        GridJob(name, override(csdn.apply(base, seed), switches))
+        GridJob(name, override(csdn.apply(base, seed), changes))
         for seed in range(seeds)
-        for name, switches in ROWS.items()
+        for name, changes in SWITCHES[switches][0].items()
     ]
 
 
@@ -84,7 +98,9 @@ def distances(job: GridJob, cache_root: Path, steps: int = 10) -> dict[str, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--switches", choices=sorted(SWITCHES), default="release", help="which switches to compare")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (one thread each when > 1)")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--cache", type=Path, default=None, help="artifact cache (default: $CSDN_CACHE)")
     parser.add_argument("--distances", action="store_true", help="feature distances of the trained csdn runs")
@@ -94,14 +110,14 @@ def main() -> None:
         table = {job.seed: distances(job, cache) for job in jobs(args.seeds, args.epochs) if job.name == "csdn"}
         print(pd.DataFrame(table).T.to_string(float_format=lambda x: f"{x:.4g}"))
         return
-    result = run_grid(jobs(args.seeds, args.epochs), args.cache or default_cache_root())
+    result = run_grid(jobs(args.seeds, args.epochs, args.switches), args.cache or default_cache_root(), jobs=args.jobs)
     pd.set_option("display.width", 200)
     runs = result.runs
     print(f"{len(runs)} runs in {result.seconds / 60:.1f} min\n")
     print(format_summary(summarize(result.metrics)).to_string(), end="\n\n")
-    diagnostics = ["train ID acc", "proj norm visible", "proj norm infrared", "val mAP"]
+    diagnostics = ["train ID acc", "proj norm visible", "proj norm infrared", "val mAP", "seconds"]
     print(format_summary(summarize(runs, diagnostics, by=("variant",)), diagnostics).to_string(), end="\n\n")
-    table = effects(result.metrics, "mAP", COMPARISONS)
+    table = effects(result.metrics, "mAP", SWITCHES[args.switches][1])
     print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
 
 

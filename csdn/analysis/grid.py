@@ -44,6 +44,7 @@ from csdn.config import ExperimentConfig
 from csdn.data.records import Record
 from csdn.dryrun import is_dry_run
 from csdn.errors import ConfigError
+from csdn.eval.protocols import once_per_image
 from csdn.reports import percent_metrics
 
 ZERO_SHOT = "zero-shot CLIP"  # the reference row: the frozen CLIP image tower, no training
@@ -122,7 +123,7 @@ def measure_run(job: GridJob, cache_root: Path, gap: GapConfig = GapConfig()) ->
     dry = is_dry_run(job.config)  # a dry run's measurement is never cached either
     if path.is_file() and not dry:
         return {**json.loads(path.read_text()), "name": job.name, "seed": job.seed}
-    features_of = experiment.zero_shot_features() if job.zero_shot else experiment.network_features()
+    features_of = once_per_image(experiment.zero_shot_features() if job.zero_shot else experiment.network_features())
     results = {
         name: percent_metrics(result, ranks=(1, 10)) for name, result in experiment.evaluate(features_of).items()
     }

@@ -46,6 +46,8 @@ def once_per_image(features_of: FeaturesOf) -> FeaturesOf:
         return torch.stack([rows[r] for r in records]) if records else features_of(records)
 
     return cached
+
+
 Trials = int | Sequence[int]
 Rerank = bool | RerankConfig
 
