@@ -39,7 +39,6 @@ from csdn.analysis.stage_views import (
     top_matches,
     word_token_ids,
 )
-from csdn.analysis.style import MODALITY_COLOURS
 from csdn.config import DataConfig
 from csdn.data.records import INFRARED, VISIBLE, Record
 from csdn.data.registry import DATASETS
@@ -47,6 +46,7 @@ from csdn.eval.metrics import Metrics
 from csdn.eval.plots import CORRECT_COLOUR, WRONG_COLOUR
 from csdn.eval.protocols import ProtocolResult
 from csdn.model.prompts import ModalityPrompts
+from csdn.style import MODALITY_COLOURS
 from csdn.train.text_stages import CachedFeatures
 
 VOCAB, WIDTH = 49408, 16

@@ -21,13 +21,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 from torch import Tensor
 
-from csdn.analysis.style import MODALITY_COLOURS, integer_ticks, series_colour
 from csdn.data.protocol import GalleryRules
 from csdn.data.records import INFRARED, MODALITIES, VISIBLE, Record
 from csdn.eval.plots import plot_ranked_records
 from csdn.model.prompts import ModalityPrompts
 from csdn.reports import results_frame
 from csdn.sources import dataset_label
+from csdn.style import MODALITY_COLOURS, integer_ticks, series_colour
 from csdn.train.text_stages import CachedFeatures
 
 History = Sequence[Mapping[str, float]]  # one dict of metrics per epoch, as in Experiment.histories
