@@ -113,7 +113,7 @@ def cmd_heatmaps(args: argparse.Namespace) -> int:
     """Write one PNG per query of the first split (first trial): the query and its top-k under each model, with
     the maps of where each similarity comes from (:mod:`csdn.analysis.heatmaps`)."""
     from csdn.analysis.heatmaps import plot_matches, query_maps
-    from csdn.analysis.stage_views import pick_queries
+    from csdn.analysis.retrieval import pick_queries
     from csdn.experiment import Experiment
     from csdn.overrides import override
     from csdn.reports import write_report_files
