@@ -19,18 +19,15 @@ from csdn.errors import ConfigError
 from csdn.model.network import VARIANTS
 from csdn.overrides import format_overrides
 
-COMMANDS = (
-    ("train", "train CSDN (three stages) and evaluate"),
-    ("eval", "evaluate a trained model (--weights, --run, or the cache's); never trains"),
-    ("demo", "the whole embedded pipeline on the demo profile"),
-)
-
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``eval`` and ``demo`` to the ``csdn`` subcommands."""
-    functions = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
-    for name, text in COMMANDS:
-        p = add_command(sub, name, functions[name], text, default_profile="demo" if name == "demo" else None)
+    for name, fn, text in (
+        ("train", cmd_train, "train CSDN (three stages) and evaluate"),
+        ("eval", cmd_eval, "evaluate a trained model (--weights, --run, or the cache's); never trains"),
+        ("demo", cmd_demo, "the whole embedded pipeline on the demo profile"),
+    ):
+        p = add_command(sub, name, fn, text, default_profile="demo" if name == "demo" else None)
         _add_model_flags(p)
         _add_run_folder_flags(p)
         add_run_flags(p)
