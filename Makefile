@@ -28,10 +28,12 @@ test: setup lint
 	CSDN_CACHE=$$cache $(PY) -m pytest -q tests && \
 	CSDN_CACHE=$$cache CSDN_PROFILE=smoke OMP_NUM_THREADS=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=900 -n $(NB_WORKERS) notebooks/
 
-# The lint gate (ruff: pyflakes, pycodestyle, isort, bugbear, pyupgrade; formatting; notebooks included).
+# The lint gate (ruff: pyflakes, pycodestyle, isort, bugbear, pyupgrade; formatting; notebooks included), then
+# the package's layers and no import circle (import-linter; the contracts are in pyproject.toml).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 test-unit: setup
 	$(PY) -m pytest -q tests
@@ -51,4 +53,4 @@ bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .import_linter_cache

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-import csdn.analysis.commands as commands
+import csdn.cli.studies as commands
 from csdn.analysis.ablation import (
     COMPARISONS,
     FULL_CSDN,

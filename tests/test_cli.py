@@ -235,7 +235,7 @@ def test_genuine_bugs_keep_their_traceback(cache: Path, tmp_path: Path, monkeypa
 
 def test_ablate_records_its_overrides(tmp_path: Path, monkeypatch, capsys) -> None:
 
-    import csdn.analysis.commands as commands
+    import csdn.cli.studies as commands
 
     bases = []
 

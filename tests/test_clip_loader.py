@@ -1,4 +1,5 @@
-"""csdn.clip.loader: every way of getting a CLIP, QuickGELU, preprocessing and clear errors."""
+"""csdn.clip.loader (with checkpoints, hub, preprocess): every way of getting a CLIP, QuickGELU, preprocessing and
+clear errors."""
 
 from __future__ import annotations
 
@@ -11,19 +12,11 @@ import torch
 from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 
-import csdn.clip.loader as loader
-from csdn.clip.loader import (
-    CheckpointMismatchError,
-    ClipSource,
-    ClipWeightsUnavailable,
-    cached_pretrained,
-    images_to_tensor,
-    load_clip,
-    local_dir_source,
-    person_transform,
-    read_state_dict,
-    save_local_dir,
-)
+import csdn.clip.hub as hub
+from csdn.clip.checkpoints import CheckpointMismatchError, read_state_dict
+from csdn.clip.hub import ClipWeightsUnavailable, cached_pretrained
+from csdn.clip.loader import ClipSource, load_clip, local_dir_source, save_local_dir
+from csdn.clip.preprocess import images_to_tensor, person_transform
 
 SIZE = (64, 32)
 
@@ -70,7 +63,7 @@ def test_random_init_is_adapted_and_reports_its_settings(vit_bundle):
 
 
 def test_offline_tag_fails_at_once_naming_the_alternatives(tmp_path, monkeypatch):
-    monkeypatch.setattr(loader, "hub_offline", lambda: True)
+    monkeypatch.setattr(hub, "hub_offline", lambda: True)
 
     def no_download(*args, **kwargs):
         raise AssertionError("an offline load must not try to download")
@@ -104,7 +97,7 @@ def test_cached_tag_loads_with_the_tags_quick_gelu(tmp_path, monkeypatch, vit_st
     tag = {"hf_hub": "org/tiny/", "quick_gelu": True, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
     real = open_clip.get_pretrained_cfg
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda a, t: tag if t == "faketag" else real(a, t))
-    monkeypatch.setattr(loader, "hub_offline", lambda: True)
+    monkeypatch.setattr(hub, "hub_offline", lambda: True)
     bundle = load_clip(ClipSource("csdn-tiny-vit", "faketag", SIZE, cache_dir=str(tmp_path)))
     assert bundle.quick_gelu and _has_quick_gelu(bundle.model)
     assert bundle.mean == (0.5, 0.5, 0.5) and bundle.std == (0.25, 0.25, 0.25)

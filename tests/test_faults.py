@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import csdn.cli
+import csdn.cli.options
 from csdn import __version__
 from csdn.cli import main
 from csdn.config import get_profile
@@ -178,7 +178,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     exploding = dataclasses.replace(
         smoke, stage3=dataclasses.replace(smoke.stage3, epochs=3, milestones=(1,), gamma=1e30)
     )
-    monkeypatch.setattr(csdn.cli, "profile_config", lambda name, data_root, overrides: exploding)
+    monkeypatch.setattr(csdn.cli.options, "profile_config", lambda name, data_root, overrides: exploding)
     code = main(_train_args(cache, tmp_path / "reports"))
     err = capsys.readouterr().err
     assert code == 2
@@ -346,7 +346,7 @@ def test_checkpoints_load_weights_only(tmp_path: Path) -> None:
 
 def test_package_loads_torch_files_weights_only() -> None:
     """Every ``torch.load`` call in the package passes ``weights_only=True`` (weights otherwise: safetensors)."""
-    package = Path(csdn.cli.__file__).parent
+    package = Path(csdn.__file__).parent
     calls = []
     for source in package.rglob("*.py"):
         text = source.read_text()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import csdn.analysis.commands as commands
+import csdn.cli.studies as commands
 from csdn.analysis.gap import (
     GapConfig,
     centroid_gap,

@@ -300,7 +300,8 @@ def test_ablation_variants_are_override_dicts_giving_nested_replacements():
 
 
 def test_errors_keep_their_builtin_bases():
-    from csdn.clip.loader import CheckpointMismatchError, ClipWeightsNotFound, ClipWeightsUnavailable
+    from csdn.clip.checkpoints import CheckpointMismatchError, ClipWeightsNotFound
+    from csdn.clip.hub import ClipWeightsUnavailable
     from csdn.data.protocol import DatasetError
     from csdn.train.checkpoint import CheckpointError as StageCheckpointError
     from csdn.train.loop import NonFiniteLossError as LoopNonFinite

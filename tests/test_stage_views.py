@@ -15,31 +15,22 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch import nn
 
-from csdn.analysis.stage_views import (
+from csdn.analysis.diagnostics import diagnostics_table, plot_diagnostics
+from csdn.analysis.histories import history_frame, history_table, plot_history, plot_loss_curves
+from csdn.analysis.retrieval import pick_queries, plot_query_rank_list, results_table, top_matches
+from csdn.analysis.text_views import (
     context_words_frame,
-    dataset_label,
-    diagnostics_table,
     fusion_shift_table,
-    history_frame,
-    history_table,
     i2t_accuracy,
     modality_similarities,
     nearest_words,
     own_and_other,
-    pick_queries,
-    plot_diagnostics,
-    plot_history,
-    plot_loss_curves,
-    plot_query_rank_list,
     plot_similarity_heatmaps,
-    results_table,
     retrieval_table,
     similarity_by_identity,
     similarity_table,
-    top_matches,
     word_token_ids,
 )
-from csdn.analysis.style import MODALITY_COLOURS
 from csdn.config import DataConfig
 from csdn.data.records import INFRARED, VISIBLE, Record
 from csdn.data.registry import DATASETS
@@ -47,6 +38,8 @@ from csdn.eval.metrics import Metrics
 from csdn.eval.plots import CORRECT_COLOUR, WRONG_COLOUR
 from csdn.eval.protocols import ProtocolResult
 from csdn.model.prompts import ModalityPrompts
+from csdn.sources import dataset_label
+from csdn.style import MODALITY_COLOURS
 from csdn.train.text_stages import CachedFeatures
 
 VOCAB, WIDTH = 49408, 16

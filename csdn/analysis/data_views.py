@@ -10,9 +10,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from csdn.analysis.style import MODALITY_COLOURS
 from csdn.data.cache import decode_image
 from csdn.data.records import INFRARED, VISIBLE, Record
+from csdn.style import MODALITY_COLOURS
 
 
 def identity_grid(records: Sequence[Record], pids: Sequence[int], size: tuple[int, int] = (128, 64)) -> Figure:

@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from csdn.analysis.style import MODALITY_COLOURS
 from csdn.data.images import CachedImages
 from csdn.data.records import Record
 from csdn.data.transforms import test_transform
 from csdn.model.network import CSDNNet
+from csdn.style import MODALITY_COLOURS
 
 HEATMAP_CMAP = "Purples"  # the maps' colours: purple, never the modality palette's orange or blue nor the
 # rank lists' green (true match) and red (wrong identity)

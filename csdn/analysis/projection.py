@@ -20,9 +20,9 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from csdn.analysis.style import MODALITY_COLOURS
 from csdn.data.records import Record
 from csdn.errors import ConfigError
+from csdn.style import MODALITY_COLOURS
 
 METHODS = ("t-SNE", "UMAP")
 IDENTITY_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "p", "h", "<", ">")

@@ -14,7 +14,8 @@ Sources (:class:`ClipSource`):
 OpenAI weights get QuickGELU whichever way they are loaded (tag metadata, TorchScript archive/OpenAI
 state-dict markers, or "openai" in the file path); ``ClipSource.quick_gelu`` overrides the guess.
 The tiny architectures ``csdn-tiny-vit`` and ``csdn-tiny-rn`` are registered with open_clip from the
-JSON configs shipped in ``csdn/clip/model_configs``.
+JSON configs shipped in ``csdn/clip/model_configs``. Reading a weights file is :mod:`csdn.clip.checkpoints`,
+a pretrained tag's file :mod:`csdn.clip.hub`, the person-crop preprocessing :mod:`csdn.clip.preprocess`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import copy
 import functools
 import json
 import os
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,42 +31,34 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 from torchvision.transforms import v2
 
 from csdn.artifacts import atomic_write_bytes, atomic_write_json
 from csdn.clip.adapt import GRID_INTERPOLATIONS, ClipVisual, TextEncoder, adapt_visual, visual_kind
-from csdn.errors import ClipWeightsError, ConfigError
+from csdn.clip.checkpoints import (
+    WEIGHT_SUFFIXES,
+    CheckpointMismatchError,
+    ClipWeightsInvalid,
+    ClipWeightsNotFound,
+    describe_state_dict,
+    folder_given,
+    read_state_dict,
+)
+from csdn.clip.hub import tag_weights
+from csdn.clip.preprocess import images_to_tensor, person_transform
+from csdn.errors import ConfigError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_ARCHS = ("csdn-tiny-vit", "csdn-tiny-rn")
 LOCAL_DIR = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
-_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 _POS_KEYS = ("visual.positional_embedding", "visual.attnpool.positional_embedding")
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-class ClipWeightsUnavailable(ClipWeightsError, RuntimeError):
-    """Named pretrained weights are neither cached nor downloadable (offline)."""
-
-
-class CheckpointMismatchError(ClipWeightsError, ValueError):
-    """A checkpoint does not fit the architecture it is loaded into."""
-
-
-class ClipWeightsNotFound(ClipWeightsError, FileNotFoundError):
-    """A CLIP weights file or ``local-dir:`` folder (or a file it needs) does not exist."""
-
-
-class ClipWeightsInvalid(ClipWeightsError, ValueError):
-    """A CLIP weights file, ``local-dir:`` config or pretrained tag that cannot be read or is unknown."""
 
 
 @dataclass(frozen=True)
@@ -139,114 +130,7 @@ class ClipBundle:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Preprocessing
-
-
-def person_transform(image_size: tuple[int, int], mean, std) -> v2.Compose:
-    """Squash-resize (no centre crop: person crops keep head and feet) and normalise one image."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(tuple(image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
-
-
-def images_to_tensor(images: np.ndarray | torch.Tensor, image_size: tuple[int, int], mean, std) -> torch.Tensor:
-    """uint8 images (N, H, W, 3) -> normalised float (N, 3, H', W'), squash-resized when sizes differ."""
-    x = torch.as_tensor(images)
-    if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    if tuple(x.shape[2:]) != tuple(image_size):
-        x = F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False, antialias=True)
-    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reading checkpoints
-
-
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
-
-
-def _folder_given(path: Path) -> str:
-    return (
-        f"CLIP weights: {path} is a folder, not a weights file; for an open_clip folder (open_clip_config.json "
-        f"and weights) write local-dir:{path} (csdn train --clip local-dir:{path}), else give the weights file"
-    )
-
-
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """Read a weights file into a plain state dict; also say whether it carries OpenAI's markers.
-
-    Unwraps ``{"state_dict": ...}``, ``{"model": ...}``, ``{"model_state_dict": ...}`` and strips
-    ``module.`` / ``_orig_mod.`` prefixes (DataParallel, torch.compile).
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ClipWeightsInvalid(_folder_given(path))
-    if not path.is_file():
-        raise ClipWeightsNotFound(f"CLIP weights file not found: {path}")
-    if path.suffix not in _WEIGHT_SUFFIXES:
-        raise ClipWeightsInvalid(f"{path}: expected a {'/'.join(_WEIGHT_SUFFIXES)} weights file")
-    torchscript = False
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path), device="cpu")
-        elif _is_torchscript_archive(path):
-            torchscript = True
-            with warnings.catch_warnings():  # torch.jit.load is deprecated, yet OpenAI's releases need it
-                warnings.simplefilter("ignore", FutureWarning)
-                raw = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ClipWeightsInvalid(f"{path}: could not read CLIP weights ({type(error).__name__}: {error})") from error
-    state = _unwrap(raw, path)
-    openai_marker = torchscript or any(key in state for key in _OPENAI_META_KEYS)
-    state = {k: v for k, v in state.items() if k not in _OPENAI_META_KEYS}
-    return state, openai_marker
-
-
-def _unwrap(raw: Any, path: Path) -> dict[str, torch.Tensor]:
-    for wrapper in ("state_dict", "model_state_dict", "model"):
-        if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
-            raw = raw[wrapper]
-            break
-    if not isinstance(raw, dict) or not raw:
-        raise ClipWeightsInvalid(f"{path}: expected a state dict (name -> tensor), got {type(raw).__name__}")
-    state = {}
-    for key, value in raw.items():
-        if not isinstance(value, torch.Tensor):
-            raise ClipWeightsInvalid(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        state[key] = value
-    return state
-
-
-def describe_state_dict(state: dict[str, torch.Tensor]) -> str:
-    """A one-line guess of the architecture a CLIP state dict belongs to (for error messages)."""
-    if "visual.conv1.weight" in state and "visual.proj" in state:
-        conv = state["visual.conv1.weight"]
-        layers = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})
-        return f"a ViT CLIP (width {conv.shape[0]}, patch {conv.shape[-1]}, {layers} layers)"
-    if "visual.attnpool.c_proj.weight" in state:
-        blocks = [len({k.split(".")[2] for k in state if k.startswith(f"visual.layer{b}.")}) for b in range(1, 5)]
-        return f"a ModifiedResNet CLIP (layers {blocks}, embed dim {state['visual.attnpool.c_proj.weight'].shape[0]})"
-    return f"not an open_clip CLIP state dict (first keys: {list(state)[:3]})"
+# Fitting a state dict into an architecture
 
 
 def state_dict_differences(
@@ -292,65 +176,6 @@ def _fit_scalars(model: CLIP, state: dict[str, torch.Tensor]) -> None:
 # Resolving a source
 
 
-def hub_offline() -> bool:
-    """True when the Hugging Face hub is switched off (``HF_HUB_OFFLINE=1`` when Python started)."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _alternatives(arch: str) -> str:
-    return (
-        f"Use instead: a local weights file, ClipSource(arch={arch!r}, pretrained='/path/to/weights.safetensors' "
-        f"or '.pt'); an open_clip folder, ClipSource(arch={arch!r}, pretrained='local-dir:/path/to/folder'); "
-        "or the embedded tiny CLIP, csdn.clip.tiny_clip(...) with arch 'csdn-tiny-rn' or 'csdn-tiny-vit'. "
-        "To fill the cache, run once online (without HF_HUB_OFFLINE=1)."
-    )
-
-
-def cached_pretrained(arch: str, tag: str, cache_dir: str | None = None) -> Path | None:
-    """The cached weights file of an open_clip (arch, tag), or None when it is not in the cache."""
-    cfg = open_clip.get_pretrained_cfg(arch, tag)
-    if not cfg:
-        known = open_clip.list_pretrained_tags_by_model(arch)
-        raise ClipWeightsInvalid(
-            f"{tag!r} is neither a file, a 'local-dir:' folder nor a pretrained tag of {arch!r} "
-            f"(known tags: {known or 'none'})"
-        )
-    if cfg.get("hf_hub"):
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id, filename = os.path.split(cfg["hf_hub"])
-        names = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME] if not filename else [filename]
-        if filename.endswith((".bin", ".pth")):
-            names.insert(0, filename[:-4] + ".safetensors")
-        for name in names:
-            hit = try_to_load_from_cache(repo_id=repo_id, filename=name, cache_dir=cache_dir)
-            if isinstance(hit, str) and os.path.isfile(hit):
-                return Path(hit)
-    if cfg.get("url"):
-        candidate = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(cfg["url"])
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _tag_weights(arch: str, tag: str, cache_dir: str | None) -> Path:
-    cached = cached_pretrained(arch, tag, cache_dir)
-    if cached is not None:
-        return cached
-    if hub_offline():
-        raise ClipWeightsUnavailable(
-            f"CLIP weights {arch}/{tag} are not in the local cache and the hub is offline (HF_HUB_OFFLINE=1). "
-            + _alternatives(arch)
-        )
-    try:
-        return Path(open_clip.download_pretrained(open_clip.get_pretrained_cfg(arch, tag), cache_dir=cache_dir))
-    except Exception as error:
-        message = f"could not download CLIP weights {arch}/{tag}: {error}. "
-        raise ClipWeightsUnavailable(message + _alternatives(arch)) from error
-
-
 def registered_config(arch: str) -> dict[str, Any]:
     """The open_clip model config of a registered architecture name (a deep copy)."""
     cfg = open_clip.get_model_config(arch)
@@ -386,7 +211,7 @@ def read_local_dir(folder: str | Path) -> dict[str, Any]:
 
 def _local_dir_weights(folder: Path) -> Path:
     preferred = [folder / name for name in (WEIGHTS_FILE, "open_clip_pytorch_model.bin", "model.safetensors")]
-    found = [p for p in preferred if p.is_file()] or sorted(p for s in _WEIGHT_SUFFIXES for p in folder.glob(f"*{s}"))
+    found = [p for p in preferred if p.is_file()] or sorted(p for s in WEIGHT_SUFFIXES for p in folder.glob(f"*{s}"))
     if not found:
         raise ClipWeightsNotFound(f"{folder} has {CONFIG_FILE} but no weights file ({WEIGHTS_FILE} expected)")
     return found[0]
@@ -413,16 +238,16 @@ def _plan(source: ClipSource) -> _Plan:
         return _plan_local_dir(source, Path(pretrained[len(LOCAL_DIR) :]))
     path = Path(pretrained).expanduser()
     if path.is_dir():
-        raise ClipWeightsInvalid(_folder_given(path))
+        raise ClipWeightsInvalid(folder_given(path))
     if path.is_file():
         cfg = registered_config(source.arch)
         state, openai_marker = read_state_dict(path)
         openai = openai_marker or _named_openai(path) or bool(cfg.get("quick_gelu", False))
         return _Plan(cfg, path, state, _choose(source.quick_gelu, openai), mean, std, None)
-    if path.suffix in _WEIGHT_SUFFIXES or os.sep in pretrained:
+    if path.suffix in WEIGHT_SUFFIXES or os.sep in pretrained:
         raise ClipWeightsNotFound(f"CLIP weights file not found: {path}")
     cfg = registered_config(source.arch)
-    weights = _tag_weights(source.arch, pretrained, source.cache_dir)
+    weights = tag_weights(source.arch, pretrained, source.cache_dir)
     tag_cfg = open_clip.get_pretrained_cfg(source.arch, pretrained)
     state, _ = read_state_dict(weights)
     quick = _choose(source.quick_gelu, bool(tag_cfg.get("quick_gelu", False) or cfg.get("quick_gelu", False)))

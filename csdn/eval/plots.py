@@ -10,11 +10,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from csdn.analysis.style import SERIES_COLOURS
 from csdn.data.cache import decode_image
 from csdn.data.records import Record
 from csdn.eval.metrics import Metrics
 from csdn.eval.protocols import ProtocolResult
+from csdn.style import SERIES_COLOURS
 
 QUERY_COLOUR = "black"  # frame of the query image (not blue: blue is the infrared modality)
 CORRECT_COLOUR = "green"  # frame of a gallery image of the query's identity

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from csdn.analysis.style import MODALITY_COLOURS
 from csdn.clip.loader import ClipBundle
+from csdn.style import MODALITY_COLOURS
 from csdn.synthvi.pool import ClipPool
 from csdn.synthvi.world import ATTRIBUTES
 

@@ -1,6 +1,6 @@
 """``csdn embed`` (a trained network as a feature extractor) and ``csdn heatmaps`` (where a match comes from).
 
-Both build their configuration like every ``csdn`` command (:func:`csdn.cli.experiment_config`) and never
+Both build their configuration like every ``csdn`` command (:func:`csdn.cli.options.experiment_config`) and never
 train: the network is ``--weights FILE``, ``--run DIR`` or the cache's trained one of the config.
 
 - ``csdn embed --weights final.safetensors --infrared ir/ --visible rgb/ --out feats.npz`` embeds every image
@@ -16,7 +16,8 @@ import argparse
 import time
 from pathlib import Path
 
-from csdn.cli import EPILOG, add_config_options, apply_weights_settings, experiment_config
+from csdn.cli.options import EPILOG, add_config_options, experiment_config
+from csdn.cli.weights import apply_weights_settings
 from csdn.config import profile_from_env
 from csdn.data.records import INFRARED, VISIBLE
 from csdn.errors import ConfigError
@@ -112,7 +113,7 @@ def cmd_heatmaps(args: argparse.Namespace) -> int:
     """Write one PNG per query of the first split (first trial): the query and its top-k under each model, with
     the maps of where each similarity comes from (:mod:`csdn.analysis.heatmaps`)."""
     from csdn.analysis.heatmaps import plot_matches, query_maps
-    from csdn.analysis.stage_views import pick_queries
+    from csdn.analysis.retrieval import pick_queries
     from csdn.experiment import Experiment
     from csdn.overrides import override
     from csdn.reports import write_report_files
