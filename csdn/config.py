@@ -262,6 +262,9 @@ RELEASE_PREPROCESSING = {
     "data.resize_filter": "lanczos",
     "eval.flip_fusion": "concat",
 }
+# The release computes in float32 (no autocast anywhere): so do the real-data profiles unless told
+# otherwise (compute.precision=auto: bf16 on a GPU with it; README, "Fidelity").
+RELEASE_COMPUTE = {"compute.precision": "fp32"}
 
 
 def _smoke(root: str | None = None) -> ExperimentConfig:
@@ -314,7 +317,7 @@ def _real(dataset: str, arch: str) -> Callable[[str | None], ExperimentConfig]:
             stage3=stage3,
             eval=EvalConfig(sysu_shots=sysu_shots),
         )
-        return override(cfg, RELEASE_PREPROCESSING)
+        return override(cfg, {**RELEASE_PREPROCESSING, **RELEASE_COMPUTE})
 
     return build
 

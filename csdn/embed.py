@@ -47,6 +47,7 @@ from csdn.data.transforms import TransformConfig, test_transform
 from csdn.errors import CheckpointError, ConfigError
 from csdn.eval.features import extract_features
 from csdn.model.network import CSDNNet
+from csdn.runtime import FP32, ComputePath
 
 ImageInput = str | Path | Image.Image  # an image file, or an image already in memory
 CLASSIFIER = "cls_gem.weight"  # (num_ids, trunk_dim): the tensor that gives a weights file's identity count
@@ -105,13 +106,20 @@ class FeatureExtractor:
     """A trained network with its preprocessing: :meth:`embed` gives the evaluation's features of any images."""
 
     def __init__(
-        self, net: CSDNNet, preprocessing: Preprocessing, device: torch.device, batch_size: int = 128, source: str = ""
+        self,
+        net: CSDNNet,
+        preprocessing: Preprocessing,
+        device: torch.device,
+        batch_size: int = 128,
+        source: str = "",
+        compute: ComputePath = FP32,
     ) -> None:
         self.net = net.to(device)
         self.preprocessing = preprocessing
         self.device = device
         self.batch_size = batch_size
         self.source = source  # the weights file or run folder the network came from
+        self.compute = compute  # the evaluation's compute path (precision, image layout)
 
     def embed(self, images: Sequence[ImageInput], modality: str, progress: bool = False) -> Tensor:
         """Features (N, D) of ``images`` (files or PIL images, any size) of one ``modality``, in order."""
@@ -128,11 +136,13 @@ class FeatureExtractor:
             progress=progress,
             model=self.net,
             desc=f"{modality} features",
+            compute=self.compute,
         )
 
     def settings(self) -> dict[str, Any]:
         """What produced the features: the weights and the preprocessing (recorded beside them)."""
-        return {"weights": self.source, "feature_dim": self.feature_dim, **self.preprocessing.as_dict()}
+        settings = {"weights": self.source, "feature_dim": self.feature_dim, **self.preprocessing.as_dict()}
+        return {**settings, "compute": self.compute.identity()}
 
     @property
     def feature_dim(self) -> int:
@@ -193,7 +203,8 @@ def load_extractor(
     preprocessing = Preprocessing(
         (cfg.data.height, cfg.data.width), cfg.data.resize_filter, t.mean, t.std, e.flip, e.flip_fusion
     )
-    return FeatureExtractor(net, preprocessing, experiment.device, batch_size or e.batch_size, source)
+    batch = batch_size or e.batch_size
+    return FeatureExtractor(net, preprocessing, experiment.device, batch, source, compute=experiment.compute)
 
 
 def image_files(path: str | Path) -> list[Path]:

@@ -47,16 +47,17 @@ PAUSING_CLI = textwrap.dedent("""
         time.sleep(600)  # the test kills us here
 
     if moment == "mid-epoch":  # stage 3, epoch 2, after two optimizer steps
-        import csdn.train.reid_stage as stage
-        original, steps = stage.check_finite, []
+        import csdn.train.loop as loop
+        original, ticks = loop._tick, []
 
-        def check_finite(loss, where):
-            original(loss, where)
-            steps.append(where)
-            if steps.count("stage 3 epoch 2") == 3:
-                pause()
+        def tick(stage, bar):  # the loop's per-step hook, after each optimizer step
+            original(stage, bar)
+            if stage.name.startswith("stage3"):
+                ticks.append(1)
+                if len(ticks) == stage.steps_per_epoch + 2:
+                    pause()
 
-        stage.check_finite = check_finite
+        loop._tick = tick
     elif moment == "mid-checkpoint":  # the last epoch's weights are written, its training state is not
         import torch
         original_save = torch.save

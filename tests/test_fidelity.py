@@ -62,6 +62,7 @@ def test_real_data_profiles_take_every_release_behaviour(name: str) -> None:
     assert cfg.stage3.wrt_weights == "agw" and cfg.stage3.param_groups == "release"
     for stage in (cfg.stage1, cfg.stage2):
         assert stage.schedule == "release" and stage.feature_bank == "release"
+    assert cfg.compute.precision == "fp32"  # the release has no autocast
 
 
 @pytest.mark.parametrize("name", ["smoke", "demo"])

@@ -75,7 +75,7 @@ def cmd_pretrain_clip(args: argparse.Namespace) -> int:
 
     cfg, _ = experiment_config(args)
     t0 = time.perf_counter()
-    folder = tiny_clip(cfg.clip.pretrain, cfg.data.synth, args.cache)
+    folder = tiny_clip(cfg.clip.pretrain, cfg.data.synth, args.cache, cfg.compute)
     print(f"tiny CLIP ({cfg.clip.pretrain.arch}) at local-dir:{folder} ({time.perf_counter() - t0:.1f}s)")
     print(read_summary(folder))
     return 0
