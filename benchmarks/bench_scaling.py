@@ -10,7 +10,7 @@ images per identity. It prints the table and saves the plot (``--plot``) for the
 weights suffice (timing only); the network has the demo's CSDN heads and text prototypes.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_scaling.py [--steps 25] [--precision auto|fp32]
-        [--plot docs/figures/stage3_epoch_cost.png] [--cache DIR]
+        [--workers 0] [--sizes 128x64,256x128] [--plot docs/figures/stage3_epoch_cost.png] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from csdn.overrides import override  # noqa: E402
 from csdn.train.loop import LoopConfig  # noqa: E402
 from csdn.train.reid_stage import train_reid  # noqa: E402
 
-SIZES = ((128, 64), (256, 128))  # (H, W) measured
 IDENTITIES = (80, 160, 320)  # training identities the epoch cost is given for
 
 
@@ -69,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=25, help="steps of the longer timed run (> 5)")
     parser.add_argument("--precision", default="auto", help="compute.precision (auto, bf16, fp32)")
+    parser.add_argument("--workers", type=int, default=0, help="stage3.workers: processes assembling batches")
+    parser.add_argument("--sizes", default="128x64,256x128", help="image sizes HxW, comma-separated")
     parser.add_argument("--plot", type=Path, default=None, help="save the plot here")
     parser.add_argument("--cache", type=Path, default=None, help="artifact cache (default: $CSDN_CACHE)")
     args = parser.parse_args()
@@ -77,14 +78,14 @@ def main() -> None:
     cache_root = args.cache or default_cache_root()
     print(
         f"CPU threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; "
-        f"compute.precision={args.precision}"
+        f"compute.precision={args.precision}, stage3.workers={args.workers}"
     )
     per_size = {}
-    for height, width in SIZES:
-        cfg = override(
-            get_profile("demo"),
-            {"data.height": height, "data.width": width, "clip.weights": "random", "compute.precision": args.precision},
-        )
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+    for height, width in sizes:
+        changes = {"data.height": height, "data.width": width, "clip.weights": "random"}
+        changes.update({"compute.precision": args.precision, "stage3.workers": args.workers})
+        cfg = override(get_profile("demo"), changes)
         experiment = Experiment(cfg, cache_root, progress=False)
         cache = experiment.train_cache
         ids = len({r.pid for r in cache.records})
@@ -96,9 +97,9 @@ def main() -> None:
             f"{height}x{width}: {seconds:.3f} s a step ({3 * batch} images, {experiment.compute.identity()}); "
             f"{per_modality:.1f} images per identity and modality, {batch} per step"
         )
-    print(f"{'identities':>10}" + "".join(f"{f'{h}x{w} s/epoch':>18}" for h, w in SIZES))
+    print(f"{'identities':>10}" + "".join(f"{f'{h}x{w} s/epoch':>18}" for h, w in sizes))
     for n in IDENTITIES:
-        print(f"{n:>10}" + "".join(f"{per_size[size][n]:>18.1f}" for size in SIZES))
+        print(f"{n:>10}" + "".join(f"{per_size[size][n]:>18.1f}" for size in sizes))
     if args.plot:
         figure, axis = plt.subplots(figsize=(5, 3.4))
         for (height, width), cost in per_size.items():
