@@ -10,7 +10,8 @@ Pipelines, in AGW / CAJ order::
 Resizing squashes to exactly ``height x width`` (a no-op on images already cached at that size). As in
 AGW, the channel ops and the erasing act on the *normalised* float tensor. Every random choice uses
 torch's global generator, so ``torch.manual_seed`` (or a DataLoader worker's seed) makes a pipeline
-deterministic.
+deterministic. :class:`BatchTrainTransform` runs a training pipeline on a whole batch at once (stage 3's
+batches), bit-identical to it image by image.
 """
 
 from __future__ import annotations
