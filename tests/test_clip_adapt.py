@@ -6,9 +6,12 @@ import copy
 
 import pytest
 import torch
+from open_clip.modified_resnet import AttentionPool2d
+from torch import nn
 
 from csdn.clip.adapt import (
     ClipVisual,
+    MeanQueryAttentionPool,
     TextEncoder,
     adapt_visual,
     resize_grid_embedding,
@@ -160,3 +163,27 @@ def test_text_encoder_runs_on_learnable_prompt_embeddings(tiny_vit):
 def test_unsupported_tower_is_refused():
     with pytest.raises(ValueError, match="unsupported image tower"):
         ClipVisual(torch.nn.Linear(2, 2))
+
+
+def test_mean_query_attention_pool_equals_open_clips_pool() -> None:
+    """Attending from the mean token only gives open_clip's output and gradients (it discards the rest)."""
+    torch.manual_seed(0)
+    full = AttentionPool2d(4, 64, 4, 32)
+    mean_query = copy.deepcopy(full)
+    mean_query.__class__ = MeanQueryAttentionPool
+    x = torch.randn(3, 64, 8, 4, requires_grad=True)
+    x_copy = x.detach().clone().requires_grad_()
+    full.positional_embedding = nn.Parameter(torch.randn(33, 64))
+    mean_query.positional_embedding = nn.Parameter(full.positional_embedding.detach().clone())
+    expected, got = full(x), mean_query(x_copy)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    expected.square().sum().backward()
+    got.square().sum().backward()
+    torch.testing.assert_close(x_copy.grad, x.grad, atol=1e-6, rtol=1e-5)
+    for a, b in zip(full.parameters(), mean_query.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_adapted_resnets_pool_from_the_mean_token() -> None:
+    bundle = load_clip(ClipSource(arch="csdn-tiny-rn", pretrained=None, image_size=(64, 32)), "cpu")
+    assert type(bundle.model.visual.attnpool) is MeanQueryAttentionPool
