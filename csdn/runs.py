@@ -9,7 +9,8 @@
       version.json       csdn, torch and Python versions, the command, the cache, the start time
       log.txt            one line per event: each epoch of each stage (losses, accuracy, val, lr, seconds),
                          a resume, a stage loaded from the cache; appended to by every run into the folder
-      stage1.csv ...     the per-epoch history of each stage, one row per epoch
+      stage1.csv ...     the per-epoch history of each stage, one row per epoch (``csdn demo``'s baseline:
+                         vision-only-stage3.csv, its stages filed under a prefix by PrefixedStages)
       tensorboard/       TensorBoard event files (scalars "<stage>/<metric>" by epoch)
       stages/stage1 ...  symbolic links to the stages' folders in the artifact cache
       stages.json        the same as a listing (path, loaded from the cache or trained, epochs)
@@ -119,6 +120,21 @@ class StageLog:
 
     def epoch_done(self, metrics: dict[str, float], epochs: int) -> None:
         self.folder.epoch_done(self.name, metrics, epochs)
+
+
+class PrefixedStages:
+    """The :class:`~csdn.experiment.RunObserver` of a second run written into the same :class:`RunFolder` (the
+    baseline of ``csdn demo``): its stages are filed as ``<prefix>-<stage>`` (log lines, CSV, TensorBoard, links),
+    so they never mix with the main run's."""
+
+    def __init__(self, folder: RunFolder, prefix: str) -> None:
+        self.folder, self.prefix = folder, prefix
+
+    def stage(self, name: str) -> StageLog:
+        return self.folder.stage(f"{self.prefix}-{name}")
+
+    def stage_done(self, name: str, run_dir: Path, history: list[dict[str, float]], loaded: bool) -> None:
+        self.folder.stage_done(f"{self.prefix}-{name}", run_dir, history, loaded)
 
 
 class RunFolder:
