@@ -37,6 +37,7 @@ from csdn.data.release_bank import FeatureBankBatches
 from csdn.data.sampler import CrossModalitySampler
 from csdn.experiment import DONE, Experiment
 from csdn.overrides import override
+from csdn.runs import format_seconds
 from csdn.synthvi.pretrain import tiny_clip_key
 from csdn.train.loop import LoopConfig
 from csdn.train.reid_stage import train_reid
@@ -129,14 +130,6 @@ class TrainingPlan:
         return "\n".join([self.summary(), *(item.line() for item in self.items)])
 
 
-def format_seconds(seconds: float) -> str:
-    """A duration for people: ``40 s``, ``8 min``, ``1 h 38 min``."""
-    if seconds < 90:
-        return f"{max(1, round(seconds))} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
 def training_plan(
     runs: Mapping[str, ExperimentConfig],
     cache_root: Path,
@@ -158,9 +151,9 @@ def training_plan(
     if any(not entry["cached"] for entry in found.values()):
         pending = [e["experiment"] for e in found.values() if not e["cached"] and e["stage"] == "stage3"]
         step = step_seconds or _measured_step((pending or list(experiments.values()))[0])
-    items = []
+    items, labels_of = [], {}  # (the training labels of each data config: a grid's runs share them)
     for path, entry in found.items():
-        epochs, steps = _schedule(entry["experiment"], entry["stage"])
+        epochs, steps = _schedule(entry["experiment"], entry["stage"], labels_of)
         seconds = 0.0 if entry["cached"] else epochs * steps * step * STEP_COST[entry["stage"]]
         items.append(PlanItem(entry["stage"], tuple(entry["runs"]), path, entry["cached"], epochs, steps, seconds))
     order = list(STAGES)
@@ -189,18 +182,19 @@ def _artifacts(experiment: Experiment, stages: list[str]) -> list[tuple[str, Pat
     return out
 
 
-def _schedule(experiment: Experiment, stage: str) -> tuple[int, int]:
-    """(epochs, steps per epoch) of ``stage`` of ``experiment``: its config's epochs, its sampler's length."""
+def _schedule(experiment: Experiment, stage: str, labels_of: dict) -> tuple[int, int]:
+    """(epochs, steps per epoch) of ``stage`` of ``experiment``: its config's epochs, its sampler's length
+    (``labels_of``: the visible and infrared training labels by data config, filled as they are read)."""
     cfg = experiment.cfg
     if stage == "tiny_clip":
         pretrain, synth = cfg.clip.pretrain, cfg.data.synth
         images = synth.clip_ids * synth.clip_images_per_id
         images = images if pretrain.max_images is None else min(images, pretrain.max_images)
         return pretrain.epochs, max(1, images // pretrain.batch_size)
-    records = experiment.train_records
-    labels = experiment.labels
-    visible = [labels[r.pid] for r in records if r.modality == VISIBLE]
-    infrared = [labels[r.pid] for r in records if r.modality == INFRARED]
+    if cfg.data not in labels_of:
+        records, labels = experiment.train_records, experiment.labels
+        labels_of[cfg.data] = tuple([labels[r.pid] for r in records if r.modality == m] for m in (VISIBLE, INFRARED))
+    visible, infrared = labels_of[cfg.data]
     settings = getattr(cfg, stage)
     if stage == "stage3" or settings.feature_bank != "release":
         sampler = CrossModalitySampler(visible, infrared, settings.ids_per_batch, settings.instances)

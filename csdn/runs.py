@@ -122,6 +122,62 @@ class StageLog:
         self.folder.epoch_done(self.name, metrics, epochs)
 
 
+def format_seconds(seconds: float) -> str:
+    """A duration for people: ``40 s``, ``8 min``, ``1 h 38 min``."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class ProgressLines:
+    """The :class:`~csdn.experiment.RunObserver` of a notebook: a few printed lines per stage, which stay in a
+    saved or exported notebook (a progress bar is gone once it closes): where a stage starts (or resumes),
+    about ``lines`` of its epochs with the loss, the last validation and the time left, and when it is done or
+    loaded from the cache. ``label`` names the run (``"CSDN"``, ``"vision-only"``)."""
+
+    def __init__(self, label: str = "", lines: int = 8, echo: Callable[[str], None] = print) -> None:
+        self.prefix = f"{label}: " if label else ""
+        self.lines, self.echo = max(1, lines), echo
+
+    def stage(self, name: str) -> _StageLines:
+        return _StageLines(self, name)
+
+    def stage_done(self, name: str, run_dir: Path, history: list[dict[str, float]], loaded: bool) -> None:
+        if loaded:
+            self.echo(f"{self.prefix}{name} loaded from the cache ({len(history)} epochs, {run_dir})")
+        else:
+            took = format_seconds(sum(row.get("seconds", 0.0) for row in history))
+            self.echo(f"{self.prefix}{name} done: {len(history)} epochs, {took} of training")
+
+
+class _StageLines:
+    """The loop observer of one stage of :class:`ProgressLines`."""
+
+    def __init__(self, owner: ProgressLines, name: str) -> None:
+        self.owner, self.name = owner, name
+        self.start, self.every, self.t0, self.validation = 0, 1, time.perf_counter(), ""
+
+    def started(self, run_dir: Path, start: int, history: list[dict[str, float]], epochs: int) -> None:
+        self.start, self.every, self.t0 = start, -(-epochs // self.owner.lines), time.perf_counter()
+        where = f"resuming at epoch {start + 1} of {epochs} (checkpoint)" if start else f"training {epochs} epochs"
+        self.owner.echo(f"{self.owner.prefix}{self.name} {where} in {run_dir}")
+
+    def epoch_done(self, metrics: dict[str, float], epochs: int) -> None:
+        epoch = int(metrics["epoch"])
+        if "val_mAP" in metrics:
+            self.validation = f", validation mAP {100 * metrics['val_mAP']:.1f}% (epoch {epoch})"
+        if epoch % self.every and epoch != epochs:
+            return
+        per_epoch = (time.perf_counter() - self.t0) / max(1, epoch - self.start)
+        left = f", about {format_seconds((epochs - epoch) * per_epoch)} left" if epoch < epochs else ""
+        loss = f"loss {metrics['loss']:.4g}" if "loss" in metrics else "done"
+        self.owner.echo(
+            f"{self.owner.prefix}{self.name} epoch {epoch}/{epochs}: {loss}{self.validation}; "
+            f"{metrics.get('seconds', per_epoch):.1f} s an epoch{left}"
+        )
+
+
 class PrefixedStages:
     """The :class:`~csdn.experiment.RunObserver` of a second run written into the same :class:`RunFolder` (the
     baseline of ``csdn demo``): its stages are filed as ``<prefix>-<stage>`` (log lines, CSV, TensorBoard, links),

@@ -9,7 +9,8 @@ import pytest
 from csdn.config import get_profile
 from csdn.experiment import Experiment
 from csdn.overrides import override
-from csdn.plan import STEP_COST, demo_runs, format_seconds, stage3_step_seconds, training_plan
+from csdn.plan import STEP_COST, demo_runs, stage3_step_seconds, training_plan
+from csdn.runs import format_seconds
 
 
 def test_demo_runs_are_csdn_and_the_vision_only_baseline_on_the_same_schedule() -> None:
