@@ -145,7 +145,7 @@ class ProgressLines:
 
     def stage_done(self, name: str, run_dir: Path, history: list[dict[str, float]], loaded: bool) -> None:
         if loaded:
-            self.echo(f"{self.prefix}{name} loaded from the cache ({len(history)} epochs, {run_dir})")
+            self.echo(f"{self.prefix}{name} loaded from the cache ({len(history)} epochs)")
         else:
             took = format_seconds(sum(row.get("seconds", 0.0) for row in history))
             self.echo(f"{self.prefix}{name} done: {len(history)} epochs, {took} of training")
@@ -161,7 +161,7 @@ class _StageLines:
     def started(self, run_dir: Path, start: int, history: list[dict[str, float]], epochs: int) -> None:
         self.start, self.every, self.t0 = start, -(-epochs // self.owner.lines), time.perf_counter()
         where = f"resuming at epoch {start + 1} of {epochs} (checkpoint)" if start else f"training {epochs} epochs"
-        self.owner.echo(f"{self.owner.prefix}{self.name} {where} in {run_dir}")
+        self.owner.echo(f"{self.owner.prefix}{self.name} {where}")
 
     def epoch_done(self, metrics: dict[str, float], epochs: int) -> None:
         epoch = int(metrics["epoch"])
