@@ -72,11 +72,24 @@ def describe(cfg: ExperimentConfig) -> str:
     )
 
 
-def _column_rank(key: str) -> tuple[int, str]:
-    """Sort key of a history column: epoch, loss, the other losses, other metrics, validation, lr, seconds."""
+LOSS_ORDER = ("id_loss", "triplet_loss", "hse_loss", "msel_loss")  # stage 3's terms in the order its prose gives
+VALIDATION_ORDER = ("val_rank1", "val_mAP", "val_score")
+
+
+def _column_rank(key: str) -> tuple[int, int, str, int]:
+    """Sort key of a history column, in reading order: epoch, loss, the loss terms (stage 3's in
+    :data:`LOSS_ORDER`), the other metrics by quantity with each one's visible column before its infrared one,
+    validation (rank-1, mAP, score), lr, seconds."""
     if key in ("epoch", "loss", "lr", "seconds"):
-        return {"epoch": 0, "loss": 1, "lr": 5, "seconds": 6}[key], ""
-    return (2 if key.endswith("loss") else 4 if key.startswith("val_") else 3), key
+        return {"epoch": 0, "loss": 1, "lr": 5, "seconds": 6}[key], 0, "", 0
+    if key.endswith("loss"):
+        return 2, LOSS_ORDER.index(key) if key in LOSS_ORDER else len(LOSS_ORDER), key, 0
+    if key.startswith("val_"):
+        return 4, VALIDATION_ORDER.index(key) if key in VALIDATION_ORDER else len(VALIDATION_ORDER), key, 0
+    for order, modality in enumerate(("visible", "infrared")):
+        if key.endswith(f"_{modality}"):
+            return 3, 0, key.removesuffix(f"_{modality}"), order
+    return 3, 0, key, -1
 
 
 def metric_columns(history: list[Mapping[str, Any]]) -> list[str]:
