@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -31,37 +30,9 @@ from csdn.config import get_profile  # noqa: E402
 from csdn.data.records import INFRARED, VISIBLE  # noqa: E402
 from csdn.experiment import Experiment  # noqa: E402
 from csdn.overrides import override  # noqa: E402
-from csdn.train.loop import LoopConfig  # noqa: E402
-from csdn.train.reid_stage import train_reid  # noqa: E402
+from csdn.plan import stage3_step_seconds  # noqa: E402
 
 IDENTITIES = (80, 160, 320)  # training identities the epoch cost is given for
-
-
-def step_seconds(experiment: Experiment, steps: int) -> float:
-    """Seconds of one stage-3 step on ``experiment``'s training cache: (time of ``steps`` - time of 5) / (steps - 5)."""
-    cache = experiment.train_cache
-    labels = [experiment.labels[r.pid] for r in cache.records]
-    dim = experiment.clip.embed_dim
-    generator = torch.Generator().manual_seed(0)
-    prototypes = {m: torch.randn(experiment.num_ids, dim, generator=generator) for m in (VISIBLE, INFRARED)}
-    seconds = {}
-    for n in (5, steps):
-        cfg = override(experiment.cfg, {"stage3.max_steps": n, "stage3.epochs": 1}).stage3
-        with tempfile.TemporaryDirectory() as run_dir:
-            history = train_reid(
-                experiment.build_network(),
-                cache,
-                labels,
-                prototypes,
-                cfg,
-                experiment.transforms,
-                Path(run_dir),
-                LoopConfig(epochs=1, progress=False),
-                device=experiment.device,
-                compute=experiment.compute,
-            )
-        seconds[n] = history[-1]["seconds"]
-    return (seconds[steps] - seconds[5]) / (steps - 5)
 
 
 def main() -> None:
@@ -91,7 +62,7 @@ def main() -> None:
         ids = len({r.pid for r in cache.records})
         per_modality = max(sum(r.modality == m for r in cache.records) for m in (VISIBLE, INFRARED)) / ids
         batch = cfg.stage3.ids_per_batch * cfg.stage3.instances
-        seconds = step_seconds(experiment, args.steps)
+        seconds = stage3_step_seconds(experiment, args.steps, base=5)
         per_size[(height, width)] = {n: int(n * per_modality) // batch * seconds for n in IDENTITIES}
         print(
             f"{height}x{width}: {seconds:.3f} s a step ({3 * batch} images, {experiment.compute.identity()}); "

@@ -217,7 +217,7 @@ SMOKE_SYNTH = SynthConfig(
     height=64,
     width=32,
     clip_ids=24,
-    train_ids=12,
+    train_ids=12,  # training + validation: the SYSU-MM01 layout holds val_ids=4 out, so 8 train and 4 validate
     val_ids=4,
     test_ids=8,
     images_per_cam=2,

@@ -9,7 +9,8 @@
       version.json       csdn, torch and Python versions, the command, the cache, the start time
       log.txt            one line per event: each epoch of each stage (losses, accuracy, val, lr, seconds),
                          a resume, a stage loaded from the cache; appended to by every run into the folder
-      stage1.csv ...     the per-epoch history of each stage, one row per epoch
+      stage1.csv ...     the per-epoch history of each stage, one row per epoch (``csdn demo``'s baseline:
+                         vision-only-stage3.csv, its stages filed under a prefix by PrefixedStages)
       tensorboard/       TensorBoard event files (scalars "<stage>/<metric>" by epoch)
       stages/stage1 ...  symbolic links to the stages' folders in the artifact cache
       stages.json        the same as a listing (path, loaded from the cache or trained, epochs)
@@ -71,11 +72,24 @@ def describe(cfg: ExperimentConfig) -> str:
     )
 
 
-def _column_rank(key: str) -> tuple[int, str]:
-    """Sort key of a history column: epoch, loss, the other losses, other metrics, validation, lr, seconds."""
+LOSS_ORDER = ("id_loss", "triplet_loss", "hse_loss", "msel_loss")  # stage 3's terms in the order its prose gives
+VALIDATION_ORDER = ("val_rank1", "val_mAP", "val_score")
+
+
+def _column_rank(key: str) -> tuple[int, int, str, int]:
+    """Sort key of a history column, in reading order: epoch, loss, the loss terms (stage 3's in
+    :data:`LOSS_ORDER`), the other metrics by quantity with each one's visible column before its infrared one,
+    validation (rank-1, mAP, score), lr, seconds."""
     if key in ("epoch", "loss", "lr", "seconds"):
-        return {"epoch": 0, "loss": 1, "lr": 5, "seconds": 6}[key], ""
-    return (2 if key.endswith("loss") else 4 if key.startswith("val_") else 3), key
+        return {"epoch": 0, "loss": 1, "lr": 5, "seconds": 6}[key], 0, "", 0
+    if key.endswith("loss"):
+        return 2, LOSS_ORDER.index(key) if key in LOSS_ORDER else len(LOSS_ORDER), key, 0
+    if key.startswith("val_"):
+        return 4, VALIDATION_ORDER.index(key) if key in VALIDATION_ORDER else len(VALIDATION_ORDER), key, 0
+    for order, modality in enumerate(("visible", "infrared")):
+        if key.endswith(f"_{modality}"):
+            return 3, 0, key.removesuffix(f"_{modality}"), order
+    return 3, 0, key, -1
 
 
 def metric_columns(history: list[Mapping[str, Any]]) -> list[str]:
@@ -119,6 +133,77 @@ class StageLog:
 
     def epoch_done(self, metrics: dict[str, float], epochs: int) -> None:
         self.folder.epoch_done(self.name, metrics, epochs)
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration for people: ``40 s``, ``8 min``, ``1 h 38 min``."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class ProgressLines:
+    """The :class:`~csdn.experiment.RunObserver` of a notebook: a few printed lines per stage, which stay in a
+    saved or exported notebook (a progress bar is gone once it closes): where a stage starts (or resumes),
+    about ``lines`` of its epochs with the loss, the last validation and the time left, and when it is done or
+    loaded from the cache. ``label`` names the run (``"CSDN"``, ``"vision-only"``)."""
+
+    def __init__(self, label: str = "", lines: int = 8, echo: Callable[[str], None] = print) -> None:
+        self.prefix = f"{label}: " if label else ""
+        self.lines, self.echo = max(1, lines), echo
+
+    def stage(self, name: str) -> _StageLines:
+        return _StageLines(self, name)
+
+    def stage_done(self, name: str, run_dir: Path, history: list[dict[str, float]], loaded: bool) -> None:
+        if loaded:
+            self.echo(f"{self.prefix}{name} loaded from the cache ({len(history)} epochs)")
+        else:
+            took = format_seconds(sum(row.get("seconds", 0.0) for row in history))
+            self.echo(f"{self.prefix}{name} done: {len(history)} epochs, {took} of training")
+
+
+class _StageLines:
+    """The loop observer of one stage of :class:`ProgressLines`."""
+
+    def __init__(self, owner: ProgressLines, name: str) -> None:
+        self.owner, self.name = owner, name
+        self.start, self.every, self.t0, self.validation = 0, 1, time.perf_counter(), ""
+
+    def started(self, run_dir: Path, start: int, history: list[dict[str, float]], epochs: int) -> None:
+        self.start, self.every, self.t0 = start, -(-epochs // self.owner.lines), time.perf_counter()
+        where = f"resuming at epoch {start + 1} of {epochs} (checkpoint)" if start else f"training {epochs} epochs"
+        self.owner.echo(f"{self.owner.prefix}{self.name} {where}")
+
+    def epoch_done(self, metrics: dict[str, float], epochs: int) -> None:
+        epoch = int(metrics["epoch"])
+        if "val_mAP" in metrics:
+            self.validation = f", validation mAP {100 * metrics['val_mAP']:.1f}% (epoch {epoch})"
+        if epoch % self.every and epoch != epochs:
+            return
+        per_epoch = (time.perf_counter() - self.t0) / max(1, epoch - self.start)
+        left = f", about {format_seconds((epochs - epoch) * per_epoch)} left" if epoch < epochs else ""
+        loss = f"loss {metrics['loss']:.4g}" if "loss" in metrics else "done"
+        self.owner.echo(
+            f"{self.owner.prefix}{self.name} epoch {epoch}/{epochs}: {loss}{self.validation}; "
+            f"{metrics.get('seconds', per_epoch):.1f} s an epoch{left}"
+        )
+
+
+class PrefixedStages:
+    """The :class:`~csdn.experiment.RunObserver` of a second run written into the same :class:`RunFolder` (the
+    baseline of ``csdn demo``): its stages are filed as ``<prefix>-<stage>`` (log lines, CSV, TensorBoard, links),
+    so they never mix with the main run's."""
+
+    def __init__(self, folder: RunFolder, prefix: str) -> None:
+        self.folder, self.prefix = folder, prefix
+
+    def stage(self, name: str) -> StageLog:
+        return self.folder.stage(f"{self.prefix}-{name}")
+
+    def stage_done(self, name: str, run_dir: Path, history: list[dict[str, float]], loaded: bool) -> None:
+        self.folder.stage_done(f"{self.prefix}-{name}", run_dir, history, loaded)
 
 
 class RunFolder:

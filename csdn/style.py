@@ -24,6 +24,9 @@ def integer_ticks(ax: Axes, axis: str = "x") -> None:
 SERIES_COLOURS = ("#2CA02C", "#9467BD", "#D62728", "#8C564B", "#E377C2", "#7F7F7F", "#BCBD22", "#17BECF")
 
 
+NEUTRAL_COLOUR = "#7F7F7F"  # data of no modality and no series (counts of identities, ...): a mid grey
+
+
 def series_colour(index: int) -> str:
     """The ``index``-th colour of :data:`SERIES_COLOURS` (cycling)."""
     return SERIES_COLOURS[index % len(SERIES_COLOURS)]

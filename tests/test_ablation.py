@@ -13,17 +13,21 @@ import csdn.cli.studies as commands
 from csdn.analysis.ablation import (
     COMPARISONS,
     FULL_CSDN,
+    GAP_MODELS,
     VARIANTS,
     ZERO_SHOT,
+    ablation_plan,
     describe_effects,
     effects,
     format_summary,
     get_variant,
+    grid_preset,
     run_ablation,
     summarize,
     variants_frame,
 )
 from csdn.config import get_profile
+from csdn.errors import CsdnError
 from csdn.overrides import override
 
 BASE = get_profile("smoke")
@@ -266,3 +270,15 @@ def test_csdn_without_hse_trains_exactly_the_stems_row(tmp_path: Path):
     a, b = with_text.network.state_dict(), stems_row.network.state_dict()
     assert "stage1" in with_text.histories  # the text side did train
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_grid_presets_quick_is_notebook_07s_networks_and_full_the_readme_grid(tmp_path: Path):
+    seeds, variants = grid_preset("quick")
+    assert seeds == (0,) and set(variants) == set(GAP_MODELS.values()) - {ZERO_SHOT}
+    assert grid_preset("full") == ((0, 1, 2), None)
+    with pytest.raises(CsdnError, match="unknown grid 'huge'"):
+        grid_preset("huge")
+    plan = ablation_plan(BASE, seeds, variants, tmp_path)  # (its one measured step: smoke-sized)
+    stage3 = [item.runs for item in plan.items if item.stage == "stage3"]
+    assert stage3 == [(f"{name} (seed 0)",) for name in variants]
+    assert all(not item.cached for item in plan.items) and plan.seconds > 0

@@ -197,7 +197,7 @@ def test_inspector_in_jupyterlab(lab, tmp_path):
                 timeout=STEP_TIMEOUT_MS,
             )
             codes = summary.locator("code")
-            queries = [codes.nth(i).inner_text().split(" | ")[2].split(":")[0] for i in range(2)]
+            queries = [codes.nth(i).inner_text().splitlines()[0].split(" | ")[2] for i in range(2)]
             assert queries[0] == queries[1] and queries[0].startswith("query pid")  # the same query
             assert inspector.locator(".widget-output img").count() == 2
             inspector.screenshot(path=str(tmp_path / "4_side_by_side.png"))

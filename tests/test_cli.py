@@ -8,6 +8,8 @@ import pytest
 from csdn.cli import build_parser, experiment_config, main
 from csdn.config import get_profile
 from csdn.errors import CsdnError
+from csdn.experiment import Experiment
+from csdn.plan import demo_runs
 
 
 def test_synth_writes_layouts(tmp_path: Path, capsys) -> None:
@@ -29,23 +31,38 @@ def test_missing_dataset_folder_is_named(tmp_path: Path, capsys) -> None:
 
 def test_demo_on_smoke_writes_a_report(tmp_path: Path, capsys) -> None:
     reports = tmp_path / "reports"
-    code = main(["--cache", str(tmp_path / "cache"), "demo", "--profile", "smoke", "--reports", str(reports)])
+    argv = ["--cache", str(tmp_path / "cache"), "demo", "--profile", "smoke", "--reports", str(reports)]
+    code = main(argv)
     assert code == 0
     out = capsys.readouterr().out
     assert "zero-shot CLIP" in out and "SYSU-MM01 at " in out
-    summary = json.loads((reports / "smoke-csdn-seed0" / "results.json").read_text())["summary"]
+    assert "Training plan: 5 of the 5 trained artifacts needed" in out  # the plan, before anything trains
+    folder = reports / "smoke-csdn-seed0"
+    summary = json.loads((folder / "results.json").read_text())["summary"]
     assert {(row["model"], row["protocol"]) for row in summary} == {
-        ("csdn", "all 1-shot"),
-        ("csdn", "indoor 1-shot"),
-        ("zero-shot CLIP", "all 1-shot"),
-        ("zero-shot CLIP", "indoor 1-shot"),
-        ("attribute oracle (ceiling)", "all 1-shot"),
-        ("attribute oracle (ceiling)", "indoor 1-shot"),
+        (model, protocol)
+        for model in ("csdn", "vision-only", "zero-shot CLIP", "attribute oracle (ceiling)")
+        for protocol in ("all 1-shot", "indoor 1-shot")
     }
     assert all(0 <= row["mAP"] <= 100 for row in summary)
     oracle = [row for row in summary if row["model"].startswith("attribute oracle")]
     assert all(row["mAP"] > 50 for row in oracle)  # the world is solvable from invariant attributes
-    assert (reports / "smoke-csdn-seed0" / "cmc_all_1_shot.png").stat().st_size > 0
+    assert (folder / "cmc_all_1_shot.png").stat().st_size > 0
+    assert (folder / "vision-only-stage3.csv").is_file() and (folder / "stage3.csv").is_file()
+
+    # what notebooks 00, 05 and 08 compare (the profile as the notebooks build it) is now in the cache
+    for cfg in demo_runs(get_profile("smoke")).values():
+        assert Experiment(cfg, tmp_path / "cache").is_trained
+
+    # a second run trains nothing: every stage is loaded from the cache
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Everything needed is in the cache" in out
+    stages = json.loads((folder / "stages.json").read_text())
+    assert set(stages) == {"stage1", "stage2", "stage3", "vision-only-stage3"}
+    assert all(entry["loaded_from_cache"] for entry in stages.values())
+    rows = json.loads((folder / "results.json").read_text())["summary"]
+    assert {row["model"] for row in rows} == {row["model"] for row in summary}
 
 
 # -- config overrides: --set, --config and the convenience flags, one path ------------------------------

@@ -83,7 +83,8 @@ def test_view_golden_top_k_and_first_match(world):
     assert view.gallery == (gallery[3], gallery[0])
     assert view.correct == (False, False)
     assert view.first_match == 3 and view.first_match_score == pytest.approx(0.6)
-    assert "not in the top 2" in view.summary() and "rank 3" in view.summary()
+    assert "below the top 2" in view.summary() and "rank 3" in view.summary()
+    assert len(view.summary().splitlines()) == 2 and all(len(line) <= 100 for line in view.summary().splitlines())
 
 
 def test_query_without_true_match(world):
@@ -354,7 +355,8 @@ def test_widget_compares_two_models_side_by_side(world):
     widget.compare.value = "B"
     assert widget.view.state.model == "A" and widget.compared.state.model == "B"
     assert widget.view.first_match == 2 and widget.compared.first_match == 1  # the same query, two rankings
-    assert len(widget.output.outputs) == 2 and widget.summary.value.count("<code>") == 2
+    assert len(widget.output.outputs) == 2 and widget.summary.value.count("<code") == 2
+    assert "word-break: normal" in widget.summary.value  # never broken mid-word
     widget.compare.value = "A"  # the model itself: nothing to compare
     assert widget.compared is None and len(widget.output.outputs) == 1
 

@@ -208,3 +208,31 @@ def test_an_unusable_run_folder_is_one_clear_error(tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err
     assert err.startswith(f"csdn: error: cannot create the run folder {tmp_path / 'taken'}") and "--out" in err
     assert not (tmp_path / "cache").exists()  # stopped before any work
+
+
+def test_progress_lines_print_a_few_epochs_the_time_left_and_the_end(tmp_path: Path) -> None:
+    from csdn.runs import ProgressLines
+
+    lines: list[str] = []
+    observer = ProgressLines("CSDN", lines=3, echo=lines.append)
+    stage = observer.stage("stage3")
+    stage.started(tmp_path, 0, [], 7)
+    history = []
+    for epoch in range(1, 8):
+        row = {"epoch": epoch, "loss": 1.0 / epoch, "seconds": 2.0, **({"val_mAP": 0.25} if epoch == 4 else {})}
+        history.append(row)
+        stage.epoch_done(row, 7)
+    observer.stage_done("stage3", tmp_path, history, loaded=False)
+    observer.stage_done("stage1", tmp_path, history[:2], loaded=True)
+    assert lines[0] == "CSDN: stage3 training 7 epochs"
+    assert [line.split(":")[1].strip() for line in lines[1:4]] == [
+        "stage3 epoch 3/7",
+        "stage3 epoch 6/7",
+        "stage3 epoch 7/7",
+    ]
+    assert "validation mAP 25.0% (epoch 4)" in lines[2] and "left" in lines[2] and "left" not in lines[3]
+    assert lines[4] == "CSDN: stage3 done: 7 epochs, 14 s of training"
+    assert lines[5] == "CSDN: stage1 loaded from the cache (2 epochs)"
+    resumed = ProgressLines(echo=lines.append).stage("stage2")
+    resumed.started(tmp_path, 2, history[:2], 5)
+    assert lines[-1] == "stage2 resuming at epoch 3 of 5 (checkpoint)"

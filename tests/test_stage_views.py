@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from csdn.analysis.diagnostics import diagnostics_table, plot_diagnostics
-from csdn.analysis.histories import history_frame, history_table, plot_history, plot_loss_curves
+from csdn.analysis.histories import history_frame, history_table, loss_table, plot_history, plot_loss_curves
 from csdn.analysis.retrieval import pick_queries, plot_query_rank_list, results_table, top_matches
 from csdn.analysis.text_views import (
     context_words_frame,
@@ -91,13 +91,39 @@ def test_history_frame_is_indexed_by_epoch():
         history_frame([])
 
 
+def test_history_frame_reads_columns_in_reading_order_whatever_the_cached_order():
+    cached = [
+        dict(sorted({**row, "i2t_top1_visible": 0.5, "i2t_top1_infrared": 0.1, "seconds": 1.0}.items()))
+        for row in STAGE3
+    ]  # a history read back from JSON comes sorted by name
+    assert list(history_frame(cached).columns) == [
+        "loss",
+        "id_loss",
+        "hse_loss",
+        "i2t_top1_visible",
+        "i2t_top1_infrared",
+        "val_rank1",
+        "val_mAP",
+        "val_score",
+        "lr",
+        "seconds",
+    ]
+    assert list(history_table(cached).columns)[:3] == ["loss", "id_loss", "hse_loss"]
+
+
+def test_loss_table_one_formatted_column_per_trained_history():
+    table = loss_table({"official": STAGE3, "none": [], "mean": STAGE3[:1]})
+    assert list(table.columns) == ["official", "mean"] and list(table.index) == [1, 2]
+    assert table.loc[1, "official"] == "6" and table.loc[2, "mean"] == ""
+
+
 def test_plot_history_draws_losses_and_validation_panels():
     fig = plot_history(STAGE3, title="stage 3")
     loss_ax, val_ax, lr_ax = fig.axes
-    assert [line.get_label() for line in loss_ax.lines] == ["loss", "hse_loss", "id_loss"]
+    assert [line.get_label() for line in loss_ax.lines] == ["loss", "id_loss", "hse_loss"]  # reading order
     assert loss_ax.get_yscale() == "log"  # the terms span 0.4 .. 6: a factor above 10
-    assert [line.get_label() for line in val_ax.lines] == ["mAP", "rank1"]  # the selection score is left out
-    np.testing.assert_allclose(val_ax.lines[0].get_ydata(), [40.0])  # percent, only the validated epoch
+    assert [line.get_label() for line in val_ax.lines] == ["rank1", "mAP"]  # the selection score is left out
+    np.testing.assert_allclose(val_ax.lines[1].get_ydata(), [40.0])  # percent, only the validated epoch
     assert list(val_ax.get_xticks()) == [2]  # ticks at the validated epochs only
     assert list(lr_ax.lines[0].get_ydata()) == [1e-4, 1e-4]
     assert len(plot_history([{"epoch": 1, "loss": 1.0}]).axes) == 1
@@ -218,6 +244,15 @@ def test_plot_diagnostics_stage3_has_one_panel_per_kind_of_quantity():
     # GeM and projected norms differ by an order of magnitude: never on one axis
     assert {line.get_label() for line in panel(fig, "norm, GeM").lines} == {"visible images", "infrared images"}
     assert {line.get_label() for line in panel(fig, "norm, projected").lines} == {"visible images", "infrared images"}
+
+
+def test_plot_diagnostics_leaves_out_the_loss_and_validation_on_request_and_rows_of_three_at_most():
+    fig = plot_diagnostics(CSDN_HISTORY, title="stage 3", loss=False, validation=False)
+    assert len(fig.axes) == 6 and not has_panel(fig, "loss") and not has_panel(fig, "validation")
+    rows = {round(ax.get_position().y0, 2) for ax in fig.axes}
+    assert len(rows) == 2  # six panels: two rows of three
+    assert fig.axes[0].title.get_fontsize() >= 12  # readable once scaled to a page's width
+    assert len(plot_diagnostics(TEXT_HISTORY, loss=False).axes) == 2
 
 
 def test_plot_diagnostics_leaves_out_panels_of_missing_keys():
@@ -412,6 +447,18 @@ def test_similarity_table_has_one_row_per_text_and_image_modality():
     assert row["own identity"] == pytest.approx((1 + (1 + HALF) / 2) / 2, abs=1e-4)
     assert row["margin"] == pytest.approx(row["own identity"] - row["other identities"], abs=1e-4)
     assert table.loc[("infrared prompts", INFRARED), "margin"] > 0  # flipped texts match the infrared images
+
+
+def test_heatmaps_share_one_colour_scale_symmetric_about_zero():
+    matrices = {"a": torch.rand(5, 5), "b": 3 * torch.rand(5, 5), "c": 0.1 * torch.rand(5, 5)}
+    fig = plot_similarity_heatmaps(matrices)
+    limits = {ax.images[0].get_clim() for ax in fig.axes if ax.images}
+    assert len(limits) == 1
+    low, high = limits.pop()
+    assert low == -high and high > 0
+    assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 1
+    raw = plot_similarity_heatmaps(matrices, centre=False)
+    assert len({ax.images[0].get_clim() for ax in raw.axes if ax.images}) == 1
 
 
 def test_heatmaps_one_panel_per_matrix_clipped_to_max_ids():

@@ -237,3 +237,15 @@ def test_write_layout_dispatches_and_rejects_unknown(tmp_path):
         write_layout("market1501", TINY, tmp_path / "x")
     small = dataclasses.replace(TINY, train_ids=2, val_ids=1, test_ids=2, regdb_trials=1)
     assert write_layout("regdb", small, tmp_path / "r")["ids"] == 4
+
+
+def test_describe_counts_says_what_the_config_numbers_become(sysu, llcm):
+    text = layouts.describe_counts(sysu[1], TINY)
+    assert text.startswith("identities: train 3, val 2, test 4 (the config's train_ids=5 counts training and")
+    assert text.index("  train:") < text.index("  val:") < text.index("  test:")
+    assert text.endswith(f"{sysu[1]['total_images']} images in all")
+    counts = dict(llcm[1], images={**llcm[1]["images"], "train_vis": {**llcm[1]["images"]["train_vis"], "cam9": 0}})
+    text = layouts.describe_counts(counts, TINY)
+    note = next(line for line in text.splitlines() if line.startswith("no images in "))
+    assert "train_vis cam9" in note and "each identity is seen by llcm_cams_per_id=2" in note
+    assert "no images in" not in layouts.describe_counts({**llcm[1], "images": {"train_vis": {"cam1": 2}}}, TINY)

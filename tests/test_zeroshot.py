@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -74,3 +75,26 @@ def test_real_tiny_model_end_to_end_and_similarity_matrix():
 def test_empty_pool_is_an_error():
     with pytest.raises(ValueError, match="no images"):
         zero_shot_attributes(None, Pool(np.zeros((0, 4, 2, 3), np.uint8), [], []), vocabulary={"hat": ("none", "cap")})
+
+
+def test_accuracy_table_and_chart_share_one_order_visible_first():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from csdn.synthvi.zeroshot import plot_accuracy
+
+    rows = [
+        {"attribute": a, "modality": m, "accuracy": acc, "chance": 0.5, "majority": 0.6, "n": 4}
+        for a, acc in (("bag", 0.7), ("hair", 0.6), ("top_color", 0.9))
+        for m in ("infrared", "visible")
+    ]
+    results = pd.DataFrame(rows)
+    table = accuracy_table(results, color_attributes=["top_color"])
+    assert list(table.columns) == ["visible", "infrared", "chance"]
+    assert list(table.index) == ["top_color", "bag", "hair"]
+    fig = plot_accuracy(results, color_attributes=["top_color"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["top_color*", "bag", "hair"]
+    assert [c.get_label() for c in ax.containers] == ["visible", "infrared"]
+    assert "majority class (visible)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_title().startswith("Zero-shot attribute accuracy") and "colour attribute" in ax.get_xlabel()

@@ -54,6 +54,7 @@ from csdn.data.records import Record
 from csdn.errors import ConfigError
 from csdn.model.network import ModelConfig
 from csdn.overrides import override
+from csdn.plan import TrainingPlan, training_plan
 
 # The dotted config keys every variant sets (the column of the variant table is the last part of the key).
 SWITCHES = (
@@ -235,6 +236,32 @@ def grid_jobs(
         raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
     jobs = [GridJob(ZERO_SHOT, override(base, {"seed": seeds[0]}))] if zero_shot else []
     return jobs + [GridJob(v.name, v.apply(base, seed)) for seed in seeds for v in chosen]
+
+
+# The grids notebooks 06 and 07 offer (their GRID parameter): the seeds and the rows of each.
+GRIDS: dict[str, dict[str, Any]] = {
+    # the three trained networks of notebook 07 (vision-only, CLIP-ReID, CSDN; the frozen CLIP comes free), one
+    # seed: about a quarter of an hour on 2 CPU cores from a cold cache under the demo grid schedule
+    "quick": {"seeds": (0,), "variants": ("vision-only", "clip-reid", FULL_CSDN)},
+    # the README's grid: every row, seeds 0, 1, 2 (33 trained runs; csdn ablate --seeds 3)
+    "full": {"seeds": (0, 1, 2), "variants": None},
+}
+
+
+def grid_preset(name: str) -> tuple[tuple[int, ...], tuple[str, ...] | None]:
+    """(seeds, variant names or None for every row) of the grid called ``name`` in :data:`GRIDS`."""
+    if name not in GRIDS:
+        raise ConfigError(f"unknown grid {name!r}; choose one of {sorted(GRIDS)}")
+    return GRIDS[name]["seeds"], GRIDS[name]["variants"]
+
+
+def ablation_plan(
+    base: ExperimentConfig, seeds: Sequence[int], variants: Sequence[str] | None, cache_root: Path
+) -> TrainingPlan:
+    """What training the ablation's runs (:func:`grid_jobs`) needs, what the cache holds, and about how long the
+    rest takes (:func:`csdn.plan.training_plan`; the frozen CLIP needs no training)."""
+    jobs = grid_jobs(base, seeds, variants, zero_shot=False)
+    return training_plan({f"{job.name} (seed {job.seed})": job.config for job in jobs}, Path(cache_root))
 
 
 def run_ablation(

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
+from pandas.io.formats.style import Styler
 
 from csdn.data.cache import decode_image
 from csdn.data.records import INFRARED, VISIBLE, Record
-from csdn.style import MODALITY_COLOURS
+from csdn.style import MODALITY_COLOURS, NEUTRAL_COLOUR, integer_ticks
 
 
 def identity_grid(records: Sequence[Record], pids: Sequence[int], size: tuple[int, int] = (128, 64)) -> Figure:
@@ -44,23 +44,41 @@ def attribute_frame(metadata: dict) -> pd.DataFrame:
 
 
 def plot_attribute_distributions(attributes: pd.DataFrame, columns: Sequence[str] | None = None) -> Figure:
-    """Bar charts of how many identities (rows of ``attributes``) have each attribute value; the title
-    says how many identities are counted."""
+    """Horizontal bar charts of how many identities (rows of ``attributes``) have each attribute value, most
+    frequent on top, the values as horizontal labels; the title says how many identities are counted. The
+    bars are neutral grey: they count identities, not one modality's data (orange and blue are the
+    modalities', :mod:`csdn.style`)."""
     columns = list(columns or [c for c in attributes.columns if c != "pid"])
     ncols = 4
     nrows = int(np.ceil(len(columns) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.4 * nrows), squeeze=False)
+    most = max(attributes[c].nunique() for c in columns)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.3 * ncols, (0.9 + 0.27 * most) * nrows), squeeze=False, layout="constrained"
+    )
     for ax, column in zip(axes.flat, columns):
         counts = attributes[column].value_counts()
-        sns.barplot(x=counts.index, y=counts.values, ax=ax, color="steelblue")
-        ax.set_title(column, fontsize=9)
-        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
-        ax.set_xlabel(""), ax.set_ylabel("ids")
+        ax.barh(range(len(counts)), counts.to_numpy(), color=NEUTRAL_COLOUR, height=0.7)
+        ax.set_yticks(range(len(counts)), [str(v) for v in counts.index], fontsize=10)
+        ax.set_ylim(most - 0.5, -0.5)  # most frequent on top; every panel's bars equally thick
+        ax.set_title(column, fontsize=11)
+        ax.tick_params(axis="x", labelsize=9)
+        integer_ticks(ax, "x")
+        ax.set_xlabel("identities", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(columns) :]:
         ax.axis("off")
     fig.suptitle(f"attribute values of {len(attributes)} identities (identities per value)")
-    fig.tight_layout()
     return fig
+
+
+def left_aligned(frame: pd.DataFrame) -> Styler:
+    """``frame`` for display with its cells and headers left-aligned and long text wrapped, without the row
+    index (sentences such as captions read badly right-aligned, as notebooks align table cells)."""
+    return (
+        frame.style.hide(axis="index")
+        .set_properties(**{"text-align": "left", "white-space": "normal"})
+        .set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
+    )
 
 
 def caption_examples(metadata: dict, records: Sequence[Record], root: str, per_modality: int = 3) -> pd.DataFrame:

@@ -36,9 +36,25 @@ HEAD_NAMES = {"gem": "GeM head", "proj": "projected head"}
 MODALITY_MARKERS = {VISIBLE: {"marker": "o", "markersize": 6.5}, INFRARED: {"marker": "s", "markersize": 4}}
 OTHER_LOSS_COLOURS = ("#7F7F7F", "#BCBD22", "#17BECF")  # further terms; none orange or blue (the modalities)
 CHANCE_STYLE = {"color": "#999999", "ls": ":", "lw": 1.5}
+# Text sizes of the diagnostics figure: three panels a row are about 13 inches wide, which a notebook
+# scales down to its page width; these keep titles, labels and legends readable after that.
+READABLE = {
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+}
 
 
-def plot_diagnostics(history: History, title: str = "training", num_ids: int | None = None) -> Figure:
+def plot_diagnostics(
+    history: History,
+    title: str = "training",
+    num_ids: int | None = None,
+    loss: bool = True,
+    validation: bool = True,
+) -> Figure:
     """Whether a stage is learning, one panel per kind of quantity (only those the history records).
 
     Stage 3 (``csdn.train.reid_stage.batch_diagnostics``, means over the epoch's training batches):
@@ -52,13 +68,15 @@ def plot_diagnostics(history: History, title: str = "training", num_ids: int | N
 
     ``num_ids`` (the number of training identities) adds chance lines: 1 / num_ids to the accuracy
     and top-1 panels, ln(num_ids) (a uniform guess) to the HSE cross-entropy. Colour is the modality,
-    line style the head.
+    line style the head. ``loss=False`` / ``validation=False`` leave out those panels (where a notebook has
+    just drawn them with :func:`csdn.analysis.histories.plot_history`). At most three panels a row, with
+    text sized to stay readable when the figure is scaled to a page's width.
     """
     _check_num_ids(num_ids)
     frame = history_frame(history)
     panels: list[Any] = []  # functions drawing one panel each on the axes they are given
 
-    losses = loss_keys(history)
+    losses = loss_keys(history) if loss else []
     if losses:
 
         def draw_losses(ax):
@@ -162,11 +180,11 @@ def plot_diagnostics(history: History, title: str = "training", num_ids: int | N
 
         panels.append(draw_msel)
 
-    validation = [(k, name) for k, name in (("val_rank1", "rank-1"), ("val_mAP", "mAP")) if k in frame]
-    if validation:
+    validated = [(k, name) for k, name in (("val_rank1", "rank-1"), ("val_mAP", "mAP")) if k in frame and validation]
+    if validated:
 
         def draw_validation(ax):
-            for (key, name), style in zip(validation, (HEAD_STYLES["gem"], HEAD_STYLES["proj"])):
+            for (key, name), style in zip(validated, (HEAD_STYLES["gem"], HEAD_STYLES["proj"])):
                 _curve(ax, frame, key, 100, color=NEUTRAL_COLOUR, label=name, **style)
             ax.set_ylim(0, 102)
             decorate(ax, "validation (%)", "held-out validation identities")
@@ -176,21 +194,22 @@ def plot_diagnostics(history: History, title: str = "training", num_ids: int | N
     if not panels:
         raise ValueError(f"the history has no loss or diagnostic column (columns: {list(frame.columns)})")
     n = len(panels)
-    ncols = n if n <= 4 else (3 if n in (5, 6, 9) else 4)
+    ncols = n if n <= 3 else (2 if n == 4 else 3)
     nrows = -(-n // ncols)
-    fig = plt.figure(figsize=(4.2 * ncols, 3.3 * nrows + 0.4), layout="constrained")
-    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
-    epochs = frame.index.to_numpy()
-    for ax, draw in zip(axes, panels):
-        draw(ax)
-        if ax.get_yscale() == "linear":
-            ax.ticklabel_format(axis="y", useOffset=False)  # plain values, no "+4.87" offset
-        if len(epochs):
-            pad = max(0.3, 0.03 * (epochs.max() - epochs.min()))
-            ax.set_xlim(epochs.min() - pad, epochs.max() + pad)
-    for ax in axes[n:]:
-        fig.delaxes(ax)
-    fig.suptitle(title)
+    with plt.rc_context(READABLE):
+        fig = plt.figure(figsize=(4.4 * ncols, 3.4 * nrows + 0.4), layout="constrained")
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+        epochs = frame.index.to_numpy()
+        for ax, draw in zip(axes, panels):
+            draw(ax)
+            if ax.get_yscale() == "linear":
+                ax.ticklabel_format(axis="y", useOffset=False)  # plain values, no "+4.87" offset
+            if len(epochs):
+                pad = max(0.3, 0.03 * (epochs.max() - epochs.min()))
+                ax.set_xlim(epochs.min() - pad, epochs.max() + pad)
+        for ax in axes[n:]:
+            fig.delaxes(ax)
+        fig.suptitle(title, fontsize=14)
     return fig
 
 

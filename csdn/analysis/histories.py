@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
+from csdn.runs import metric_columns
 from csdn.style import series_colour
 
 History = Sequence[Mapping[str, float]]  # one dict of metrics per epoch, as in Experiment.histories
@@ -26,24 +27,26 @@ LOG_SPREAD = 10.0  # curves whose values span more than this factor share a log 
 
 
 def history_frame(history: History) -> pd.DataFrame:
-    """A stage's per-epoch metrics as a table indexed by epoch."""
+    """A stage's per-epoch metrics as a table indexed by epoch, its columns in reading order
+    (:func:`csdn.runs.metric_columns`: loss, its terms, the other metrics visible before infrared, validation,
+    lr, seconds), whatever order the history's dicts have (a cached one comes back sorted by name)."""
     if not history:
         raise ValueError("the history is empty: the stage has not run (or has nothing to train)")
     frame = pd.DataFrame(list(history))
     if "epoch" not in frame:
         frame["epoch"] = np.arange(1, len(frame) + 1)
-    return frame.set_index("epoch")
+    return frame[metric_columns([{column: None for column in frame.columns}])].set_index("epoch")
 
 
 def loss_keys(history: History) -> list[str]:
-    """The loss columns of a history (``loss`` first, then the terms ``*_loss``)."""
+    """The loss columns of a history (``loss`` first, then the terms ``*_loss`` in :func:`history_frame`'s order)."""
     keys = history_frame(history).columns
-    return [k for k in keys if k == "loss"] + sorted(k for k in keys if k.endswith("_loss"))
+    return [k for k in keys if k == "loss"] + [k for k in keys if k.endswith("_loss")]
 
 
 def validation_keys(history: History) -> list[str]:
-    """The validation metrics of a history (``val_*``, the selection score left out)."""
-    return sorted(k for k in history_frame(history).columns if k.startswith("val_") and k != "val_score")
+    """The validation metrics of a history (``val_*``, the selection score left out; rank-1 before mAP)."""
+    return [k for k in history_frame(history).columns if k.startswith("val_") and k != "val_score"]
 
 
 def plot_history(history: History, title: str = "training") -> Figure:
@@ -93,6 +96,14 @@ def history_table(history: History, last: int = 5, columns: Sequence[str] | None
     if columns is not None:
         frame = frame[[c for c in columns if c in frame.columns]]
     return frame.apply(lambda column: [("" if pd.isna(v) else format_metric(column.name, v)) for v in column])
+
+
+def loss_table(histories: Mapping[str, History], key: str = "loss", last: int = 5) -> pd.DataFrame:
+    """``key`` over the last ``last`` epochs of each named, non-empty history (e.g. one per SII variant), one
+    column each, as text to four significant digits like :func:`history_table` (empty where a history is
+    shorter)."""
+    frame = pd.DataFrame({name: history_frame(h)[key] for name, h in histories.items() if h}).tail(last)
+    return frame.apply(lambda column: [("" if pd.isna(v) else format_metric(key, v)) for v in column])
 
 
 def plot_loss_curves(histories: Mapping[str, History], key: str = "loss", title: str = "loss") -> Figure:

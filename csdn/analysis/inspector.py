@@ -107,17 +107,18 @@ class QueryView:
     num_allowed: int  # gallery images the protocol keeps
 
     def summary(self) -> str:
-        """One line: the query, the rank and score of its first true match, the gallery size."""
+        """Two short lines (each fits a notebook's output width, which would otherwise break a long line
+        anywhere, even mid-word): the model, split and query; the rank and score of its first true match and
+        how many true matches the gallery holds."""
         q = self.query
         if self.first_match is None:
             found = "no true match in the gallery"
         else:
-            shown = "shown" if self.first_match <= len(self.gallery) else f"not in the top {len(self.gallery)}"
-            found = f"first true match at rank {self.first_match} (score {self.first_match_score:.3f}, {shown})"
+            shown = "shown" if self.first_match <= len(self.gallery) else f"below the top {len(self.gallery)}"
+            found = f"first true match at rank {self.first_match}, score {self.first_match_score:.3f} ({shown})"
         return (
             f"{self.state.model} | {self.state.split} | query pid {q.pid}, cam {q.cam} ({q.modality}, "
-            f"{Path(q.path).name}): {found}; {self.num_matches} true matches among {self.num_allowed} "
-            "gallery images"
+            f"{Path(q.path).name})\n{found}; {self.num_matches} true matches of {self.num_allowed} gallery images"
         )
 
 
@@ -267,11 +268,15 @@ def _allowed_matrix(split: Split) -> Tensor:
     return ~split.rules.removed_between(split.query, split.gallery)
 
 
-def render(view: QueryView, image_size: tuple[int, int], per_row: int = 10) -> Figure:
+RENDER_PER_ROW = 5  # gallery images a row: the figure (about 800 px) then fits a notebook page unscaled
+RENDER_LABEL_SIZE = 11  # points of the rank, score, identity and camera over each image
+
+
+def render(view: QueryView, image_size: tuple[int, int], per_row: int = RENDER_PER_ROW) -> Figure:
     """The query and its top-k gallery images (green frame: the query's identity, red: another; each
-    labelled with its rank, score, identity and camera), ``per_row`` to a row, with the first true match
-    appended when it ranks below the top k; images decoded at ``image_size = (H, W)``; titled with the
-    summary."""
+    labelled with its rank, score, identity and camera in :data:`RENDER_LABEL_SIZE` points), ``per_row`` to a
+    row, with the first true match appended when it ranks below the top k; images decoded at
+    ``image_size = (H, W)``; titled with the summary."""
     first = "no true match" if view.first_match is None else f"first true match: rank {view.first_match}"
     title = (
         f"{view.state.model} · {view.state.split}\nquery pid {view.query.pid}, cam {view.query.cam} "
@@ -280,4 +285,4 @@ def render(view: QueryView, image_size: tuple[int, int], per_row: int = 10) -> F
     entries = list(zip(range(1, len(view.gallery) + 1), view.gallery, view.scores))
     if view.first_match is not None and view.first_match > len(view.gallery):
         entries.append((view.first_match, view.first_match_record, view.first_match_score))
-    return plot_ranked_records(view.query, entries, image_size, title, per_row)
+    return plot_ranked_records(view.query, entries, image_size, title, per_row, label_size=RENDER_LABEL_SIZE)

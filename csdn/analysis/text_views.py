@@ -144,7 +144,8 @@ def similarity_table(matrices: Mapping[tuple[str, str], Tensor]) -> pd.DataFrame
 
 def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24, centre: bool = True) -> Figure:
     """One identities x identities heatmap per named matrix (text rows, image columns, first ``max_ids``),
-    two per row. With ``centre`` the matrix is double-centred (over all identities, before cropping to
+    two per row, all on one colour scale (symmetric about 0 when centred) so that panels compare. With
+    ``centre`` the matrix is double-centred (over all identities, before cropping to
     ``max_ids``): each column's and each row's mean is subtracted and the grand mean added back. Some
     images are more similar to every prompt than others (vertical stripes), and some prompts to every
     image (horizontal stripes); centred, what is left is how much more a prompt and an identity's images
@@ -152,24 +153,30 @@ def plot_similarity_heatmaps(matrices: Mapping[str, Tensor], max_ids: int = 24, 
     diagonal."""
     if not matrices:
         raise ValueError("plot_similarity_heatmaps needs at least one matrix")
+    shown = {}
+    for name, matrix in matrices.items():
+        if centre:
+            matrix = matrix - matrix.mean(0, keepdim=True) - matrix.mean(1, keepdim=True) + matrix.mean()
+        shown[name] = matrix[:max_ids, :max_ids].numpy()
+    if centre:  # one scale for every panel, symmetric about 0 (centred values are signed)
+        top = max(float(abs(v).max()) for v in shown.values()) or 1.0
+        limits = (-top, top)
+    else:
+        limits = (min(float(v.min()) for v in shown.values()), max(float(v.max()) for v in shown.values()))
     ncols = min(2, len(matrices))
     nrows = -(-len(matrices) // ncols)
-    fig = plt.figure(figsize=(4.6 * ncols, 3.9 * nrows), layout="constrained")
+    fig = plt.figure(figsize=(4.2 * ncols + 1.0, 3.9 * nrows), layout="constrained")
     axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
-    for ax, (name, matrix) in zip(axes, matrices.items()):
-        values = (
-            matrix - matrix.mean(0, keepdim=True) - matrix.mean(1, keepdim=True) + matrix.mean() if centre else matrix
-        )
-        shown = values[:max_ids, :max_ids].numpy()
-        image = ax.imshow(shown, cmap="viridis")
+    for ax, (name, values) in zip(axes, shown.items()):
+        image = ax.imshow(values, cmap="viridis", vmin=limits[0], vmax=limits[1])
         ax.set_title(name, fontsize="medium")
         ax.set_xlabel("images of identity")
         ax.set_ylabel("prompt of identity")
         integer_ticks(ax, "both")
-        label = "mean cosine, double-centred" if centre else "mean cosine"
-        fig.colorbar(image, ax=ax, shrink=0.8, label=label)
     for ax in axes[len(matrices) :]:
         ax.axis("off")
+    label = "mean cosine, double-centred (one scale for all panels)" if centre else "mean cosine (one scale)"
+    fig.colorbar(image, ax=axes[: len(matrices)], shrink=0.6, label=label)
     return fig
 
 

@@ -158,7 +158,7 @@ class Inspector(widgets.VBox):
         if self.compare.value not in (NO_COMPARISON, self.model.value):
             views.append(self.data.view(replace(state, model=self.compare.value)))
         pngs = [figure_png(render(view, self.image_size), self.dpi) for view in views]
-        self.summary.value = "<br>".join(f"<code>{html.escape(view.summary())}</code>" for view in views)
+        self.summary.value = "<br>".join(_summary_html(view.summary()) for view in views)
         outputs = [_png_output(png, view.summary()) for png, view in zip(pngs, views)]
         mapped = [(v.state.model, self.heatmaps[v.state.model](v.query, v.gallery)) for v in views if self._maps(v)]
         if mapped:
@@ -180,6 +180,13 @@ class Inspector(widgets.VBox):
         a notebook saved or exported without a live kernel then still shows the last view."""
         if self._png is not None:
             self._mirror = display(Image(self._png), display_id=True)
+
+
+def _summary_html(summary: str) -> str:
+    """A view's summary as one ``<code>`` element, its lines kept, that breaks between words only (a
+    notebook's style for code in an output may break anywhere, even mid-word)."""
+    style = "white-space: normal; word-break: normal; overflow-wrap: normal"
+    return f'<code style="{style}">' + "<br>".join(html.escape(line) for line in summary.splitlines()) + "</code>"
 
 
 def _png_output(png: bytes, summary: str) -> dict:

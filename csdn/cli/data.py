@@ -26,7 +26,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Generate SynthVI in a layout (into --out, or the artifact cache) and print its statistics."""
-    from csdn.synthvi.layouts import WRITERS, load_metadata, synthvi_root
+    from csdn.synthvi.layouts import WRITERS, describe_counts, load_metadata, synthvi_root
 
     cfg, _ = experiment_config(args)
     layout = cfg.data.synth_layout
@@ -41,7 +41,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         root = synthvi_root(cfg.data.synth, layout, args.cache, progress=True)
     counts = load_metadata(root)["counts"]
     print(f"SynthVI ({args.profile}, {layout} layout) at {root} in {time.perf_counter() - t0:.1f}s")
-    print(counts)
+    print(describe_counts(counts, cfg.data.synth))
     return 0
 
 

@@ -14,7 +14,7 @@ from csdn.cli.options import add_command, experiment_config
 from csdn.cli.trials import all_trials
 from csdn.cli.weights import apply_weights_settings, given_weights, trained_features
 from csdn.config import SELECTS, ExperimentConfig, to_dict
-from csdn.dryrun import DRY_RUN_IMAGES, DRY_RUN_STEPS
+from csdn.dryrun import DRY_RUN_IMAGES, DRY_RUN_STEPS, is_dry_run
 from csdn.errors import ConfigError
 from csdn.model.network import VARIANTS
 from csdn.overrides import format_overrides
@@ -25,7 +25,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     for name, fn, text in (
         ("train", cmd_train, "train CSDN (three stages) and evaluate"),
         ("eval", cmd_eval, "evaluate a trained model (--weights, --run, or the cache's); never trains"),
-        ("demo", cmd_demo, "the whole embedded pipeline on the demo profile"),
+        ("demo", cmd_demo, "the whole embedded pipeline on the demo profile, with the vision-only baseline"),
     ):
         p = add_command(sub, name, fn, text, default_profile="demo" if name == "demo" else None)
         _add_model_flags(p)
@@ -189,11 +189,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded default: data, tiny CLIP, three stages, SYSU protocol, report."""
+    """The main job on the embedded default: data, tiny CLIP, three stages, and the vision-only baseline on the
+    same schedule (what notebooks 00, 05 and 08 compare against: :func:`csdn.plan.demo_runs`), SYSU protocol,
+    report."""
     if args.trial == "all" or args.jobs is not None:
         raise ConfigError("--trial all and --jobs run RegDB's trials: use csdn train (or eval) --trial all")
     print_statistics(open_data(args))
-    return _run_and_report(args, zero_shot=True)
+    return _run_and_report(args, zero_shot=True, baseline=True)
 
 
 def run_folder_path(
@@ -233,8 +235,23 @@ def _schedule_notes(cfg: ExperimentConfig) -> list[str]:
     return [note for note in notes if note]
 
 
-def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: bool = False) -> int:
+def _print_plan(cfg: ExperimentConfig, cache: Path, run) -> None:
+    """``csdn demo``: what it trains and about how long that takes, before anything trains (:mod:`csdn.plan`)."""
+    from csdn.plan import demo_runs, training_plan
+
+    plan = training_plan(demo_runs(cfg), cache)
+    print(plan, end="\n\n")
+    run.line(f"plan: {plan.summary()}", echo=False)
+
+
+def _run_and_report(
+    args: argparse.Namespace, zero_shot: bool, trained_only: bool = False, baseline: bool = False
+) -> int:
+    """Train (unless ``trained_only``) and evaluate the config, and with ``baseline`` also the vision-only
+    baseline of :func:`csdn.plan.demo_runs` (its stages filed under ``vision-only-`` in the run folder)."""
     from csdn.experiment import Experiment
+    from csdn.plan import BASELINE_VARIANT, demo_runs
+    from csdn.runs import PrefixedStages
     from csdn.train.distributed import init_from_env, shutdown
 
     cfg, overrides = experiment_config(args)
@@ -256,7 +273,16 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: boo
         else:  # before any training: opens the dataset first, then decodes every test image once
             experiment.check_test_images()
             features = None
+        baseline = baseline and cfg.model.variant != BASELINE_VARIANT
+        if baseline and run is not None and dist.world_size == 1 and not is_dry_run(cfg):
+            _print_plan(cfg, args.cache, run)
         results = {cfg.model.variant: experiment.evaluate(features)}
+        histories = {"histories": experiment.histories}
+        if baseline:  # the same schedule, data and seed, no text and one shared stem
+            observer = PrefixedStages(run, BASELINE_VARIANT) if run is not None else None
+            reference = Experiment(demo_runs(cfg)[BASELINE_VARIANT], args.cache, dist=dist, logger=observer)
+            results[BASELINE_VARIANT] = reference.evaluate()
+            histories[f"{BASELINE_VARIANT} histories"] = reference.histories
         if zero_shot:
             results["zero-shot CLIP"] = experiment.evaluate(experiment.zero_shot_features())
             if cfg.data.synthetic:  # the world's own ceiling
@@ -265,7 +291,8 @@ def _run_and_report(args: argparse.Namespace, zero_shot: bool, trained_only: boo
                 oracle = attribute_oracle(experiment.dataset, options=experiment.split_options())
                 results["attribute oracle (ceiling)"] = oracle.results
         if dist.is_main:
-            _report(run, cfg, overrides, experiment, results, time.perf_counter() - t0, evaluated=_evaluated(args))
+            seconds = time.perf_counter() - t0
+            _report(run, cfg, overrides, experiment, results, seconds, histories, evaluated=_evaluated(args))
     except BaseException as error:
         if run is not None:
             run.failed(error)
@@ -290,6 +317,7 @@ def _report(
     experiment,
     results: dict,
     seconds: float,
+    histories: dict[str, Any],
     evaluated: str | None = None,
 ) -> None:
     from csdn.reports import results_frame, write_report
@@ -302,7 +330,7 @@ def _report(
     extra = {
         "profile": cfg.name,
         "seconds": seconds,
-        "histories": experiment.histories,
+        **histories,  # each trained run's per-stage histories
         "world_size": experiment.dist.world_size,
         "config": to_dict(cfg),
         "run_folder": str(run.path),

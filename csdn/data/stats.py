@@ -49,12 +49,15 @@ def split_table(reader: Reader, trial: int = 0) -> pd.DataFrame:
 
 
 def camera_table(records: Sequence[Record]) -> pd.DataFrame:
-    """One row per camera: modality, identities, images and images per identity."""
+    """One row per camera: modality, identities, images and images per identity (an integer column when every
+    camera has a whole number per identity, else to two decimals)."""
     frame = pd.DataFrame([{"cam": r.cam, "modality": r.modality, "pid": r.pid} for r in records])
     if frame.empty:
         return pd.DataFrame(columns=["cam", "modality", "ids", "images", "images_per_id"])
     table = frame.groupby(["cam", "modality"]).agg(ids=("pid", "nunique"), images=("pid", "size")).reset_index()
-    table["images_per_id"] = (table["images"] / table["ids"]).round(2)
+    per_id = table["images"] / table["ids"]
+    whole = bool((per_id == per_id.round()).all())  # a whole number of images per identity: shown as one
+    table["images_per_id"] = per_id.round().astype(int) if whole else per_id.round(2)
     return table
 
 
@@ -62,7 +65,8 @@ def pixel_statistics(images: np.ndarray, modalities: Sequence[str]) -> pd.DataFr
     """Raw pixel statistics per modality of uint8 images ``(N, H, W, 3)``.
 
     Columns: mean and std of each channel (0..255), overall brightness, and *colourfulness* (mean
-    absolute difference between channels: 0 for grayscale images, which infrared images are).
+    absolute difference between channels: 0 for grayscale images, which infrared images are), each to one
+    decimal.
     """
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(modalities):
         raise ValueError(f"need (N, H, W, 3) images and N modalities, got {images.shape} and {len(modalities)}")
@@ -78,14 +82,14 @@ def pixel_statistics(images: np.ndarray, modalities: Sequence[str]) -> pd.DataFr
             {
                 "modality": modality,
                 "images": len(sub),
-                "mean_r": r.mean(),
-                "mean_g": g.mean(),
-                "mean_b": b.mean(),
-                "std_r": r.std(),
-                "std_g": g.std(),
-                "std_b": b.std(),
-                "brightness": sub.mean(),
-                "colourfulness": colourfulness,
+                "mean_r": float(r.mean()),
+                "mean_g": float(g.mean()),
+                "mean_b": float(b.mean()),
+                "std_r": float(r.std()),
+                "std_g": float(g.std()),
+                "std_b": float(b.std()),
+                "brightness": float(sub.mean()),
+                "colourfulness": float(colourfulness),
             }
         )
-    return pd.DataFrame(rows).round(2)
+    return pd.DataFrame(rows).round(1)

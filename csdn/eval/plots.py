@@ -57,10 +57,11 @@ def plot_rank_list(
     query_caption: str | None = None,
     ranks: Sequence[int] | None = None,
     per_row: int = 10,
+    label_size: float | str = "small",
 ) -> Figure:
     """The query followed by its top-``k`` gallery images (already in rank order), framed green when
-    the identity is correct and red otherwise, each titled with its rank and score, ``per_row`` images to
-    a row.
+    the identity is correct and red otherwise, each titled with its rank and score (in ``label_size``
+    points, or a relative size), ``per_row`` images to a row.
 
     Images are H x W x 3 uint8 arrays; ``correct``, ``scores`` and the optional ``captions`` (a line under
     each rank, e.g. identity and camera) and ``ranks`` (default 1, 2, ...: give them to append an image
@@ -85,11 +86,13 @@ def plot_rank_list(
         _rgb(query_image, "query_image"),
         QUERY_COLOUR,
         "query" + (f"\n{query_caption}" if query_caption else ""),
+        label_size,
     )
     for i in range(k):
         colour = CORRECT_COLOUR if correct[i] else WRONG_COLOUR
         label = f"{ranks[i]}\n{float(scores[i]):.3f}" + (f"\n{captions[i]}" if captions is not None else "")
-        _show(axes[i // per_row, 1 + i % per_row], _rgb(gallery_images[i], f"gallery_images[{i}]"), colour, label)
+        image = _rgb(gallery_images[i], f"gallery_images[{i}]")
+        _show(axes[i // per_row, 1 + i % per_row], image, colour, label, label_size)
     for r in range(rows):  # cells without an image: the query column below the first row, a short last row
         for c in range(cols):
             if (r > 0 and c == 0) or (c > 0 and r * per_row + c > k):
@@ -105,6 +108,7 @@ def plot_ranked_records(
     size: tuple[int, int],
     title: str,
     per_row: int = 10,
+    label_size: float | str = "small",
 ) -> Figure:
     """:func:`plot_rank_list` of image records: the ``query`` and its gallery ``entries`` (rank, record,
     score), decoded at ``size = (H, W)``, framed by identity and each labelled with identity and camera."""
@@ -119,17 +123,18 @@ def plot_ranked_records(
         query_caption=f"pid {query.pid} cam {query.cam}",
         ranks=[rank for rank, _, _ in entries],
         per_row=per_row,
+        label_size=label_size,
     )
 
 
-def _show(ax: Axes, image: np.ndarray, colour: str, label: str) -> None:
+def _show(ax: Axes, image: np.ndarray, colour: str, label: str, size: float | str = "small") -> None:
     ax.imshow(image)
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_edgecolor(colour)
         spine.set_linewidth(FRAME_WIDTH)
-    ax.set_title(label, fontsize="small")
+    ax.set_title(label, fontsize=size)
 
 
 def _rgb(image: np.ndarray, name: str) -> np.ndarray:

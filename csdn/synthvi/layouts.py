@@ -344,3 +344,44 @@ def synthvi_root(synth: SynthConfig, layout: str, cache_root: Path, progress: bo
     root = Path(cache_root) / "synthvi" / f"{layout}-{key}"
     WRITERS[layout](synth, root, progress=progress)
     return root
+
+
+def describe_counts(counts: dict, synth: SynthConfig) -> str:
+    """A written tree's ``counts`` for people: identities per split, images per camera of each folder, and
+    what the config's numbers become in this layout (SYSU holds ``val_ids`` of ``train_ids`` out for
+    validation; an LLCM camera no identity passes)."""
+    layout, ids = counts["layout"], counts["ids"]
+
+    def in_split_order(names) -> list[str]:  # train, val, test (the JSON file sorts them by name)
+        return sorted(names, key=lambda name: ({"train": 0, "val": 1, "test": 2}.get(name.split("_")[0], 3), name))
+
+    if isinstance(ids, dict):
+        lines = [f"identities: {', '.join(f'{k} {ids[k]}' for k in in_split_order(ids))}"]
+    else:
+        lines = [f"identities: {ids}"]
+    if layout == "sysu":
+        lines[0] += (
+            f" (the config's train_ids={synth.train_ids} counts training and validation identities: the "
+            f"SYSU-MM01 layout lists val_ids={synth.val_ids} of them in exp/val_id.txt, held out of training)"
+        )
+    lines.append("images:")
+    for folder in in_split_order(counts["images"]):
+        per_camera = counts["images"][folder]
+        cameras = ", ".join(f"{cam} {n}" for cam, n in per_camera.items()) if isinstance(per_camera, dict) else ""
+        lines.append(f"  {folder}: {cameras or per_camera}")
+    empty = [
+        f"{folder} {cam}"
+        for folder in in_split_order(counts["images"])
+        if isinstance(counts["images"][folder], dict)
+        for cam, n in counts["images"][folder].items()
+        if n == 0
+    ]
+    if empty and layout == "llcm":
+        lines.append(
+            f"no images in {', '.join(empty)}: each identity is seen by llcm_cams_per_id={synth.llcm_cams_per_id} "
+            "of LLCM's 9 visible and 8 near-infrared cameras, drawn at random per identity, and no identity of "
+            "that split drew it (a small world such as smoke's can leave a camera empty; the LLCM reader and "
+            "protocol do not need every camera)"
+        )
+    lines.append(f"{counts['total_images']} images in all")
+    return "\n".join(lines)
