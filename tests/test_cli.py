@@ -231,7 +231,7 @@ def test_genuine_bugs_keep_their_traceback(cache: Path, tmp_path: Path, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")  # a bug, not bad input: the CLI must not swallow it
 
-    monkeypatch.setattr(csdn.experiment, "train_prompts", broken)
+    monkeypatch.setattr(csdn.experiment.pipeline, "train_prompts", broken)
     with pytest.raises(RuntimeError, match="shape mismatch") as error:
         main(
             [

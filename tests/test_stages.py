@@ -134,7 +134,7 @@ def test_experiment_smoke_end_to_end_and_cached(tmp_path: Path) -> None:
 
 def test_cache_keys_carry_the_training_code_version(tmp_path: Path, monkeypatch) -> None:
     """An artifact written by an older version of the training code is never served to the new code."""
-    import csdn.experiment as experiment
+    import csdn.experiment.inputs as experiment
     import csdn.synthvi.pretrain as pretrain
 
     cfg = get_profile("smoke")
