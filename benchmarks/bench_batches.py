@@ -32,7 +32,7 @@ from csdn.data.records import INFRARED, VISIBLE
 from csdn.data.sampler import CrossModalitySampler
 from csdn.experiment import Experiment
 from csdn.overrides import override
-from csdn.train.reid_stage import BatchKey, PairedBatches
+from csdn.train.reid_batches import BatchKey, PairedBatches
 
 
 def demo_batches(cache_root: Path) -> tuple[dict[str, PairedBatches], list[BatchKey], str]:

@@ -34,7 +34,7 @@ from csdn.data.sampler import CrossModalitySampler
 from csdn.experiment import Experiment
 from csdn.losses import pairwise_euclidean, triplet_wrt
 from csdn.overrides import override
-from csdn.train.reid_stage import BatchKey, PairedBatches
+from csdn.train.reid_batches import BatchKey, PairedBatches
 
 # switch set -> (row name -> the switches it sets on the embedded default's CSDN, paired comparisons)
 SWITCHES = {

@@ -15,7 +15,7 @@ from csdn.config import get_profile
 from csdn.data.cache import ImageCache
 from csdn.data.records import INFRARED, VISIBLE, Record
 from csdn.data.transforms import BatchTrainTransform, TransformConfig, train_transform
-from csdn.train.reid_stage import BatchKey, PairedBatches, image_seed, image_seeds
+from csdn.train.reid_batches import BatchKey, PairedBatches, image_seed, image_seeds
 
 KINDS = ("visible", "visible_exchange", "infrared")
 SIZE = (32, 16)  # (H, W) of the test cache
