@@ -70,13 +70,19 @@ class Experiment(RunInputs, StageCache):
                 self.cfg.stage1,
                 run_dir,
                 self._loop("stage1", self.cfg.stage1.epochs),
-                seed=self.cfg.seed,
-                device=self.device,
-                meta=meta,
-                dist=self.dist,
-                compute=self.text_compute,
+                **self._text_stage_settings(meta),
             ),
         )
+
+    def _text_stage_settings(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The settings stages 1 and 2 share: seed, device, checkpoint ``meta``, ranks and the text compute path."""
+        return {
+            "seed": self.cfg.seed,
+            "device": self.device,
+            "meta": meta,
+            "dist": self.dist,
+            "compute": self.text_compute,
+        }
 
     @cached_property
     def prompt_text_features(self) -> dict[str, Tensor]:
@@ -113,11 +119,7 @@ class Experiment(RunInputs, StageCache):
                 self.cfg.stage2,
                 run_dir,
                 self._loop("stage2", self.cfg.stage2.epochs),
-                seed=self.cfg.seed,
-                device=self.device,
-                meta=meta,
-                dist=self.dist,
-                compute=self.text_compute,
+                **self._text_stage_settings(meta),
             ),
         )
 
