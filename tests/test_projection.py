@@ -122,6 +122,14 @@ def test_ablation_bars_show_means_and_seed_sd():
     # error bar = mean +- sample sd (vision-only 7.071, CSDN 2.828); the single zero-shot run has none
     assert spans == pytest.approx([2 * np.std([40, 44], ddof=1), 2 * np.std([20, 30], ddof=1)], abs=1e-3)
     assert "indoor 1-shot" in fig.get_suptitle()
+    assert "mean ± sd over 2 seeds" in fig.get_suptitle()
+    plt.close(fig)
+
+
+def test_ablation_bars_of_one_seed_say_there_is_no_spread():
+    runs = ablation_runs()
+    fig = plot_ablation(runs[runs["seed"] == runs["seed"].min()], title="quick grid")
+    assert fig.get_suptitle() == "quick grid (one seed: no spread)"
     plt.close(fig)
 
 

@@ -22,7 +22,7 @@ from sklearn.manifold import TSNE
 
 from csdn.data.records import Record
 from csdn.errors import ConfigError
-from csdn.style import MODALITY_COLOURS
+from csdn.style import MODALITY_COLOURS, NEUTRAL_COLOUR
 
 METHODS = ("t-SNE", "UMAP")
 IDENTITY_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "p", "h", "<", ">")
@@ -194,13 +194,17 @@ def plot_ablation(
                 order=order,
                 errorbar="sd",
                 capsize=0.25,
-                color="#8DA0CB",
+                color=NEUTRAL_COLOUR,
+                alpha=0.6,
                 err_kws={"linewidth": 1.2},
                 ax=ax,
             )
             sns.stripplot(rows, x=metric, y="variant", order=order, color="black", size=3.5, jitter=0.15, ax=ax)
             ax.set(xlabel=f"{metric} (%)" if metric in ("R1", "R10", "mAP", "mINP") else metric, ylabel="")
-        fig.suptitle(title or f"ablation, {protocol or 'per run'} (mean ± sd over seeds)")
+        seeds = rows["seed"].nunique()
+        spread = "one seed: no spread" if seeds == 1 else f"mean ± sd over {seeds} seeds, dots: the seeds"
+        head = title or (f"ablation, {protocol}" if protocol else "ablation, per run")
+        fig.suptitle(f"{head} ({spread})")
     return fig
 
 
