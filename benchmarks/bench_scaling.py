@@ -31,6 +31,7 @@ from csdn.data.records import INFRARED, VISIBLE  # noqa: E402
 from csdn.experiment import Experiment  # noqa: E402
 from csdn.overrides import override  # noqa: E402
 from csdn.plan import stage3_step_seconds  # noqa: E402
+from csdn.style import NEUTRAL_COLOUR  # noqa: E402
 
 IDENTITIES = (80, 160, 320)  # training identities the epoch cost is given for
 
@@ -73,12 +74,14 @@ def main() -> None:
         print(f"{n:>10}" + "".join(f"{per_size[size][n]:>18.1f}" for size in sizes))
     if args.plot:
         figure, axis = plt.subplots(figsize=(5, 3.4))
-        for (height, width), cost in per_size.items():
-            axis.plot(list(cost), list(cost.values()), marker="o", label=f"{height}x{width}")
+        styles = [{"color": "black", "marker": "o"}, {"color": NEUTRAL_COLOUR, "marker": "s", "linestyle": "--"}]
+        for ((height, width), cost), style in zip(per_size.items(), styles * len(per_size)):
+            axis.plot(list(cost), list(cost.values()), label=f"{height}x{width}", **style)  # no modality colours
         axis.set_xticks(list(IDENTITIES))
         axis.set_xlabel("training identities (demo's images per identity)")
         axis.set_ylabel("seconds per stage-3 epoch")
-        axis.set_title("Stage-3 epoch cost on this machine's CPU")
+        axis.set_ylim(bottom=0)
+        axis.set_title(f"Stage-3 epoch cost, this machine's CPU ({torch.get_num_threads()} threads)")
         axis.legend(title="image size")
         axis.grid(alpha=0.3)
         figure.tight_layout()
