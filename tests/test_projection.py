@@ -133,6 +133,15 @@ def test_ablation_bars_of_one_seed_say_there_is_no_spread():
     plt.close(fig)
 
 
+def test_ablation_bars_of_gap_columns_name_what_they_measure():
+    runs = ablation_runs().drop(columns="protocol").drop_duplicates(["variant", "seed"])
+    runs = runs.assign(margin=0.1, nn_cross=0.3)
+    fig = plot_ablation(runs, metrics=("margin", "nn_cross", "R1"))
+    labels = [ax.get_xlabel() for ax in fig.axes]
+    assert labels == ["identity-modality margin", "other-modality NN: same identity (fraction)", "R1 (%)"]
+    plt.close(fig)
+
+
 def test_ablation_bars_refuse_bad_tables():
     with pytest.raises(ValueError, match="lacks columns"):
         plot_ablation(ablation_runs().drop(columns="mINP"))

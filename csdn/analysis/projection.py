@@ -163,6 +163,15 @@ def plot_projections(
     return fig
 
 
+# Axis labels of the per-run gap and diagnostic columns plot_ablation draws (the percent metrics get "(%)").
+METRIC_LABELS = {
+    "margin": "identity-modality margin",
+    "nn_cross": "other-modality NN: same identity (fraction)",
+    "x-mod mAP train ids": "cross-modality mAP, training ids (%)",
+    "x-mod mAP test ids": "cross-modality mAP, test ids (%)",
+}
+
+
 def plot_ablation(
     runs: pd.DataFrame,
     metrics: Sequence[str] = ("R1", "mAP", "mINP"),
@@ -200,7 +209,8 @@ def plot_ablation(
                 ax=ax,
             )
             sns.stripplot(rows, x=metric, y="variant", order=order, color="black", size=3.5, jitter=0.15, ax=ax)
-            ax.set(xlabel=f"{metric} (%)" if metric in ("R1", "R10", "mAP", "mINP") else metric, ylabel="")
+            percent = metric in ("R1", "R10", "mAP", "mINP")
+            ax.set(xlabel=f"{metric} (%)" if percent else METRIC_LABELS.get(metric, metric), ylabel="")
         seeds = rows["seed"].nunique()
         spread = "one seed: no spread" if seeds == 1 else f"mean ± sd over {seeds} seeds, dots: the seeds"
         head = title or (f"ablation, {protocol}" if protocol else "ablation, per run")
