@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 
-from csdn.artifacts import is_complete, stored_checksums
 from csdn.config import ExperimentConfig
 from csdn.data.records import INFRARED, VISIBLE
 from csdn.data.release_bank import FeatureBankBatches
@@ -38,7 +37,7 @@ from csdn.data.sampler import CrossModalitySampler
 from csdn.experiment import DONE, Experiment
 from csdn.overrides import override
 from csdn.runs import format_seconds
-from csdn.synthvi.pretrain import tiny_clip_key
+from csdn.synthvi.pretrain import is_pretrained, tiny_clip_folder
 from csdn.train.loop import LoopConfig
 from csdn.train.reid_stage import train_reid
 
@@ -167,8 +166,8 @@ def _artifacts(experiment: Experiment, stages: list[str]) -> list[tuple[str, Pat
     cfg, root = experiment.cfg, experiment.cache_root
     out = []
     if "tiny_clip" in stages and cfg.clip.weights == "tiny-synthvi":
-        folder = root / "tiny_clip" / tiny_clip_key(cfg.clip.pretrain, cfg.data.synth, cfg.compute)
-        out.append(("tiny_clip", folder, is_complete(folder) and stored_checksums(folder) is not None))
+        folder = tiny_clip_folder(cfg.clip.pretrain, cfg.data.synth, root, cfg.compute)
+        out.append(("tiny_clip", folder, is_pretrained(folder)))
     keys = {}
     if cfg.model.uses_text:
         keys["stage1"] = lambda: experiment.stage1_key
@@ -177,7 +176,7 @@ def _artifacts(experiment: Experiment, stages: list[str]) -> list[tuple[str, Pat
     keys["stage3"] = lambda: experiment.stage3_key
     for stage, key in keys.items():
         if stage in stages:
-            folder = root / "runs" / f"{stage}-{key()}"
+            folder = experiment.run_dir(stage, key())
             out.append((stage, folder, (folder / DONE).is_file()))
     return out
 

@@ -257,3 +257,10 @@ def test_images_to_tensor_normalises_and_resizes():
     torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
     with pytest.raises(ValueError, match="uint8"):
         images_to_tensor(images.astype(np.float32), (16, 8), (0, 0, 0), (1, 1, 1))
+
+
+def test_convolutional_tower_tells_resnets_from_transformers():
+    from csdn.clip.loader import convolutional_tower
+
+    assert convolutional_tower("csdn-tiny-rn") and convolutional_tower("RN50")
+    assert not convolutional_tower("csdn-tiny-vit") and not convolutional_tower("ViT-B-16")

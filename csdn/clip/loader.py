@@ -184,6 +184,11 @@ def registered_config(arch: str) -> dict[str, Any]:
     return cfg
 
 
+def convolutional_tower(arch: str) -> bool:
+    """Whether the registered architecture's image tower is a ResNet (its config lists layers per stage)."""
+    return isinstance(registered_config(arch)["vision_cfg"].get("layers"), (list, tuple))
+
+
 def _structure(cfg: dict[str, Any]) -> dict[str, Any]:
     """The parts of a model config that decide the weight shapes (image size and activation aside)."""
     cfg = copy.deepcopy(cfg)

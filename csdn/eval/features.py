@@ -73,7 +73,7 @@ def extract_features(
                 if flip:
                     flipped = _encode(encode, compute.images(torch.flip(x, dims=[3]))).float()
                     feats = torch.cat([feats, flipped], dim=1) if concat else (feats + flipped) / 2
-                parts.append(feats.float().cpu())
+                parts.append(feats.cpu())
     finally:
         for m, training in previous_modes.items():
             m.training = training

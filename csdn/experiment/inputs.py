@@ -20,13 +20,11 @@ from csdn.artifacts import (
     TRAINING_CODE_VERSION,
     atomic_save_tensors,
     config_key,
-    is_complete,
     key_fields,
     lacks_checksum,
     load_tensors,
-    stored_checksums,
 )
-from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, load_clip, local_dir_source, registered_config
+from csdn.clip.loader import LOCAL_DIR, ClipBundle, ClipSource, convolutional_tower, load_clip, local_dir_source
 from csdn.config import ExperimentConfig
 from csdn.data.cache import ImageCache
 from csdn.data.images import CachedImages
@@ -40,7 +38,7 @@ from csdn.model.network import release_resnet_stem
 from csdn.runtime import ComputePath, compute_path, pick_device, seed_everything
 from csdn.sources import open_dataset
 from csdn.synthvi.layouts import FORMAT_VERSION as SYNTHVI_FORMAT
-from csdn.synthvi.pretrain import tiny_clip, tiny_clip_key
+from csdn.synthvi.pretrain import is_pretrained, tiny_clip, tiny_clip_folder
 from csdn.train.distributed import DistContext
 from csdn.train.text_stages import CachedFeatures
 
@@ -198,8 +196,8 @@ class RunInputs:
     def _require_tiny_clip(self) -> None:
         """Refuse (:class:`NotTrainedError`) when the config's tiny CLIP is not pretrained in the cache."""
         c = self.cfg.clip
-        folder = self.cache_root / "tiny_clip" / tiny_clip_key(c.pretrain, self.cfg.data.synth, self.cfg.compute)
-        if not is_complete(folder) or stored_checksums(folder) is None:  # (a folder without checksums is rebuilt)
+        folder = tiny_clip_folder(c.pretrain, self.cfg.data.synth, self.cache_root, self.cfg.compute)
+        if not is_pretrained(folder):
             raise NotTrainedError(
                 f"the tiny CLIP this config builds on ({c.pretrain.arch}) is not in the cache {self.cache_root} "
                 f"(no finished {folder} with checksums) and evaluation does not pretrain it: run `csdn pretrain-clip` "
@@ -258,8 +256,7 @@ class RunInputs:
     @cached_property
     def compute(self) -> ComputePath:
         """The compute path of this run's image tower on its device (``cfg.compute`` resolved)."""
-        layers = registered_config(self.cfg.clip.arch)["vision_cfg"].get("layers")
-        return compute_path(self.cfg.compute, self.device, convolutional=isinstance(layers, (list, tuple)))
+        return compute_path(self.cfg.compute, self.device, convolutional=convolutional_tower(self.cfg.clip.arch))
 
     @cached_property
     def text_compute(self) -> ComputePath:

@@ -163,7 +163,7 @@ class Experiment(RunInputs, StageCache):
     @property
     def stage3_dir(self) -> Path:
         """The cache's stage-3 run folder of this config (``final.safetensors`` and ``done.json`` once trained)."""
-        return self.cache_root / "runs" / f"stage3-{self.stage3_key}"
+        return self.run_dir("stage3", self.stage3_key)
 
     @property
     def is_trained(self) -> bool:

@@ -61,12 +61,16 @@ class StageCache:
     trained_only: bool
     num_ids: int
 
+    def run_dir(self, name: str, key: str) -> Path:
+        """The cache's run folder of stage ``name`` with cache key ``key``."""
+        return self.cache_root / "runs" / f"{name}-{key}"
+
     def _run(self, name: str, key: str, module: nn.Module, train) -> nn.Module:
         """Load stage ``name``'s cached result into ``module``, or train it (under a lock) and cache it.
 
         A finished stage is read without a lock or any write (a warm cache works on a read-only mount).
         """
-        run_dir = self.cache_root / "runs" / f"{name}-{key}"
+        run_dir = self.run_dir(name, key)
         if self.trained_only:  # never trains: a stage missing from the cache is refused
             self._require_done(name, run_dir)
             loaded = True

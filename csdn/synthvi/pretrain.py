@@ -30,7 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csdn.artifacts import TRAINING_CODE_VERSION, atomic_write_json, build_once, config_key, verify_artifact
+from csdn.artifacts import (
+    TRAINING_CODE_VERSION,
+    atomic_write_json,
+    build_once,
+    config_key,
+    is_complete,
+    stored_checksums,
+    verify_artifact,
+)
 from csdn.clip.adapt import TextEncoder
 from csdn.clip.loader import (
     CONFIG_FILE,
@@ -38,6 +46,7 @@ from csdn.clip.loader import (
     WEIGHTS_FILE,
     ClipBundle,
     ClipSource,
+    convolutional_tower,
     load_clip,
     registered_config,
     save_local_dir,
@@ -366,9 +375,8 @@ def _summary(cfg: PretrainConfig, pool, n: int, history: list[dict[str, float]])
 
 def pretraining_paths(cfg: PretrainConfig, compute: ComputeConfig) -> PretrainingPaths:
     """The compute paths (image tower, text tower) of a tiny CLIP's pretraining (always on the CPU)."""
-    layers = registered_config(cfg.arch)["vision_cfg"].get("layers")
     cpu = torch.device("cpu")
-    image = compute_path(compute, cpu, convolutional=isinstance(layers, (list, tuple)))
+    image = compute_path(compute, cpu, convolutional=convolutional_tower(cfg.arch))
     return image, compute_path(compute, cpu, convolutional=False)
 
 
@@ -387,6 +395,19 @@ def tiny_clip_key(cfg: PretrainConfig, synth: SynthConfig, compute: ComputeConfi
     )
 
 
+def tiny_clip_folder(
+    cfg: PretrainConfig, synth: SynthConfig, cache_root: Path, compute: ComputeConfig | None = None
+) -> Path:
+    """Where :func:`tiny_clip` keeps the tiny CLIP of ``cfg``, ``synth`` and ``compute`` in ``cache_root``."""
+    return Path(cache_root) / "tiny_clip" / tiny_clip_key(cfg, synth, compute)
+
+
+def is_pretrained(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished tiny CLIP that :func:`tiny_clip` would load, not build again (complete,
+    with checksums: a folder without them is rebuilt)."""
+    return is_complete(folder) and stored_checksums(folder) is not None
+
+
 def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path, compute: ComputeConfig | None = None) -> Path:
     """The ``local-dir:`` folder of the tiny CLIP pretrained with ``cfg`` on ``synth``'s CLIP pool.
 
@@ -398,9 +419,8 @@ def tiny_clip(cfg: PretrainConfig, synth: SynthConfig, cache_root: Path, compute
     if cfg.arch not in TINY_ARCHS:
         log.warning("pretraining %s from scratch on SynthVI: expect it to be slow", cfg.arch)
     compute = compute or ComputeConfig()
-    key = tiny_clip_key(cfg, synth, compute)
-    target = Path(cache_root) / "tiny_clip" / key
-    run_dir = Path(cache_root) / "runs" / f"tiny_clip-{key}"
+    target = tiny_clip_folder(cfg, synth, cache_root, compute)
+    run_dir = Path(cache_root) / "runs" / f"tiny_clip-{target.name}"
 
     def produce(tmp: Path) -> None:
         pretrain_tiny_clip(cfg, clip_pool(synth), tmp, run_dir=run_dir, compute=pretraining_paths(cfg, compute))

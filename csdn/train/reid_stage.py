@@ -54,7 +54,7 @@ from csdn.train.schedule import make_scheduler
 TRIPLETS = ("wrt", "hard")
 PARAM_GROUPS = ("release", "bnneck")
 SPEED_ONLY = ("workers",)  # ReIDStageConfig fields that cannot change a result (batches are the same whatever
-# the number of DataLoader workers): left out of cache keys. amp is not one of them (it changes the numerics).
+# the number of DataLoader workers): left out of cache keys. The compute path is not one (it changes the numerics).
 
 
 @dataclass(frozen=True)
