@@ -126,7 +126,7 @@ class StepRunner:
         bundle = load_clip(ClipSource(arch=setting.arch, pretrained=None, image_size=setting.image_size), device)
         if path.all_query_pool:
             bundle.model.visual.attnpool.__class__ = AttentionPool2d
-        self.net = CSDNNet(bundle.visual(), NUM_IDS).to(device).train()
+        self.net = path.compute.prepare(CSDNNet(bundle.visual(), NUM_IDS).to(device).train())
         self.model = torch.compile(self.net) if path.compiled else self.net
         self.cfg = ReIDStageConfig()
         self.optimizer = make_optimizer(self.net, self.cfg)

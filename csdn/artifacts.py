@@ -46,8 +46,9 @@ CHECKSUM_KEY = "csdn_blake2b"  # safetensors metadata entry: the digest of the f
 # an existing cache never serves the old code's results. 2: shared stem in one call, MSEL, first-view HSE,
 # cosine text-side options, stage-3 augmentation settings, training diagnostics. 3: the compute path (bf16
 # autocast on CPUs that have it, channels-last images) and the ResNet attention pool attending from its mean
-# token only; the resolved path joins the keys too.
-TRAINING_CODE_VERSION = 3
+# token only; the resolved path joins the keys too. 4: on the CPU channels-last path, BatchNorms of at most 8
+# channels compute on contiguous tensors; GeM's backward reuses the forward's power (both change rounding).
+TRAINING_CODE_VERSION = 4
 
 
 # What a failed write means, by errno, and what the user can do about it.

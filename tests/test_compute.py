@@ -3,6 +3,8 @@ CPU (skipped, with the reason, where the CPU has no native bf16)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -104,3 +106,52 @@ def test_bf16_feature_extraction_is_float32_and_close() -> None:
     fast = extract_features(embed, images, progress=False, model=net, compute=ComputePath("cpu", torch.bfloat16, True))
     assert fast.dtype == torch.float32 and fast.shape == plain.shape
     assert torch.nn.functional.cosine_similarity(fast, plain).min() > 0.98
+
+
+def _narrow_batchnorms(net: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
+    return [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.num_features <= 8]
+
+
+def test_a_channels_last_cpu_path_runs_narrow_batchnorms_on_contiguous_tensors() -> None:
+    """prepare() gives the tiny ResNet's 4- and 8-channel BatchNorms contiguous inputs (their CPU
+    channels-last kernel is slow) and changes nothing else: same loss, gradients, running statistics and
+    state-dict keys as the unprepared network on the same channels-last path; idempotent."""
+    channels_last = ComputePath("cpu", None, True)
+    net, x_vis, x_ir, labels = _network()
+    prepared = copy.deepcopy(net)
+    assert channels_last.prepare(channels_last.prepare(prepared)) is prepared
+    narrow = _narrow_batchnorms(prepared)
+    assert narrow and all(len(m._forward_pre_hooks) == len(m._forward_hooks) == 1 for m in narrow)
+    assert not any(m._forward_hooks for m in prepared.modules() if m not in narrow)
+    seen = []
+    narrow[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    _, grads_contiguous = _loss_and_grads(copy.deepcopy(net), FP32, x_vis, x_ir, labels)
+    loss, grads = _loss_and_grads(net, channels_last, x_vis, x_ir, labels)
+    loss_prepared, grads_prepared = _loss_and_grads(prepared, channels_last, x_vis, x_ir, labels)
+    assert seen == [True]  # the layer itself saw a contiguous tensor
+    assert loss_prepared == pytest.approx(loss, rel=1e-5)
+    # as close as the two layouts' float32 rounding is anyway (their kernels sum in different orders)
+    rounding = (grads_contiguous - grads).abs().max()
+    assert 0 < (grads_prepared - grads).abs().max() <= 2 * rounding
+    for (name, a), (name_p, b) in zip(net.state_dict().items(), prepared.state_dict().items(), strict=True):
+        assert name == name_p
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_prepare_changes_nothing_off_a_channels_last_cpu_path() -> None:
+    for path in (FP32, ComputePath("cpu", torch.bfloat16, False), ComputePath("cuda", torch.bfloat16, True)):
+        net = _network()[0]
+        path.prepare(net)
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules()), path
+
+
+def test_a_narrow_batchnorm_gives_channels_last_output_and_gradient() -> None:
+    layer = ComputePath("cpu", None, True).prepare(torch.nn.BatchNorm2d(4))
+    x = torch.randn(3, 4, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = layer(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    y.backward(torch.randn_like(y))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    plain = torch.nn.BatchNorm2d(4)
+    x_plain = x.detach().clone().requires_grad_()
+    torch.testing.assert_close(plain(x_plain), y.detach())

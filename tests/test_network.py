@@ -5,7 +5,7 @@ import torch
 
 from csdn.clip.loader import ClipSource, load_clip
 from csdn.data.records import INFRARED, VISIBLE
-from csdn.model.network import CSDNNet, GeM, ModelConfig
+from csdn.model.network import CSDNNet, GeM, ModelConfig, _PowerMean
 
 
 @pytest.fixture(scope="module", params=["csdn-tiny-rn", "csdn-tiny-vit"])
@@ -72,6 +72,25 @@ def test_gem_by_hand() -> None:
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     expected = ((1 + 8 + 27 + 64) / 4) ** (1 / 3)
     torch.testing.assert_close(GeM(3.0)(x), torch.tensor([[expected]]))
+
+
+def test_gem_gradients_are_autograds() -> None:
+    """GeM's backward (reusing the forward's power) equals the gradient of the plain autograd formula, for
+    the map and the exponent; cells below eps get no gradient (the clamp)."""
+    x = torch.rand(3, 4, 2, 3, dtype=torch.float64) + 0.1
+    x[0, 0, 0, 0] = 0.0  # clamped to eps
+    for p in (3.0, 1.7):
+        gem = GeM(p).double()
+        p_plain = torch.nn.Parameter(torch.tensor(p, dtype=torch.float64))
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        weights = torch.randn(3, 4, dtype=torch.float64)
+        (gem(xa) * weights).sum().backward()
+        (xb.clamp(min=1e-6).pow(p_plain).mean(dim=(2, 3)).pow(1 / p_plain) * weights).sum().backward()
+        torch.testing.assert_close(xa.grad, xb.grad)
+        torch.testing.assert_close(gem.p.grad, p_plain.grad)
+        assert xa.grad[0, 0, 0, 0] == 0
+    gem = GeM(2.5).double()
+    assert torch.autograd.gradcheck(lambda t, q: _PowerMean.apply(t, q, 1e-6), (x[1:].clone().requires_grad_(), gem.p))
 
 
 def test_model_config_variants() -> None:

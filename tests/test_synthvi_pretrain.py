@@ -28,6 +28,7 @@ from csdn.synthvi.pretrain import (
     tiny_clip,
     to_grayscale,
 )
+from csdn.synthvi.vocabulary import PoolVocabulary
 
 SIZE = (32, 16)
 
@@ -164,6 +165,47 @@ def test_pretraining_is_deterministic(tmp_path):
     first = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "a")
     second = pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "b")
     assert [h["loss"] for h in first] == [h["loss"] for h in second]
+
+
+def test_the_compact_token_table_trains_exactly_as_the_full_one(tmp_path, monkeypatch):
+    """Pretraining trains only the pool's tokens' rows: the saved weights equal, bit for bit, those of training
+    the whole 49,408-row table (every other row stays as initialised), and ``on_epoch`` sees the full table."""
+    cfg = PretrainConfig(arch="csdn-tiny-rn", image_size=SIZE, epochs=2, batch_size=8, grayscale=0.5)
+    sizes = []
+
+    def encode_a_new_word(epoch, bundle):  # a token the pool never uses: needs the full table
+        sizes.append(bundle.model.token_embedding.num_embeddings)
+        bundle.model.encode_text(bundle.tokenizer(["an umbrella"]))
+
+    pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "compact", on_epoch=encode_a_new_word)
+    real_of = PoolVocabulary.of
+    monkeypatch.setattr(
+        pretrain_module.PoolVocabulary, "of", lambda vocab_size, *t: real_of(vocab_size, torch.arange(vocab_size))
+    )
+    pretrain_tiny_clip(cfg, fake_pool(), tmp_path / "full")
+    compact, full = _weights(tmp_path / "compact"), _weights(tmp_path / "full")
+    assert sizes == [49408, 49408] and compact["token_embedding.weight"].shape == (49408, 128)
+    assert compact.keys() == full.keys() and all(torch.equal(compact[k], full[k]) for k in full)
+
+
+def test_pool_vocabulary_keeps_the_order_of_token_ids():
+    tokens = torch.tensor([[49406, 320, 1929, 49407, 0], [49406, 1929, 49407, 0, 0]])
+    vocabulary = PoolVocabulary.of(49408, tokens, None)
+    assert vocabulary.used.tolist() == [0, 320, 1929, 49406, 49407]
+    compact = vocabulary.compact(tokens)
+    assert compact.tolist() == [[3, 1, 2, 4, 0], [3, 2, 4, 0, 0]]
+    assert torch.equal(compact.argmax(dim=1), tokens.argmax(dim=1))  # the end-of-text token is still the largest
+    full = torch.nn.Embedding(49408, 4)
+    table = vocabulary.compact_embedding(full)
+    assert torch.equal(table.weight, full.weight[vocabulary.used])
+    with torch.no_grad():
+        table.weight.add_(1.0)
+    before = full.weight.detach().clone()
+    vocabulary.write_back(table, full)
+    changed = (full.weight != before).any(dim=1).nonzero().flatten()
+    assert changed.tolist() == [0, 320, 1929, 49406, 49407]
+    with pytest.raises(ValueError, match="token ids must lie"):
+        PoolVocabulary.of(100, tokens)
 
 
 def test_tiny_clip_is_built_once_per_config(tmp_path, monkeypatch):

@@ -65,7 +65,7 @@ def extract_features(
     parts = []
     try:
         if module is not None:
-            module.eval()
+            compute.prepare(module).eval()
         with torch.inference_mode(), compute.autocast():
             for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
                 x = _image_batch(batch).to(device, non_blocking=True)

@@ -83,6 +83,33 @@ class ModelConfig:
         return self.sii if self.variant == "csdn" else "none"
 
 
+class _PowerMean(torch.autograd.Function):
+    """``clamp(x, eps) ** p`` averaged over the spatial grid, (N, C, H, W) -> (N, C), with ``p`` a 0-d tensor.
+
+    The forward is autograd's; the backward reuses the forward's power (``d/dx x**p = p * x**p / x``)
+    instead of raising ``x`` to ``p - 1`` again: one transcendental pass over the map fewer, equal to
+    autograd's gradient up to rounding (tests/test_network.py)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: Tensor, eps: float) -> Tensor:
+        clamped = x.clamp(min=eps)
+        powered = clamped.pow(p)
+        ctx.save_for_backward(x, clamped, powered, p)
+        ctx.eps = eps
+        return powered.mean(dim=(2, 3))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, clamped, powered, p = ctx.saved_tensors
+        per_cell = (grad / (x.shape[2] * x.shape[3]))[:, :, None, None].to(powered.dtype)
+        grad_x = grad_p = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (powered / clamped * per_cell * p.to(powered.dtype)).masked_fill_(x < ctx.eps, 0)
+        if ctx.needs_input_grad[1]:
+            grad_p = (powered * clamped.log() * per_cell).sum(dtype=torch.float32).to(p.dtype)
+        return grad_x, grad_p, None
+
+
 class GeM(nn.Module):
     """Generalised-mean pooling over the spatial grid with a learnable exponent ``p``."""
 
@@ -92,7 +119,7 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+        return _PowerMean.apply(x, self.p, self.eps).pow(1.0 / self.p)
 
 
 def bnneck(dim: int) -> nn.BatchNorm1d:

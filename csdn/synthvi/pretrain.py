@@ -22,13 +22,14 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from csdn.artifacts import (
     TRAINING_CODE_VERSION,
@@ -54,6 +55,7 @@ from csdn.clip.loader import (
 from csdn.errors import ConfigError
 from csdn.runtime import FP32, ComputeConfig, ComputePath, compute_path, seed_everything
 from csdn.synthvi.pool import ClipPool, clip_pool
+from csdn.synthvi.vocabulary import PoolVocabulary
 from csdn.synthvi.world import COLOR_ATTRIBUTES, COLOR_WORDS, SynthConfig
 from csdn.train.loop import LoopConfig, StageState, check_finite, run_epochs
 
@@ -304,6 +306,23 @@ def _epoch_runner(
     return train_epoch
 
 
+def _seeing_the_full_table(
+    on_epoch: Callable[[int, ClipBundle], None], model: torch.nn.Module, vocabulary: PoolVocabulary, full: nn.Embedding
+) -> Callable[[int, ClipBundle], None]:
+    """``on_epoch`` called with the model's full token table in place (any tokenizer output works), the
+    training's compact table put back afterwards."""
+
+    def call(epoch: int, bundle: ClipBundle) -> None:
+        compact = model.token_embedding
+        model.token_embedding = vocabulary.write_back(compact, full)
+        try:
+            on_epoch(epoch, bundle)
+        finally:
+            model.token_embedding = compact
+
+    return call
+
+
 def pretrain_tiny_clip(
     cfg: PretrainConfig,
     pool,
@@ -335,7 +354,14 @@ def pretrain_tiny_clip(
     generator = torch.Generator().manual_seed(cfg.seed)
     bundle = load_clip(ClipSource(cfg.arch, None, cfg.image_size), device=device)
     model = bundle.model.train()
+    compute[0].prepare(model.visual)
     data = _pool_tensors(cfg, pool, bundle.tokenizer, n)
+    full_embedding = model.token_embedding  # trained through a table of the pool's tokens (the same training)
+    vocabulary = PoolVocabulary.of(full_embedding.num_embeddings, data.tokens, data.plain_tokens)
+    data = replace(data, tokens=vocabulary.compact(data.tokens), plain_tokens=vocabulary.compact(data.plain_tokens))
+    model.token_embedding = vocabulary.compact_embedding(full_embedding)
+    if on_epoch is not None:
+        on_epoch = _seeing_the_full_table(on_epoch, model, vocabulary, full_embedding)
     optimizer, scheduler = _optimizer(model, cfg, n // cfg.batch_size)
     stage = StageState(
         f"pretrain {cfg.arch}",
@@ -350,6 +376,7 @@ def pretrain_tiny_clip(
         scheduler_per_step=True,
     )
     history = run_epochs(stage, run_dir, LoopConfig(epochs=cfg.epochs, keep_checkpoints=1, progress=progress))
+    model.token_embedding = vocabulary.write_back(model.token_embedding, full_embedding)
     model.eval()
     save_local_dir(bundle, out_dir)
     atomic_write_json(Path(out_dir) / HISTORY_FILE, history)

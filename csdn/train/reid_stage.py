@@ -307,7 +307,7 @@ def train_reid(
     With several processes (``dist``), every rank calls this with the same arguments; the network is
     trained under DDP (BatchNorm over the global batch with ``sync_bn``) and only rank 0 writes.
     """
-    net.to(device)
+    compute.prepare(net.to(device))
     protos = None if prototypes is None else {m: t.to(device).float() for m, t in prototypes.items()}
     records = cache.records
     vis_rows = [i for i, r in enumerate(records) if r.modality == VISIBLE]
