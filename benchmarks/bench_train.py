@@ -7,9 +7,11 @@ the shared trunk and both BNNeck heads, the stage-3 losses (ID x2, WRT triplet x
 prototypes, MSEL), backward and the Adam step of ``make_optimizer``. It is timed on each path:
 
 * ``before``: what csdn did before the compute path existed: float32, contiguous images, and open_clip's
-  attention pool, which attends from every token of the map although only the mean token's output is used;
+  attention pool, which attends from every token of the map although only the mean token's output is used
+  (the rest of the network as today, e.g. GeM's backward: the true "before" was a little slower);
 * ``fp32``, ``bf16``, ``fp32+cl``, ``bf16+cl``: float32 or bf16 autocast (``csdn.runtime.ComputePath``),
-  contiguous or channels-last images, with csdn's mean-query attention pool; ``bf16`` rows only where the
+  contiguous or channels-last images, with csdn's mean-query attention pool (and, channels-last on a CPU,
+  the narrow BatchNorms contiguous: ``ComputePath.prepare``); ``bf16`` rows only where the
   device has native bf16;
 * ``compile`` (``--compile``): ``torch.compile`` of the network on the fp32 path (compilation not timed).
 
@@ -175,6 +177,7 @@ def bench_arch(setting: Setting, device: torch.device, warmup: int, repeats: int
     paths = paths_for(device, resnet, compile_too)
     runners = {p.name: StepRunner(setting, p, device) for p in paths}
     gflop = step_gflop(runners["fp32"])
+    gflops = {p.name: step_gflop(runners["before"]) if p.all_query_pool else gflop for p in paths}
     for runner in runners.values():
         for _ in range(warmup + (1 if runner.model is not runner.net else 0)):  # compiling is not timed
             runner.step()
@@ -186,10 +189,11 @@ def bench_arch(setting: Setting, device: torch.device, warmup: int, repeats: int
         mark = "  <- default" if p.compute == default and not p.compiled and not p.all_query_pool else ""
         print(
             f"{setting.arch:<14}{p.name:<9}{1000 * seconds:>9.1f}{setting.images / seconds:>9.1f}"
-            f"{gflop / seconds:>9.1f}{speedup:>10.2f}{mark}",
+            f"{gflops[p.name] / seconds:>9.1f}{speedup:>10.2f}{mark}",
             flush=True,
         )
-    print(f"{setting.arch:<14}step: {setting.images} images, {gflop:.2f} GFLOP forward + backward", flush=True)
+    before = f" (before: {gflops['before']:.2f}, open_clip's pool)" if any(p.all_query_pool for p in paths) else ""
+    print(f"{setting.arch:<14}step: {setting.images} images, {gflop:.2f} GFLOP forward + backward{before}", flush=True)
 
 
 def main() -> None:

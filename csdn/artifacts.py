@@ -47,7 +47,8 @@ CHECKSUM_KEY = "csdn_blake2b"  # safetensors metadata entry: the digest of the f
 # cosine text-side options, stage-3 augmentation settings, training diagnostics. 3: the compute path (bf16
 # autocast on CPUs that have it, channels-last images) and the ResNet attention pool attending from its mean
 # token only; the resolved path joins the keys too. 4: on the CPU channels-last path, BatchNorms of at most 8
-# channels compute on contiguous tensors; GeM's backward reuses the forward's power (both change rounding).
+# channels compute on contiguous tensors, GeM's backward reuses the forward's power and the ResNet attention
+# pool pools the tokens before projecting them (all three change rounding only).
 TRAINING_CODE_VERSION = 4
 
 

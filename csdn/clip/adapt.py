@@ -161,40 +161,36 @@ class VisualFeatures(NamedTuple):
 
 
 class MeanQueryAttentionPool(AttentionPool2d):
-    """open_clip's ``AttentionPool2d`` that attends from the mean token only.
+    """open_clip's ``AttentionPool2d`` that attends from the mean token only, without projecting the tokens.
 
     open_clip's pool runs attention for every token of the map and returns the mean token's output; the
     other outputs are discarded. Attending from the mean token alone (as OpenAI's CLIP does) gives the same
     output for a fraction of the work: at 128x64 the tiny RN's map has 32 tokens, so 1 query instead of 33.
-    :func:`adapt_visual` gives every adapted ResNet this pool (same parameters and state-dict keys).
+    With one query the keys and values need not be computed per token either: a head's score of token ``t``
+    is ``q . (W_k t + b_k) = (W_k^T q) . t + q . b_k``, and since its attention weights sum to one its output
+    is ``W_v (sum_t a_t t) + b_v``. So the query is taken back to the tokens' width, the tokens are pooled,
+    and only the pooled token is projected (the ``q . b_k`` term is the same for every token and changes no
+    weight; it is kept so that ``b_k`` gets the gradient open_clip gives it). Equal to open_clip's pool in
+    output and gradients up to rounding (tests/test_clip_adapt.py). :func:`adapt_visual` gives every adapted
+    ResNet this pool (same parameters and state-dict keys).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.flatten(2).permute(2, 0, 1)  # (HW, N, C)
-        tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
-        tokens = tokens + self.positional_embedding[:, None, :].to(tokens.dtype)
-        out, _ = F.multi_head_attention_forward(
-            query=tokens[:1],
-            key=tokens,
-            value=tokens,
-            embed_dim_to_check=tokens.shape[-1],
-            num_heads=self.num_heads,
-            q_proj_weight=self.q_proj.weight,
-            k_proj_weight=self.k_proj.weight,
-            v_proj_weight=self.v_proj.weight,
-            in_proj_weight=None,
-            in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
-            bias_k=None,
-            bias_v=None,
-            add_zero_attn=False,
-            dropout_p=0.0,
-            out_proj_weight=self.c_proj.weight,
-            out_proj_bias=self.c_proj.bias,
-            use_separate_proj_weight=True,
-            training=self.training,
-            need_weights=False,
-        )
-        return out[0]
+        tokens = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        tokens = tokens + self.positional_embedding.to(tokens.dtype)  # (N, L, C), the mean token first
+        batch, width = tokens.shape[0], tokens.shape[2]
+        heads = self.num_heads
+        head_dim = width // heads
+        query = self.q_proj(tokens[:, 0]).view(batch, heads, head_dim) * head_dim**-0.5  # (N, H, d)
+        query_in = torch.einsum("nhd,hdc->nhc", query, self.k_proj.weight.view(heads, head_dim, width))
+        key_bias = (query * self.k_proj.bias.view(heads, head_dim).to(query.dtype)).sum(dim=-1, keepdim=True)
+        scores = torch.bmm(query_in, tokens.transpose(1, 2)) + key_bias  # (N, H, L)
+        weights = scores.float().softmax(dim=-1).to(tokens.dtype)
+        pooled = torch.bmm(weights, tokens)  # (N, H, C): each head's attention-weighted token
+        values = torch.einsum("nhc,hdc->nhd", pooled, self.v_proj.weight.view(heads, head_dim, width))
+        values = values + self.v_proj.bias.view(heads, head_dim).to(values.dtype)
+        return self.c_proj(values.reshape(batch, width))
 
 
 class _ResNetTrunk(nn.Module):
