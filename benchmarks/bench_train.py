@@ -186,7 +186,7 @@ def bench_arch(setting: Setting, device: torch.device, warmup: int, repeats: int
     for p in paths:
         seconds = statistics.median(r[p.name] for r in rounds)
         speedup = statistics.median(r["before"] / r[p.name] for r in rounds)
-        mark = "  <- default" if p.compute == default and not p.compiled and not p.all_query_pool else ""
+        mark = "  <- default" if p.compute == default and not p.compiled and p.name != "before" else ""
         print(
             f"{setting.arch:<14}{p.name:<9}{1000 * seconds:>9.1f}{setting.images / seconds:>9.1f}"
             f"{gflops[p.name] / seconds:>9.1f}{speedup:>10.2f}{mark}",

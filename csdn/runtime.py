@@ -94,8 +94,8 @@ class ComputePath:
 
 
 # PyTorch's CPU BatchNorm over channels-last tensors vectorises across channels: with 4-8 channels (the tiny
-# ResNet's stem and first block) forward + backward measured 7-10x slower than over contiguous tensors, with
-# 32 and more as fast or faster (benchmarks/bench_layout.py). Layers up to this width run contiguous.
+# ResNet's stem and first block) forward + backward measured 5-9x slower in bf16 than over contiguous
+# tensors, with 32 and more as fast or faster (benchmarks/bench_layout.py). Layers up to 8 run contiguous.
 SMALL_BATCHNORM_CHANNELS = 8
 
 
