@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_clip_pretrain import median_seconds
 from bench_train import SETTINGS, Path, StepRunner
 
 from csdn.runtime import ComputePath, bf16_supported
@@ -31,17 +32,6 @@ from csdn.runtime import ComputePath, bf16_supported
 # (N, C, H, W) of BatchNorm inputs in the tiny RN at 128x64: the visible stem (64 images = 32 x 2 views), the
 # first block, and wider layers, with C from 4 to 64
 SHAPES = [(64, 4, 64, 32), (64, 8, 64, 32), (96, 8, 32, 16), (96, 16, 32, 16), (96, 32, 32, 16), (96, 64, 16, 8)]
-
-
-def median_ms(step: Callable[[], None], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def batchnorm_step(shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool) -> Callable[[], None]:
@@ -64,8 +54,8 @@ def bench_batchnorm(repeats: int) -> None:
     print(f"{'shape':>18} {'dtype':>9} {'channels-last':>14} {'contiguous':>11} {'cl / contiguous':>16}")
     for shape in SHAPES:
         for dtype in dtypes:
-            cl = median_ms(batchnorm_step(shape, dtype, True), repeats)
-            plain = median_ms(batchnorm_step(shape, dtype, False), repeats)
+            cl = 1e3 * median_seconds(batchnorm_step(shape, dtype, True), repeats)
+            plain = 1e3 * median_seconds(batchnorm_step(shape, dtype, False), repeats)
             name = str(dtype).removeprefix("torch.")
             print(f"{str(shape):>18} {name:>9} {cl:14.2f} {plain:11.2f} {cl / plain:16.2f}")
 
